@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Installs everything Adaptd needs on a fresh Debian bookworm machine, idempotently:
+# Debian packages (toolchain, corpus sources) and a project venv (.venv) with pinned PyPI
+# packages. Stops with a clear error when a registry cannot be reached; no silent fallback.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  # build and Python
+  build-essential cmake ccache git python3 python3-venv python3-dev
+  # corpus sources (tools/corpus/build_corpus.py)
+  python3.11-doc linux-doc-6.1
+)
+
+PIP_PACKAGES=(
+  "torch==2.11.*"
+  "transformers==4.57.6"
+  "tokenizers==0.22.2"
+  "safetensors==0.7.0"
+  "numpy==2.3.5"
+  "pytest==8.4.2"
+  "matplotlib==3.10.7"
+)
+
+die() { echo "setup.sh: $*" >&2; exit 1; }
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  echo "setup.sh: installing Debian packages: ${missing[*]}"
+  $SUDO apt-get update -qq || die "apt-get update failed: Debian's package archive is unreachable"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" \
+    || die "apt-get install failed for: ${missing[*]}"
+fi
+
+# The venv uses Debian's python3 so that every machine gets the same interpreter.
+if [ ! -x .venv/bin/python ]; then
+  /usr/bin/python3 -m venv .venv || die "could not create .venv"
+fi
+stamp=.venv/.adaptd-requirements
+want=$(printf '%s\n' "${PIP_PACKAGES[@]}")
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  .venv/bin/python -m pip install -q --disable-pip-version-check --retries 2 --timeout 60 \
+    "${PIP_PACKAGES[@]}" || die "pip install failed: PyPI is unreachable or a pinned version is missing"
+  printf '%s\n' "$want" >"$stamp"
+fi
+echo "setup.sh: ready ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"
