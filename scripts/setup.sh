@@ -7,7 +7,10 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
   # build and Python
-  build-essential cmake ccache git python3 python3-venv python3-dev
+  build-essential cmake ccache git python3 python3-venv python3-dev pkg-config
+  # C++ stack (engine, store, server)
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
+  librocksdb-dev prometheus-cpp-dev nlohmann-json3-dev libgtest-dev libgmock-dev libbenchmark-dev
   # corpus sources (tools/corpus/build_corpus.py)
   python3.11-doc linux-doc-6.1
 )

@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
-# The project's test command: sets up what is missing (scripts/setup.sh, idempotent), then runs
-# every test. Extra arguments go to pytest (e.g. scripts/test.sh -k closed_form).
+# The project's test command: sets up what is missing (scripts/setup.sh, idempotent), configures
+# and builds with ccache and -j2, then runs every test through ctest (C++ and Python).
+# Extra arguments go to ctest (e.g. scripts/test.sh -L ttt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/python -m pytest -q "$@"
+werror=OFF
+[ "${CI:-}" = "true" ] && werror=ON
+cmake -S . -B build -DADAPTD_WERROR="$werror" >/dev/null
+cmake --build build -j2
+ctest --test-dir build --output-on-failure "$@"

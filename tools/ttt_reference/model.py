@@ -27,6 +27,7 @@ class _Context:
     session: "Session | None" = None
     embeds: torch.Tensor | None = None
     learn: bool = True
+    enabled: bool = True  # False: TTT layers run with W0 only (the TTT-off ablation)
 
 
 class InPlaceTTTMLP(nn.Module):
@@ -47,6 +48,8 @@ class InPlaceTTTMLP(nn.Module):
         return self.act_fn(self.gate_proj(x)) * self.up_proj(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [B, m, d]
+        if not self.ctx.enabled:
+            return self.down_proj(self.z(x))
         t = x if self.cfg.target == "hidden_states" else self.ctx.embeds.to(x.dtype)
         proj = None if self.ttt_proj is None else self.ttt_proj.weight
         session = self.ctx.session
@@ -85,6 +88,10 @@ class TTTModel(nn.Module):
     @property
     def config(self):
         return self.hf.config
+
+    def set_ttt_enabled(self, enabled: bool) -> None:
+        """Off: the TTT layers use W0 and never update (the ablation of the same weights)."""
+        self.ctx.enabled = enabled
 
     def new_session(self, numeric: str = "split", clip_tau: float | None = None) -> Session:
         if numeric not in ttt.NUMERIC_MODES:
