@@ -1,4 +1,5 @@
-// ASSIGN_OR_RETURN for absl::StatusOr, private to engine/.
+// ASSIGN_OR_RETURN for absl::StatusOr, private to engine/. It expands to several statements:
+// brace it under an if.
 #ifndef ADAPTD_ENGINE_SRC_STATUS_MACROS_H_
 #define ADAPTD_ENGINE_SRC_STATUS_MACROS_H_
 

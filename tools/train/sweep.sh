@@ -1,10 +1,19 @@
 #!/usr/bin/env bash
-# The short measured sweep behind the default model's TTT settings (models/README.md):
-# equal steps and tokens for every point, then held-out NLL per position bucket.
+# The measured sweep behind the default model (models/README.md). One no-TTT base model is
+# pretrained; every sweep point then continues from it on the same tokens (same seed, steps,
+# batch): TTT points gain their TTT modules (conv starts at zero, so step 0 equals the base),
+# and the no_ttt point is the honest baseline trained on exactly the same tokens.
+# Held-out NLL per position bucket, TTT on and off, goes to runs/sweep/results.{md,json}.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-STEPS=${STEPS:-200}
-common="--steps $STEPS --batch 4 --warmup 20 --save-dtype float32"
+PY=.venv/bin/python
+BASE_STEPS=${BASE_STEPS:-850}
+STEPS=${STEPS:-150}
+mkdir -p runs/sweep
+[ -f runs/base/model/config.json ] || \
+  $PY -m tools.train.train --out runs/base --no-ttt --batch 8 --steps "$BASE_STEPS" --warmup 40 \
+    --lr 2e-3 --save-dtype float32 > runs/base.log 2>&1
+common="--init runs/base/model --steps $STEPS --batch 8 --warmup 10 --lr 1e-3 --seed 1 --save-dtype float32"
 points=(
   "c32:--chunk 32"
   "c64:--chunk 64"
@@ -17,7 +26,7 @@ models=()
 for p in "${points[@]}"; do
   name=${p%%:*}
   [ -f "runs/sweep/$name/model/config.json" ] || \
-    .venv/bin/python -m tools.train.train --out "runs/sweep/$name" ${p#*:} $common > "runs/sweep/$name.log" 2>&1
+    $PY -m tools.train.train --out "runs/sweep/$name" ${p#*:} $common > "runs/sweep/$name.log" 2>&1
   models+=(--model "runs/sweep/$name/model")
 done
-.venv/bin/python -m tools.train.evaluate "${models[@]}" --json runs/sweep/results.json | tee runs/sweep/results.md
+$PY -m tools.train.evaluate "${models[@]}" --json runs/sweep/results.json | tee runs/sweep/results.md

@@ -94,6 +94,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--save-dtype", default="bfloat16", choices=("float32", "bfloat16"))
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--init", help="start from this checkpoint (continual training; a no-TTT "
+                    "checkpoint becomes a TTT model whose conv starts at zero: same outputs at step 0)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -104,7 +106,10 @@ def main() -> None:
     vocab = json.loads((corpus / "manifest.json").read_text())["vocab_size"]
     device = "cuda" if torch.cuda.is_available() else "cpu"
 
-    model = ttt_model.from_config(model_config(args, vocab), seed=args.seed).to(device).train()
+    model = ttt_model.from_config(model_config(args, vocab), seed=args.seed)
+    if args.init:
+        init_weights(model, args.init)
+    model = model.to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1)
     step, log, rng = 0, [], np.random.default_rng(args.seed)
     if args.resume and (out / "train_state.pt").exists():
@@ -138,6 +143,16 @@ def main() -> None:
     save_loss_png(log, out / "loss.png", f"{'no-TTT' if args.no_ttt else 'In-Place TTT'} training loss")
     export(model, out / "model", corpus, getattr(torch, args.save_dtype))
     print(f"done: step {step}, last loss {log[-1]['loss']:.4f}, {time.time() - t0:.0f}s", flush=True)
+
+
+def init_weights(model: ttt_model.TTTModel, path: str) -> None:
+    """Copies a checkpoint's weights; only the TTT modules may be missing from it."""
+    src = ttt_model.load(path, torch.float32).hf.state_dict()
+    missing, unexpected = model.hf.load_state_dict(src, strict=False)
+    missing = [k for k in missing if ".ttt_" not in k and k != "lm_head.weight"]
+    if missing or unexpected:
+        raise SystemExit(f"--init {path}: architecture differs: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    model.hf.tie_weights()
 
 
 def export(model: ttt_model.TTTModel, path: pathlib.Path, corpus: pathlib.Path, dtype) -> None:

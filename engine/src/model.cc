@@ -1,0 +1,109 @@
+// Model and SessionState: loading, sessions, and the exception boundary of the forward pass.
+#include "adaptd/engine/model.h"
+
+#include <ATen/core/grad_mode.h>
+
+#include <exception>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "model_impl.h"
+#include "status_macros.h"
+
+namespace adaptd::engine {
+namespace {
+
+absl::StatusOr<at::Device> ParseDevice(const std::string& name) {
+  try {
+    at::Device device(name);
+    if (device.is_cuda() && !at::hasCUDA()) {
+      return absl::FailedPreconditionError("device " + name + " requested, but this LibTorch has no CUDA device");
+    }
+    return device;
+  } catch (const std::exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat("bad device '", name, "'"));
+  }
+}
+
+}  // namespace
+
+Model::Model(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Model::~Model() = default;
+
+absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& dir, const LoadOptions& options) {
+  auto impl = std::make_unique<Impl>();
+  ASSIGN_OR_RETURN(impl->config, LoadModelConfig(dir));
+  ASSIGN_OR_RETURN(impl->device, ParseDevice(options.device));
+  const DType dtype = options.dtype.value_or(impl->config.dtype);
+  if (dtype != DType::kF32 && dtype != DType::kBF16 && dtype != DType::kF16) {
+    return absl::InvalidArgumentError("compute dtype must be F32, BF16 or F16");
+  }
+  impl->dtype = dtype == DType::kF32 ? at::kFloat : dtype == DType::kBF16 ? at::kBFloat16 : at::kHalf;
+  try {
+    at::NoGradGuard no_grad;
+    RETURN_IF_ERROR(LoadWeights(dir, *impl));
+    if (options.edit_config) options.edit_config(impl->config);
+    impl->inv_freq = RopeInvFreq(impl->config).to(impl->device);
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("loading ", dir, ": ", e.what()));
+  }
+  return std::unique_ptr<Model>(new Model(std::move(impl)));
+}
+
+const ModelConfig& Model::config() const { return impl_->config; }
+const std::string& Model::fingerprint() const { return impl_->fingerprint; }
+
+std::unique_ptr<SessionState> Model::NewSession(const SessionOptions& options) const {
+  auto s = std::make_unique<SessionState::Impl>();
+  s->options = options;
+  const ModelConfig& c = impl_->config;
+  s->kv.resize(c.num_layers);
+  s->ttt.resize(c.num_layers);
+  const auto opts = at::TensorOptions().dtype(impl_->dtype).device(impl_->device);
+  for (int l : c.ttt.layers) {
+    TttLayerState st;
+    st.tail_x = at::zeros({c.ttt.chunk, c.hidden_size}, opts);
+    if (c.ttt.target == TttConfig::Target::kInputEmbed) st.tail_t = at::zeros({c.ttt.chunk, c.hidden_size}, opts);
+    s->ttt[l] = std::move(st);
+  }
+  return std::make_unique<SessionState>(std::move(s));
+}
+
+absl::StatusOr<std::vector<float>> Model::Forward(SessionState& session, absl::Span<const int32_t> ids,
+                                                  bool learn) const {
+  const ModelConfig& c = impl_->config;
+  if (ids.empty()) return absl::InvalidArgumentError("no tokens to feed");
+  for (int32_t id : ids) {
+    if (id < 0 || id >= c.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat("token id ", id, " is outside the vocabulary [0, ", c.vocab_size, ")"));
+    }
+  }
+  try {
+    at::NoGradGuard no_grad;
+    at::Tensor t = at::tensor(std::vector<int64_t>(ids.begin(), ids.end()), at::kLong).to(impl_->device);
+    at::Tensor logits = ForwardSession(*impl_, session.impl(), t, learn).contiguous().cpu();  // [m, V]
+    return std::vector<float>(logits.data_ptr<float>(), logits.data_ptr<float>() + logits.numel());
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("forward failed: ", e.what()));
+  }
+}
+
+absl::StatusOr<std::vector<float>> Model::FastWeight(const SessionState& session, int layer) const {
+  if (layer < 0 || layer >= impl_->config.num_layers || !session.impl().ttt[layer]) {
+    return absl::InvalidArgumentError(absl::StrCat("layer ", layer, " is not a TTT layer"));
+  }
+  const TttLayerState& st = *session.impl().ttt[layer];
+  at::Tensor w = st.whole.defined() ? st.whole.to(at::kFloat)
+                 : st.delta.defined() ? impl_->layers[layer].down.to(at::kFloat) + st.delta
+                                      : impl_->layers[layer].down.to(at::kFloat);
+  w = w.contiguous().cpu();
+  return std::vector<float>(w.data_ptr<float>(), w.data_ptr<float>() + w.numel());
+}
+
+SessionState::SessionState(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+SessionState::~SessionState() = default;
+int64_t SessionState::n_learned() const { return impl_->n_learned; }
+int64_t SessionState::position() const { return impl_->position; }
+int64_t SessionState::updates_applied() const { return impl_->updates_applied; }
+
+}  // namespace adaptd::engine

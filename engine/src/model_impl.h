@@ -1,0 +1,67 @@
+// Private to engine/: the tensors behind Model and SessionState (LibTorch types live here).
+#ifndef ADAPTD_ENGINE_SRC_MODEL_IMPL_H_
+#define ADAPTD_ENGINE_SRC_MODEL_IMPL_H_
+
+#include <ATen/ATen.h>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "adaptd/engine/model.h"
+
+namespace adaptd::engine {
+
+struct LayerWeights {
+  at::Tensor input_norm, post_norm;           // [d]
+  at::Tensor q, k, v, o;                      // [H*hd, d], [KV*hd, d], [KV*hd, d], [d, H*hd]
+  at::Tensor q_norm, k_norm;                  // [hd] (Qwen3) or undefined
+  at::Tensor gate, up, down;                  // [f, d], [f, d], [d, f]
+  at::Tensor ttt_conv, ttt_proj;              // [d, 1, 5], [d, d] (undefined if absent)
+};
+
+struct Model::Impl {
+  ModelConfig config;
+  std::string fingerprint;
+  at::ScalarType dtype;
+  at::Device device{at::kCPU};
+  at::Tensor embed, final_norm, lm_head;      // [V, d], [d], [V, d]
+  std::vector<LayerWeights> layers;
+  std::vector<bool> is_ttt;                   // per layer
+  at::Tensor inv_freq;                        // [hd/2] fp32
+};
+
+// Fast state of one TTT layer (architecture.md "Session state").
+struct TttLayerState {
+  at::Tensor delta;   // split: dW fp32 [d, f]; undefined while no chunk has completed
+  at::Tensor whole;   // parity: W in the model dtype; undefined until the first update
+  at::Tensor tail_x;  // [C, d] preallocated MLP inputs of the open chunk
+  at::Tensor tail_t;  // [C, d] target states (input_embed mode only)
+};
+
+struct KvCache {
+  at::Tensor k, v;  // [KV, capacity, hd]; rows [0, length) are valid
+};
+
+struct SessionState::Impl {
+  SessionOptions options;
+  int64_t n_learned = 0;  // N
+  int64_t position = 0;   // P
+  int64_t updates_applied = 0;
+  std::vector<KvCache> kv;                           // per layer
+  std::vector<std::optional<TttLayerState>> ttt;     // per layer; set for TTT layers
+};
+
+// Loads and checks every tensor of the checkpoint (weights.cc).
+absl::Status LoadWeights(const std::string& dir, Model::Impl& model);
+
+// The forward pass of `ids` [m] through one session (forward.cc). Returns logits [m, V] fp32.
+at::Tensor ForwardSession(const Model::Impl& model, SessionState::Impl& session, const at::Tensor& ids,
+                          bool learn);
+
+// The rotary inverse frequencies [hd/2] (fp32) for the config's rope settings.
+at::Tensor RopeInvFreq(const ModelConfig& config);
+
+}  // namespace adaptd::engine
+
+#endif  // ADAPTD_ENGINE_SRC_MODEL_IMPL_H_

@@ -1,0 +1,145 @@
+"""Writes the oracle fixtures of the engine's parity tests (run by ctest before them).
+
+python tests/engine/make_fixtures.py OUT_DIR
+
+Every model is random, made here from a fixed seed, and saved as a Hugging Face checkpoint:
+- OUT_DIR/hf/<case>/: stock Qwen3 / Llama models (no TTT) and expected.safetensors with the
+  logits of HF transformers (eager attention) for `ids`, in f32 and in bf16.
+- OUT_DIR/ttt/<case>/: In-Place TTT models and dumps of tools/ttt_reference (logits and every
+  TTT layer's W) for the same ids fed at once, in straddling pieces and token by token, in both
+  numeric modes and in f32 and bf16; prefix dumps at N = C-1, C, C+1, 2C; one clipped run.
+OUT_DIR/manifest.json lists the cases and dump files. The case names are fixed: the C++ tests
+name them too.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+
+import torch
+from safetensors.torch import save_file
+from transformers import AutoModelForCausalLM, LlamaConfig, Qwen3Config
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
+from tools.ttt_reference import dump as ref_dump  # noqa: E402
+from tools.ttt_reference import model as ref_model  # noqa: E402
+
+VOCAB, SEQ, CHUNK = 256, 80, 8
+
+
+def hf_config(arch: str, **kw):
+    common = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                  num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                  max_position_embeddings=512, rms_norm_eps=1e-6, rope_theta=10000.0,
+                  tie_word_embeddings=False, bos_token_id=None, eos_token_id=None,
+                  pad_token_id=None, attn_implementation="eager")
+    common.update(kw)
+    if arch == "qwen3":
+        cfg = Qwen3Config(**common)
+        cfg.architectures = ["Qwen3ForCausalLM"]
+    else:
+        cfg = LlamaConfig(attention_bias=False, mlp_bias=False, **common)
+        cfg.architectures = ["LlamaForCausalLM"]
+    return cfg
+
+
+HF_CASES = {
+    "qwen3_gqa_tied": hf_config("qwen3", tie_word_embeddings=True),
+    "qwen3_mha_untied": hf_config("qwen3", num_key_value_heads=4, head_dim=32, rope_theta=1e6),
+    "llama_gqa_llama3": hf_config("llama", num_key_value_heads=1, rope_theta=50000.0, rope_scaling={
+        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 32}),
+    "llama_tied": hf_config("llama", tie_word_embeddings=True),
+}
+
+TTT_FIELDS = dict(ttt_mode=True, ttt_chunk=CHUNK, ttt_lr=0.3)
+TTT_CASES = {
+    "ttt_qwen3_hidden_proj": hf_config("qwen3", ttt_layers=[0, 2], ttt_proj=True,
+                                       ttt_target="hidden_states", **TTT_FIELDS),
+    "ttt_qwen3_embed_proj": hf_config("qwen3", ttt_layers=[0, 2], ttt_proj=True,
+                                      ttt_target="input_embed", **TTT_FIELDS),
+    "ttt_llama_hidden_noproj": hf_config("llama", ttt_layers=[1], ttt_proj=False,
+                                         ttt_target="hidden_states", **TTT_FIELDS),
+}
+TTT_SEQ = 4 * CHUNK + 3
+PIECES = {
+    "whole": [TTT_SEQ],
+    "pieces": [5, 3, 9, 1, 1, 8, 8],  # straddles every chunk boundary differently
+    "tokens": [1] * TTT_SEQ,
+}
+
+
+@torch.no_grad()
+def randomize(model: torch.nn.Module, seed: int) -> None:
+    """Weights large enough that every component moves the logits (HF's init is near-silent)."""
+    g = torch.Generator().manual_seed(seed)
+    for name, p in model.named_parameters():
+        if name.endswith("norm.weight"):
+            p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=g))
+        elif "ttt_conv" in name:
+            p.copy_(0.5 * torch.randn(p.shape, generator=g))
+        elif "ttt_proj" in name:
+            p.copy_(torch.eye(p.shape[0]) + 0.2 * torch.randn(p.shape, generator=g))
+        else:
+            p.copy_(torch.randn(p.shape, generator=g) / p.shape[-1] ** 0.5)
+
+
+def write_hf_case(out: pathlib.Path, name: str, cfg, seed: int) -> dict:
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
+    randomize(model, seed)
+    model.tie_weights()
+    model.save_pretrained(out / "model", safe_serialization=True)
+    ids = torch.randint(0, VOCAB, (SEQ,), generator=torch.Generator().manual_seed(seed + 1))
+    with torch.no_grad():
+        f32 = model(ids[None]).logits[0].float()
+        bf16 = model.to(torch.bfloat16)(ids[None]).logits[0].float()
+    save_file({"ids": ids, "logits_f32": f32.contiguous(), "logits_bf16": bf16.contiguous()},
+              str(out / "expected.safetensors"))
+    return {"name": name, "model": f"hf/{name}/model", "expected": f"hf/{name}/expected.safetensors"}
+
+
+@torch.no_grad()
+def write_ttt_case(out: pathlib.Path, name: str, cfg, seed: int) -> dict:
+    model = ref_model.from_config(cfg, seed=seed).eval()
+    randomize(model.hf, seed)
+    model.hf.tie_weights()
+    model.save(str(out / "model"))
+    ids = torch.randint(0, VOCAB, (TTT_SEQ,), generator=torch.Generator().manual_seed(seed + 1)).tolist()
+    runs = []  # (file stem, ids, pieces, numeric, dtype, clip_tau)
+    for numeric in ("split", "parity"):
+        for dtype in ("f32", "bf16"):
+            for pname, pieces in PIECES.items():
+                runs.append((f"{numeric}_{dtype}_{pname}", ids, pieces, numeric, dtype, None))
+    for n in (CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK):
+        runs.append((f"split_f32_n{n}", ids[:n], [n], "split", "f32", None))
+    # Clipped: tau below the first chunk's update norm, so every update is clipped.
+    first = ref_dump.run(model, ids[:CHUNK], [CHUNK], "split", None)
+    w0 = model.hf.model.layers[model.ttt_layers[0]].mlp.down_proj.weight.float()
+    tau = 0.5 * float(torch.linalg.vector_norm(first[f"layers.{model.ttt_layers[0]}.weight"] - w0))
+    runs.append(("split_f32_clipped", ids, PIECES["pieces"], "split", "f32", tau))
+
+    dumps = []
+    models = {"f32": model, "bf16": ref_model.load(str(out / "model"), torch.bfloat16).eval()}
+    for stem, run_ids, pieces, numeric, dtype, clip_tau in runs:
+        tensors = ref_dump.run(models[dtype], run_ids, pieces, numeric, clip_tau)
+        save_file(tensors, str(out / f"{stem}.safetensors"))
+        dumps.append({"file": f"ttt/{name}/{stem}.safetensors", "ids": run_ids, "pieces": pieces,
+                      "numeric": numeric, "dtype": dtype, "clip_tau": clip_tau})
+    return {"name": name, "model": f"ttt/{name}/model", "ttt_layers": model.ttt_layers, "chunk": CHUNK,
+            "dumps": dumps}
+
+
+def main() -> None:
+    root = pathlib.Path(sys.argv[1])
+    manifest = {"hf": [], "ttt": []}
+    for seed, (name, cfg) in enumerate(HF_CASES.items(), start=10):
+        manifest["hf"].append(write_hf_case(root / "hf" / name, name, cfg, seed))
+    for seed, (name, cfg) in enumerate(TTT_CASES.items(), start=20):
+        manifest["ttt"].append(write_ttt_case(root / "ttt" / name, name, cfg, seed))
+    (root / "manifest.json").write_text(json.dumps(manifest, indent=1))
+
+
+if __name__ == "__main__":
+    main()
