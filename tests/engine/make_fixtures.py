@@ -8,6 +8,8 @@ Every model is random, made here from a fixed seed, and saved as a Hugging Face 
 - OUT_DIR/ttt/<case>/: In-Place TTT models and dumps of tools/ttt_reference (logits and every
   TTT layer's W) for the same ids fed at once, in straddling pieces and token by token, in both
   numeric modes and in f32 and bf16; prefix dumps at N = C-1, C, C+1, 2C; one clipped run.
+- OUT_DIR/checkpoints/<case>/: good variants (sharded, bf16, f16) and broken checkpoints, each
+  with the status code and the text its load error must carry.
 OUT_DIR/manifest.json lists the cases and dump files. The case names are fixed: the C++ tests
 name them too.
 """
@@ -15,10 +17,11 @@ from __future__ import annotations
 
 import json
 import pathlib
+import shutil
 import sys
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, LlamaConfig, Qwen3Config
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
@@ -131,6 +134,66 @@ def write_ttt_case(out: pathlib.Path, name: str, cfg, seed: int) -> dict:
             "dumps": dumps}
 
 
+def write_checkpoint_cases(root: pathlib.Path, stock: pathlib.Path, ttt: pathlib.Path) -> list[dict]:
+    """Variants of two fixture models; code OK means the load must succeed."""
+    cases = []
+
+    def variant(name, src, code, mentions="", tensors=None, config=None, raw=None, files=None):
+        out = root / name
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        cfg = json.loads((src / "config.json").read_text())
+        sd = load_file(str(src / "model.safetensors"))
+        if config:
+            config(cfg)
+        (out / "config.json").write_text(raw if raw is not None else json.dumps(cfg, indent=1))
+        for fname, part in (files(sd) if files else {"model.safetensors": tensors(sd) if tensors else sd}).items():
+            if isinstance(part, bytes):
+                (out / fname).write_bytes(part)
+            else:
+                save_file(part, str(out / fname))
+        cases.append({"name": name, "dir": f"checkpoints/{name}", "code": code, "mentions": mentions})
+
+    def sharded(sd):
+        names = sorted(sd)
+        half = {n: ("model-00001-of-00002.safetensors" if i % 2 == 0 else "model-00002-of-00002.safetensors")
+                for i, n in enumerate(names)}
+        out = {f: {n: sd[n] for n in names if half[n] == f} for f in set(half.values())}
+        out["model.safetensors.index.json"] = json.dumps({"metadata": {}, "weight_map": half}).encode()
+        return out
+
+    def truncated(sd):
+        path = root / "_tmp.safetensors"
+        save_file(sd, str(path))
+        data = path.read_bytes()
+        path.unlink()
+        return {"model.safetensors": data[: len(data) - 100]}
+
+    up = "model.layers.1.mlp.up_proj.weight"
+    variant("sharded", stock, "OK", files=sharded)
+    variant("bf16", stock, "OK", tensors=lambda sd: {k: v.bfloat16() for k, v in sd.items()},
+            config=lambda c: c.update(dtype="bfloat16"))
+    variant("f16", stock, "OK", tensors=lambda sd: {k: v.half() for k, v in sd.items()},
+            config=lambda c: c.update(dtype="float16"))
+    variant("missing_tensor", stock, "NOT_FOUND", up, tensors=lambda sd: {k: v for k, v in sd.items() if k != up})
+    variant("extra_tensor", stock, "INVALID_ARGUMENT", "model.layers.1.mlp.extra.weight",
+            tensors=lambda sd: {**sd, "model.layers.1.mlp.extra.weight": torch.zeros(3)})
+    variant("misshaped_tensor", stock, "INVALID_ARGUMENT", up,
+            tensors=lambda sd: {**sd, up: sd[up].t().contiguous()})
+    variant("int_tensor", stock, "INVALID_ARGUMENT", up, tensors=lambda sd: {**sd, up: sd[up].to(torch.int32)})
+    variant("truncated", stock, "DATA_LOSS", "model.safetensors", files=truncated)
+    variant("bad_json", stock, "INVALID_ARGUMENT", "config.json", raw='{"architectures": ["Qwen3ForCausalLM"],')
+    variant("unsupported_architecture", stock, "UNIMPLEMENTED", "MistralForCausalLM",
+            config=lambda c: c.update(architectures=["MistralForCausalLM"], model_type="mistral"))
+    variant("ttt_mode_without_tensors", stock, "INVALID_ARGUMENT", "model.layers.1.mlp.ttt_conv.weight",
+            config=lambda c: c.update(ttt_mode=True, ttt_layers=[1]))
+    variant("ttt_tensors_without_mode", ttt, "INVALID_ARGUMENT", "ttt_conv",
+            config=lambda c: c.update(ttt_mode=False))
+    variant("missing_shard", stock, "NOT_FOUND", "model-00002-of-00002.safetensors",
+            files=lambda sd: {k: v for k, v in sharded(sd).items() if not k.startswith("model-00002")})
+    return cases
+
+
 def main() -> None:
     root = pathlib.Path(sys.argv[1])
     manifest = {"hf": [], "ttt": []}
@@ -138,6 +201,8 @@ def main() -> None:
         manifest["hf"].append(write_hf_case(root / "hf" / name, name, cfg, seed))
     for seed, (name, cfg) in enumerate(TTT_CASES.items(), start=20):
         manifest["ttt"].append(write_ttt_case(root / "ttt" / name, name, cfg, seed))
+    manifest["checkpoints"] = write_checkpoint_cases(
+        root / "checkpoints", root / "hf/qwen3_gqa_tied/model", root / "ttt/ttt_qwen3_hidden_proj/model")
     (root / "manifest.json").write_text(json.dumps(manifest, indent=1))
 
 
