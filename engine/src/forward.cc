@@ -48,41 +48,50 @@ Rope MakeRope(const Model::Impl& m, int64_t start, int64_t count) {
   return {emb.cos().to(m.dtype), emb.sin().to(m.dtype)};
 }
 
-at::Tensor Attention(const Model::Impl& m, const LayerWeights& L, KvCache& cache, const at::Tensor& h,
-                     const Rope& rope, int64_t past) {
+// Self-attention of every item's rows h [T, d]; each item attends over its own KV window.
+at::Tensor Attention(const Model::Impl& m, const LayerWeights& L, int layer, const std::vector<BatchItem>& items,
+                     const std::vector<Rope>& ropes, const at::Tensor& h) {
   const ModelConfig& c = m.config;
-  const int64_t len = h.size(0), hd = c.head_dim;
-  at::Tensor q = at::linear(h, L.q).view({len, c.num_heads, hd});     // [m, H, hd]
-  at::Tensor k = at::linear(h, L.k).view({len, c.num_kv_heads, hd});  // [m, KV, hd]
-  at::Tensor v = at::linear(h, L.v).view({len, c.num_kv_heads, hd});
+  const int64_t rows = h.size(0), hd = c.head_dim;
+  at::Tensor q = at::linear(h, L.q).view({rows, c.num_heads, hd});     // [T, H, hd]
+  at::Tensor k = at::linear(h, L.k).view({rows, c.num_kv_heads, hd});  // [T, KV, hd]
+  at::Tensor v = at::linear(h, L.v).view({rows, c.num_kv_heads, hd});
   if (c.qk_norm) {
     q = RmsNorm(q, L.q_norm, c.rms_norm_eps);
     k = RmsNorm(k, L.k_norm, c.rms_norm_eps);
   }
-  q = q.transpose(0, 1);  // [H, m, hd]
-  k = k.transpose(0, 1);  // [KV, m, hd]
-  v = v.transpose(0, 1);
-  q = q * rope.cos + RotateHalf(q) * rope.sin;
-  k = k * rope.cos + RotateHalf(k) * rope.sin;
-  auto [k_all, v_all] = AppendKv(cache, k, v, past);  // [KV, past + m, hd]
-  std::optional<at::Tensor> mask;
-  if (len > 1) {  // query i (position past + i) attends to keys j <= past + i
-    at::Tensor qpos = at::arange(past, past + len, at::TensorOptions().dtype(at::kLong).device(m.device));
-    at::Tensor kpos = at::arange(past + len, at::TensorOptions().dtype(at::kLong).device(m.device));
-    mask = kpos.unsqueeze(0) <= qpos.unsqueeze(1);  // [m, past + m]
+  std::vector<at::Tensor> outs;
+  for (size_t b = 0; b < items.size(); ++b) {
+    const BatchItem& it = items[b];
+    const int64_t len = it.ids.size(0), past = it.session->position;
+    const Rope& rope = ropes[b];
+    at::Tensor qb = q.narrow(0, it.row, len).transpose(0, 1);  // [H, m, hd]
+    at::Tensor kb = k.narrow(0, it.row, len).transpose(0, 1);  // [KV, m, hd]
+    at::Tensor vb = v.narrow(0, it.row, len).transpose(0, 1);
+    qb = qb * rope.cos + RotateHalf(qb) * rope.sin;
+    kb = kb * rope.cos + RotateHalf(kb) * rope.sin;
+    auto [k_all, v_all] = AppendKv(it.session->kv[layer], kb, vb, past);  // [KV, past + m, hd]
+    std::optional<at::Tensor> mask;
+    if (len > 1) {  // query i (position past + i) attends to keys j <= past + i
+      const auto lng = at::TensorOptions().dtype(at::kLong).device(m.device);
+      at::Tensor qpos = at::arange(past, past + len, lng);
+      at::Tensor kpos = at::arange(past + len, lng);
+      mask = kpos.unsqueeze(0) <= qpos.unsqueeze(1);  // [m, past + m]
+    }
+    at::Tensor o = at::scaled_dot_product_attention(qb.unsqueeze(0), k_all.unsqueeze(0), v_all.unsqueeze(0), mask,
+                                                    0.0, false, 1.0 / std::sqrt(static_cast<double>(hd)),
+                                                    /*enable_gqa=*/c.num_heads != c.num_kv_heads);  // [1, H, m, hd]
+    outs.push_back(o.squeeze(0).transpose(0, 1).reshape({len, c.num_heads * hd}));
   }
-  at::Tensor o = at::scaled_dot_product_attention(q.unsqueeze(0), k_all.unsqueeze(0), v_all.unsqueeze(0), mask,
-                                                  0.0, false, 1.0 / std::sqrt(static_cast<double>(hd)),
-                                                  /*enable_gqa=*/c.num_heads != c.num_kv_heads);  // [1, H, m, hd]
-  return at::linear(o.squeeze(0).transpose(0, 1).reshape({len, c.num_heads * hd}), L.o);
+  return at::linear(outs.size() == 1 ? outs[0] : at::cat(outs), L.o);  // [T, d]
 }
 
-// Z W^T with the session's W for this layer (split: W0 + dW in fp32; parity: whole W).
-at::Tensor ApplyW(const LayerWeights& L, const TttLayerState& st, const at::Tensor& z) {
+// Z W^T for rows of one session: base = Z W0^T (computed batched for all rows) plus Z dW^T in
+// fp32 (split), or Z W^T with the whole W (parity, once updated).
+at::Tensor ApplyW(const TttLayerState& st, const at::Tensor& z, const at::Tensor& base) {
   if (st.whole.defined()) return at::linear(z, st.whole);
-  at::Tensor out = at::linear(z, L.down);
-  if (!st.delta.defined()) return out;  // no chunk completed: the stock MLP exactly
-  return (out.to(at::kFloat) + at::matmul(z.to(at::kFloat), st.delta.t())).to(z.scalar_type());
+  if (!st.delta.defined()) return base;  // no chunk completed: the stock MLP exactly
+  return (base.to(at::kFloat) + at::matmul(z.to(at::kFloat), st.delta.t())).to(z.scalar_type());
 }
 
 // eta * (conv(T) P)^T Z for one complete chunk, t [C, d], z [C, f] -> [d, f] in t's dtype.
@@ -95,20 +104,28 @@ at::Tensor ChunkDelta(const LayerWeights& L, const at::Tensor& t, const at::Tens
   return at::matmul(v.t(), z) * lr;
 }
 
-// Applies one completed chunk to the layer's state; false when the safety checks refuse it.
+// Applies one completed chunk to the layer's state, or refuses it (non-finite update, or the
+// norm ceiling) and leaves the state as it was. Returns whether it was applied.
 bool UpdateW(const Model::Impl& m, const LayerWeights& L, TttLayerState& st, const SessionOptions& opt,
              const at::Tensor& t, const at::Tensor& z) {
   const bool parity = opt.numeric == NumericMode::kParity;
   at::Tensor d = parity ? ChunkDelta(L, t, z, m.config.ttt.lr)
-                        : ChunkDelta(L, t.to(at::kFloat), z.to(at::kFloat), m.config.ttt.lr);
+                        : ChunkDelta(L, t.to(at::kFloat), z.to(at::kFloat), m.config.ttt.lr);  // [d, f]
   const double norm = at::linalg_vector_norm(d.to(at::kFloat)).item<double>();
   if (!std::isfinite(norm)) return false;
   if (opt.clip_tau && norm > *opt.clip_tau) d = d * (*opt.clip_tau / norm);
+  const double keep = 1.0 - opt.decay;
+  at::Tensor next;  // the new dW (split) or W (parity)
   if (parity) {
-    st.whole = (st.whole.defined() ? st.whole : L.down) + d;
+    next = !st.whole.defined() ? L.down + d : opt.decay > 0 ? L.down + (st.whole - L.down) * keep + d : st.whole + d;
   } else {
-    st.delta = st.delta.defined() ? st.delta + d : d;
+    next = !st.delta.defined() ? d : opt.decay > 0 ? st.delta * keep + d : st.delta + d;
   }
+  if (opt.max_delta_norm) {
+    at::Tensor delta = parity ? next.to(at::kFloat) - L.down.to(at::kFloat) : next;
+    if (at::linalg_vector_norm(delta).item<double>() > *opt.max_delta_norm) return false;
+  }
+  (parity ? st.whole : st.delta) = next;
   return true;
 }
 
@@ -116,28 +133,46 @@ at::Tensor ZOf(const LayerWeights& L, const at::Tensor& x) {
   return at::silu(at::linear(x, L.gate)) * at::linear(x, L.up);  // [n, f]
 }
 
-// The TTT MLP for m new tokens h [m, d] (targets t [m, d]); chunks align at multiples of C of N.
-at::Tensor TttMlp(const Model::Impl& m, const LayerWeights& L, SessionState::Impl& s, TttLayerState& st,
-                  const at::Tensor& h, const at::Tensor& t, bool learn) {
-  at::Tensor z_new = ZOf(L, h);  // [m, f]
-  if (!learn) return ApplyW(L, st, z_new);
+// The TTT MLP output of one session's m new rows (inputs h, targets t, Z z, base Z W0^T, all
+// [m, .]); chunks align at multiples of C of N: apply, then update at each boundary.
+at::Tensor SessionTttMlp(const Model::Impl& m, const LayerWeights& L, SessionState::Impl& s, TttLayerState& st,
+                         const at::Tensor& h, const at::Tensor& t, const at::Tensor& z, const at::Tensor& base,
+                         bool learn) {
+  if (!learn || s.options.rule == UpdateRule::kOff) return ApplyW(st, z, base);
   const int64_t C = m.config.ttt.chunk, len = h.size(0);
   const bool embed_target = m.config.ttt.target == TttConfig::Target::kInputEmbed;
   int64_t r = s.n_learned % C;
   std::vector<at::Tensor> outs;
   for (int64_t a = 0; a < len;) {
     const int64_t n = std::min(len - a, C - r);  // rows up to the next chunk boundary
-    outs.push_back(ApplyW(L, st, z_new.narrow(0, a, n)));  // apply ...
+    outs.push_back(ApplyW(st, z.narrow(0, a, n), base.narrow(0, a, n)));  // apply ...
     st.tail_x.narrow(0, r, n).copy_(h.narrow(0, a, n));
     if (embed_target) st.tail_t.narrow(0, r, n).copy_(t.narrow(0, a, n));
-    if (r + n == C) {  // ... then update with the completed chunk
-      at::Tensor z = r == 0 ? z_new.narrow(0, a, n) : at::cat({ZOf(L, st.tail_x.narrow(0, 0, r)), z_new.narrow(0, a, n)});
-      if (UpdateW(m, L, st, s.options, embed_target ? st.tail_t : st.tail_x, z)) ++s.updates_applied;
+    if (r + n == C) {  // ... then update with the completed chunk (the tail's Z is recomputed)
+      at::Tensor zc = r == 0 ? z.narrow(0, a, n) : at::cat({ZOf(L, st.tail_x.narrow(0, 0, r)), z.narrow(0, a, n)});
+      ++(UpdateW(m, L, st, s.options, embed_target ? st.tail_t : st.tail_x, zc) ? s.updates_applied
+                                                                                : s.updates_rejected);
       r = 0;
     } else {
       r += n;
     }
     a += n;
+  }
+  return outs.size() == 1 ? outs[0] : at::cat(outs);
+}
+
+// TTT layer over the whole batch: Z W0^T batched for every row, then per session its own dW.
+at::Tensor TttMlp(const Model::Impl& m, const LayerWeights& L, int layer, const std::vector<BatchItem>& items,
+                  const at::Tensor& h, const at::Tensor& embeds) {
+  const at::Tensor z = ZOf(L, h);              // [T, f]
+  const at::Tensor base = at::linear(z, L.down);  // [T, d]
+  const at::Tensor& t = m.config.ttt.target == TttConfig::Target::kInputEmbed ? embeds : h;
+  std::vector<at::Tensor> outs;
+  for (const BatchItem& it : items) {
+    const int64_t len = it.ids.size(0);
+    outs.push_back(SessionTttMlp(m, L, *it.session, *it.session->ttt[layer], h.narrow(0, it.row, len),
+                                 t.narrow(0, it.row, len), z.narrow(0, it.row, len), base.narrow(0, it.row, len),
+                                 it.learn));
   }
   return outs.size() == 1 ? outs[0] : at::cat(outs);
 }
@@ -160,25 +195,38 @@ at::Tensor RopeInvFreq(const ModelConfig& c) {
   return at::where(medium, smoothed, scaled);
 }
 
-at::Tensor ForwardSession(const Model::Impl& m, SessionState::Impl& s, const at::Tensor& ids, bool learn) {
+std::vector<at::Tensor> ForwardBatch(const Model::Impl& m, std::vector<BatchItem>& items, bool all_logits) {
   const ModelConfig& c = m.config;
-  const int64_t len = ids.size(0);
-  at::Tensor x = at::embedding(m.embed, ids);  // [m, d]
+  std::vector<at::Tensor> ids;
+  std::vector<Rope> ropes;
+  int64_t rows = 0;
+  for (BatchItem& it : items) {
+    it.row = rows;
+    rows += it.ids.size(0);
+    ids.push_back(it.ids);
+    ropes.push_back(MakeRope(m, it.session->position, it.ids.size(0)));
+  }
+  at::Tensor x = at::embedding(m.embed, ids.size() == 1 ? ids[0] : at::cat(ids));  // [T, d]
   const at::Tensor embeds = x;  // TTT targets in input_embed mode (x is rebound below)
-  const Rope rope = MakeRope(m, s.position, len);
   for (int64_t i = 0; i < c.num_layers; ++i) {
     const LayerWeights& L = m.layers[i];
-    x = x + Attention(m, L, s.kv[i], RmsNorm(x, L.input_norm, c.rms_norm_eps), rope, s.position);
-    at::Tensor h = RmsNorm(x, L.post_norm, c.rms_norm_eps);  // [m, d]
-    if (m.is_ttt[i]) {
-      x = x + TttMlp(m, L, s, *s.ttt[i], h, embeds, learn);
-    } else {
-      x = x + at::linear(ZOf(L, h), L.down);
-    }
+    x = x + Attention(m, L, i, items, ropes, RmsNorm(x, L.input_norm, c.rms_norm_eps));
+    at::Tensor h = RmsNorm(x, L.post_norm, c.rms_norm_eps);  // [T, d]
+    x = x + (m.is_ttt[i] ? TttMlp(m, L, i, items, h, embeds) : at::linear(ZOf(L, h), L.down));
   }
-  s.position += len;
-  if (learn) s.n_learned += len;
-  return at::linear(RmsNorm(x, m.final_norm, c.rms_norm_eps), m.lm_head).to(at::kFloat);  // [m, V]
+  std::vector<at::Tensor> out;
+  for (BatchItem& it : items) {
+    const int64_t len = it.ids.size(0);
+    it.session->position += len;
+    if (it.learn) it.session->n_learned += len;
+    at::Tensor xr = all_logits ? x.narrow(0, it.row, len) : x.narrow(0, it.row + len - 1, 1);
+    out.push_back(xr);
+  }
+  // lm_head once for all rows that need logits: [R, V] fp32, split per item.
+  at::Tensor logits = at::linear(RmsNorm(at::cat(out), m.final_norm, c.rms_norm_eps), m.lm_head).to(at::kFloat);
+  std::vector<int64_t> sizes;
+  for (const at::Tensor& r : out) sizes.push_back(r.size(0));
+  return logits.split_with_sizes(sizes);
 }
 
 }  // namespace adaptd::engine

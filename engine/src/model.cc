@@ -4,6 +4,7 @@
 #include <ATen/core/grad_mode.h>
 
 #include <exception>
+#include <set>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -53,7 +54,16 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& dir, const
 const ModelConfig& Model::config() const { return impl_->config; }
 const std::string& Model::fingerprint() const { return impl_->fingerprint; }
 
-std::unique_ptr<SessionState> Model::NewSession(const SessionOptions& options) const {
+absl::Status ValidateSessionOptions(const SessionOptions& o) {
+  if (o.rule == UpdateRule::kNtpGradient) return absl::UnimplementedError("update rule ntp_gradient is not implemented yet");
+  if (o.clip_tau && !(*o.clip_tau > 0)) return absl::InvalidArgumentError("clip_tau must be > 0");
+  if (!(o.decay >= 0 && o.decay <= 1)) return absl::InvalidArgumentError("decay must be in [0, 1]");
+  if (o.max_delta_norm && !(*o.max_delta_norm > 0)) return absl::InvalidArgumentError("max_delta_norm must be > 0");
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<SessionState>> Model::NewSession(const SessionOptions& options) const {
+  RETURN_IF_ERROR(ValidateSessionOptions(options));
   auto s = std::make_unique<SessionState::Impl>();
   s->options = options;
   const ModelConfig& c = impl_->config;
@@ -69,20 +79,64 @@ std::unique_ptr<SessionState> Model::NewSession(const SessionOptions& options) c
   return std::make_unique<SessionState>(std::move(s));
 }
 
-absl::StatusOr<std::vector<float>> Model::Forward(SessionState& session, absl::Span<const int32_t> ids,
-                                                  bool learn) const {
-  const ModelConfig& c = impl_->config;
+std::unique_ptr<SessionState> Model::Clone(const SessionState& session) const {
+  auto s = std::make_unique<SessionState::Impl>(session.impl());  // counters and options
+  auto copy = [](const at::Tensor& t) { return t.defined() ? t.clone() : t; };
+  for (KvCache& c : s->kv) {
+    c.k = copy(c.k);
+    c.v = copy(c.v);
+  }
+  for (auto& st : s->ttt) {
+    if (!st) continue;
+    st->delta = copy(st->delta);
+    st->whole = copy(st->whole);
+    st->tail_x = copy(st->tail_x);
+    st->tail_t = copy(st->tail_t);
+  }
+  return std::make_unique<SessionState>(std::move(s));
+}
+
+absl::Status Model::CheckIds(absl::Span<const int32_t> ids) const {
   if (ids.empty()) return absl::InvalidArgumentError("no tokens to feed");
   for (int32_t id : ids) {
-    if (id < 0 || id >= c.vocab_size) {
-      return absl::InvalidArgumentError(absl::StrCat("token id ", id, " is outside the vocabulary [0, ", c.vocab_size, ")"));
+    if (id < 0 || id >= impl_->config.vocab_size) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("token id ", id, " is outside the vocabulary [0, ", impl_->config.vocab_size, ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<float>> Model::Forward(SessionState& session, absl::Span<const int32_t> ids,
+                                                  bool learn) const {
+  BatchInput input{&session, ids, learn};
+  ASSIGN_OR_RETURN(auto out, ForwardBatch(absl::MakeConstSpan(&input, 1), /*all_logits=*/true));
+  return std::move(out[0]);
+}
+
+absl::StatusOr<std::vector<std::vector<float>>> Model::ForwardBatch(absl::Span<const BatchInput> inputs,
+                                                                    bool all_logits) const {
+  if (inputs.empty()) return absl::InvalidArgumentError("empty batch");
+  std::set<const SessionState*> seen;
+  for (const BatchInput& in : inputs) {
+    RETURN_IF_ERROR(CheckIds(in.ids));
+    if (in.session == nullptr || !seen.insert(in.session).second) {
+      return absl::InvalidArgumentError("a batch needs distinct, non-null sessions");
     }
   }
   try {
     at::NoGradGuard no_grad;
-    at::Tensor t = at::tensor(std::vector<int64_t>(ids.begin(), ids.end()), at::kLong).to(impl_->device);
-    at::Tensor logits = ForwardSession(*impl_, session.impl(), t, learn).contiguous().cpu();  // [m, V]
-    return std::vector<float>(logits.data_ptr<float>(), logits.data_ptr<float>() + logits.numel());
+    std::vector<BatchItem> items;
+    for (const BatchInput& in : inputs) {
+      at::Tensor ids = at::tensor(std::vector<int64_t>(in.ids.begin(), in.ids.end()), at::kLong);
+      items.push_back({&in.session->impl(), ids.to(impl_->device), in.learn});
+    }
+    std::vector<std::vector<float>> out;
+    for (const at::Tensor& l : engine::ForwardBatch(*impl_, items, all_logits)) {
+      at::Tensor cpu = l.contiguous().cpu();  // [m, V] or [1, V]
+      out.emplace_back(cpu.data_ptr<float>(), cpu.data_ptr<float>() + cpu.numel());
+    }
+    return out;
   } catch (const std::exception& e) {
     return absl::InternalError(absl::StrCat("forward failed: ", e.what()));
   }
@@ -105,5 +159,6 @@ SessionState::~SessionState() = default;
 int64_t SessionState::n_learned() const { return impl_->n_learned; }
 int64_t SessionState::position() const { return impl_->position; }
 int64_t SessionState::updates_applied() const { return impl_->updates_applied; }
+int64_t SessionState::updates_rejected() const { return impl_->updates_rejected; }
 
 }  // namespace adaptd::engine

@@ -47,7 +47,8 @@ struct SessionState::Impl {
   SessionOptions options;
   int64_t n_learned = 0;  // N
   int64_t position = 0;   // P
-  int64_t updates_applied = 0;
+  int64_t updates_applied = 0;  // per layer and chunk
+  int64_t updates_rejected = 0;
   std::vector<KvCache> kv;                           // per layer
   std::vector<std::optional<TttLayerState>> ttt;     // per layer; set for TTT layers
 };
@@ -55,9 +56,17 @@ struct SessionState::Impl {
 // Loads and checks every tensor of the checkpoint (weights.cc).
 absl::Status LoadWeights(const std::string& dir, Model::Impl& model);
 
-// The forward pass of `ids` [m] through one session (forward.cc). Returns logits [m, V] fp32.
-at::Tensor ForwardSession(const Model::Impl& model, SessionState::Impl& session, const at::Tensor& ids,
-                          bool learn);
+// One session's part of a batched forward: its new token ids [m] and whether they are learned.
+struct BatchItem {
+  SessionState::Impl* session;
+  at::Tensor ids;  // [m] long, on the model's device
+  bool learn = true;
+  int64_t row = 0;  // first row of this item in the batch (set by ForwardBatch)
+};
+
+// The forward pass of every item in one batch (forward.cc); sessions must be distinct. Returns
+// per item its logits fp32: [m, V] with all_logits, else [1, V] of its last token.
+std::vector<at::Tensor> ForwardBatch(const Model::Impl& model, std::vector<BatchItem>& items, bool all_logits);
 
 // The rotary inverse frequencies [hd/2] (fp32) for the config's rope settings.
 at::Tensor RopeInvFreq(const ModelConfig& config);

@@ -65,7 +65,7 @@ TEST(CheckpointTest, ShardedAndHalfFilesRunTheSameModel) {
     SCOPED_TRACE(dir);
     auto model = LoadModel(dir);
     ASSERT_NE(model, nullptr);
-    auto session = model->NewSession();
+    auto session = model->NewSession().value();
     EXPECT_LE(MaxAbsDiff(FeedPieces(*model, *session, ids, whole), ReadFloats(expected, name)), tol);
   }
 }

@@ -45,7 +45,7 @@ class HfParityTest : public testing::TestWithParam<std::string> {
   double Diff(const LoadOptions& options, const std::string& expected_name, std::vector<int> pieces = {}) {
     auto model = LoadModel(model_dir_, options);
     if (model == nullptr) return INFINITY;
-    auto session = model->NewSession();
+    auto session = model->NewSession().value();
     if (pieces.empty()) pieces = PrefillThenDecode(static_cast<int>(ids_.size()), 48);
     return MaxAbsDiff(FeedPieces(*model, *session, ids_, pieces), ReadFloats(expected_, expected_name));
   }
@@ -114,7 +114,7 @@ class TttParityTest : public testing::TestWithParam<std::string> {
     SessionOptions so;
     so.numeric = dump["numeric"] == "parity" ? NumericMode::kParity : NumericMode::kSplit;
     if (!dump["clip_tau"].is_null()) so.clip_tau = dump["clip_tau"].get<double>();
-    auto session = model->NewSession(so);
+    auto session = model->NewSession(so).value();
     Result r;
     r.logits = FeedPieces(*model, *session, dump["ids"].get<std::vector<int32_t>>(), dump["pieces"].get<std::vector<int>>());
     for (int layer : case_["ttt_layers"]) {
@@ -173,7 +173,7 @@ TEST_P(TttParityTest, UpdatesMoveWeightsAndLearnFalseKeepsThem) {
   auto model = LoadModel(case_["model"]);
   ASSERT_NE(model, nullptr);
   const int layer = case_["ttt_layers"][0];
-  auto session = model->NewSession();
+  auto session = model->NewSession().value();
   auto w0 = model->FastWeight(*session, layer);
   ASSERT_TRUE(w0.ok());
   const auto ids = case_["dumps"][0]["ids"].get<std::vector<int32_t>>();
@@ -197,7 +197,7 @@ INSTANTIATE_TEST_SUITE_P(Checkpoints, TttParityTest,
 TEST(ForwardTest, RejectsBadInput) {
   auto model = LoadModel("hf/llama_tied/model");
   ASSERT_NE(model, nullptr);
-  auto session = model->NewSession();
+  auto session = model->NewSession().value();
   std::vector<int32_t> bad{1, 256};
   auto out = model->Forward(*session, bad);
   EXPECT_EQ(out.status().code(), absl::StatusCode::kInvalidArgument);

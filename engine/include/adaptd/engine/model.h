@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "adaptd/engine/model_config.h"
@@ -34,10 +35,23 @@ struct LoadOptions {
   std::function<void(ModelConfig&)> edit_config;
 };
 
+// How completed chunks change a session's fast weights (architecture.md "In-Place TTT").
+enum class UpdateRule {
+  kInplace,      // W += eta (UP)^T Z per chunk (the checkpoint's trained TTT modules)
+  kOff,          // W stays W0; N still counts learned tokens
+  kNtpGradient,  // one next-token-loss gradient step per chunk (not implemented yet)
+};
+
 struct SessionOptions {
   NumericMode numeric = NumericMode::kSplit;
-  std::optional<double> clip_tau;  // Frobenius bound of each chunk's eta*(UP)^T Z
+  UpdateRule rule = UpdateRule::kInplace;
+  std::optional<double> clip_tau;        // Frobenius bound of each chunk's eta*(UP)^T Z, > 0
+  double decay = 0.0;                    // dW <- (1 - decay) dW before each update, in [0, 1]
+  std::optional<double> max_delta_norm;  // an update that would push ||dW||_F past this is refused
 };
+
+// INVALID_ARGUMENT naming the field for out-of-range options; UNIMPLEMENTED for kNtpGradient.
+absl::Status ValidateSessionOptions(const SessionOptions& options);
 
 class SessionState;
 
@@ -53,13 +67,30 @@ class Model {
   // Stable across loads and machines: a hash of the config and every tensor's name and bytes.
   const std::string& fingerprint() const;
 
-  std::unique_ptr<SessionState> NewSession(const SessionOptions& options = {}) const;
+  // A session at N = P = 0 with dW = 0. Errors as ValidateSessionOptions.
+  absl::StatusOr<std::unique_ptr<SessionState>> NewSession(const SessionOptions& options = {}) const;
+
+  // An independent deep copy of `session` (fast state, KV window, counters).
+  std::unique_ptr<SessionState> Clone(const SessionState& session) const;
 
   // Feeds `ids` to `session` (continuing its KV window and fast state) and returns their logits,
   // [ids.size(), vocab] row-major fp32. learn=false: the tokens see the current fast weights but
   // N, the tail and W stay. INVALID_ARGUMENT for an id outside the vocabulary or an empty input.
   absl::StatusOr<std::vector<float>> Forward(SessionState& session, absl::Span<const int32_t> ids,
                                              bool learn = true) const;
+
+  // One batched pass over several sessions (architecture.md "Batching across sessions"): the
+  // ids of each input continue its session as Forward does. Sessions must be distinct. Returns
+  // per input its logits fp32: all rows [m, V] with all_logits, else the last token's [V].
+  // INVALID_ARGUMENT (nothing changed) for bad ids, an empty input or a repeated session;
+  // INTERNAL if the device fails mid-pass (the sessions of the batch are then unusable).
+  struct BatchInput {
+    SessionState* session;
+    absl::Span<const int32_t> ids;
+    bool learn = true;
+  };
+  absl::StatusOr<std::vector<std::vector<float>>> ForwardBatch(absl::Span<const BatchInput> inputs,
+                                                               bool all_logits = false) const;
 
   // The effective fast weight W0 + dW of TTT layer `layer` as fp32 [d, f] row-major.
   absl::StatusOr<std::vector<float>> FastWeight(const SessionState& session, int layer) const;
@@ -68,6 +99,7 @@ class Model {
 
  private:
   explicit Model(std::unique_ptr<Impl> impl);
+  absl::Status CheckIds(absl::Span<const int32_t> ids) const;
   std::unique_ptr<Impl> impl_;
 };
 
@@ -76,7 +108,8 @@ class SessionState {
   ~SessionState();
   int64_t n_learned() const;  // N: learned tokens (drives chunk phase)
   int64_t position() const;   // P: next position in the KV window
-  int64_t updates_applied() const;
+  int64_t updates_applied() const;   // per TTT layer and completed chunk
+  int64_t updates_rejected() const;  // refused by the safety checks (state kept)
 
   struct Impl;
   explicit SessionState(std::unique_ptr<Impl> impl);

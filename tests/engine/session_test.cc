@@ -1,0 +1,192 @@
+// Sessions beyond the reference: batching many sessions in one pass, cloning, the update rules
+// and the safety knobs (decay, norm ceiling). Runs on the TTT fixture models (C = 8).
+//
+// Batched vs alone tolerance: 1e-4 max abs (the shared Z W0^T product runs over more rows, so
+// BLAS may sum in another order; seen: ~1e-6).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <numeric>
+#include <vector>
+
+#include "adaptd/engine/model.h"
+#include "engine/fixtures.h"
+
+namespace adaptd::engine {
+namespace {
+
+constexpr char kModel[] = "ttt/ttt_qwen3_hidden_proj/model";
+
+std::vector<int32_t> Tokens(int n, int seed) {
+  std::vector<int32_t> ids(n);
+  for (int i = 0; i < n; ++i) ids[i] = (seed * 7919 + i * 104729) % 256;
+  return ids;
+}
+
+void Feed(const Model& model, SessionState& s, const std::vector<int32_t>& ids) {
+  ASSERT_TRUE(model.Forward(s, ids).ok());
+}
+
+std::vector<float> W(const Model& model, const SessionState& s, int layer) {
+  auto w = model.FastWeight(s, layer);
+  EXPECT_TRUE(w.ok()) << w.status();
+  return w.ok() ? *w : std::vector<float>{};
+}
+
+TEST(BatchTest, SixteenSessionsMixedPhasesMatchRunningAlone) {
+  auto model = LoadModel(kModel);
+  ASSERT_NE(model, nullptr);
+  const int C = 8;
+  std::vector<std::unique_ptr<SessionState>> batched, alone;
+  for (int i = 0; i < 16; ++i) {
+    SessionOptions o;
+    if (i % 4 == 3) o.numeric = NumericMode::kParity;
+    auto s = model->NewSession(o).value();
+    Feed(*model, *s, Tokens(2 * C + i, i));  // >= 2 learned chunks, every phase of the chunk
+    ASSERT_GE(s->updates_applied(), 4);
+    alone.push_back(model->Clone(*s));
+    batched.push_back(std::move(s));
+  }
+  for (int step = 0; step < 3; ++step) {
+    // Step 0 mixes prefill pieces (crossing chunk boundaries), decode tokens and a not-learned
+    // input; later steps decode everyone.
+    std::vector<std::vector<int32_t>> ids(16);
+    std::vector<Model::BatchInput> inputs;
+    for (int i = 0; i < 16; ++i) {
+      ids[i] = Tokens(step == 0 && i % 2 == 0 ? 3 + i : 1, 100 * step + i);
+      inputs.push_back({batched[i].get(), ids[i], /*learn=*/!(step == 0 && i == 5)});
+    }
+    auto out = model->ForwardBatch(inputs, /*all_logits=*/true);
+    ASSERT_TRUE(out.ok()) << out.status();
+    for (int i = 0; i < 16; ++i) {
+      SCOPED_TRACE(testing::Message() << "step " << step << " session " << i);
+      auto ref = model->Forward(*alone[i], ids[i], inputs[i].learn);
+      ASSERT_TRUE(ref.ok());
+      EXPECT_LE(MaxAbsDiff((*out)[i], *ref), kF32Tol);
+      EXPECT_EQ(batched[i]->n_learned(), alone[i]->n_learned());
+      EXPECT_EQ(batched[i]->position(), alone[i]->position());
+      for (int layer : {0, 2}) EXPECT_LE(MaxAbsDiff(W(*model, *batched[i], layer), W(*model, *alone[i], layer)), kF32Tol);
+    }
+  }
+}
+
+TEST(BatchTest, LastTokenLogitsAndBadBatchesChangeNothing) {
+  auto model = LoadModel(kModel);
+  ASSERT_NE(model, nullptr);
+  auto a = model->NewSession().value(), b = model->NewSession().value();
+  const auto ids = Tokens(5, 1);
+  auto last = model->ForwardBatch({{a.get(), ids}});
+  auto all = model->Forward(*b, ids);
+  ASSERT_TRUE(last.ok() && all.ok());
+  const size_t vocab = 256;
+  ASSERT_EQ((*last)[0].size(), vocab);
+  EXPECT_LE(MaxAbsDiff((*last)[0], std::vector<float>(all->end() - vocab, all->end())), kF32Tol);
+
+  const std::vector<int32_t> bad{3, 999};
+  EXPECT_EQ(model->ForwardBatch({{a.get(), ids}, {a.get(), ids}}).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(model->ForwardBatch({{a.get(), ids}, {b.get(), bad}}).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(model->ForwardBatch({}).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(a->position(), 5);
+  EXPECT_EQ(b->position(), 5);
+}
+
+TEST(SessionTest, CloneIsIndependentAndExact) {
+  auto model = LoadModel(kModel);
+  ASSERT_NE(model, nullptr);
+  auto s = model->NewSession().value();
+  Feed(*model, *s, Tokens(21, 3));
+  auto c = model->Clone(*s);
+  const auto w = W(*model, *s, 0);
+  Feed(*model, *c, Tokens(9, 4));
+  EXPECT_EQ(s->position(), 21);
+  EXPECT_EQ(W(*model, *s, 0), w);
+  auto again = model->Clone(*s);
+  auto x = model->Forward(*s, Tokens(9, 4)), y = model->Forward(*again, Tokens(9, 4));
+  ASSERT_TRUE(x.ok() && y.ok());
+  EXPECT_EQ(*x, *y);  // bit-exact
+}
+
+TEST(SessionTest, RejectsBadOptions) {
+  auto model = LoadModel(kModel);
+  ASSERT_NE(model, nullptr);
+  SessionOptions o;
+  o.decay = 1.5;
+  EXPECT_EQ(model->NewSession(o).status().code(), absl::StatusCode::kInvalidArgument);
+  o = {};
+  o.clip_tau = 0;
+  EXPECT_EQ(model->NewSession(o).status().code(), absl::StatusCode::kInvalidArgument);
+  o = {};
+  o.max_delta_norm = -1;
+  EXPECT_EQ(model->NewSession(o).status().code(), absl::StatusCode::kInvalidArgument);
+  o = {};
+  o.rule = UpdateRule::kNtpGradient;
+  EXPECT_EQ(model->NewSession(o).status().code(), absl::StatusCode::kUnimplemented);
+}
+
+// Layer 0's chunk updates do not depend on the fast weights (its inputs come before any TTT
+// MLP), so decay has a closed form there: dW = sum_k (1 - decay)^(K - k) d_k.
+TEST(SessionTest, DecayFollowsClosedFormOnFirstLayer) {
+  auto model = LoadModel(kModel);
+  ASSERT_NE(model, nullptr);
+  const auto ids = Tokens(24, 5);
+  auto plain = model->NewSession().value();
+  const auto w0 = W(*model, *plain, 0);
+  std::vector<std::vector<float>> w{w0};
+  for (int k = 0; k < 3; ++k) {
+    Feed(*model, *plain, std::vector<int32_t>(ids.begin() + 8 * k, ids.begin() + 8 * (k + 1)));
+    w.push_back(W(*model, *plain, 0));
+  }
+  SessionOptions o;
+  o.decay = 0.5;
+  auto decayed = model->NewSession(o).value();
+  Feed(*model, *decayed, ids);
+  std::vector<float> expected(w0.size());
+  for (size_t j = 0; j < w0.size(); ++j) {
+    expected[j] = w0[j] + 0.25f * (w[1][j] - w[0][j]) + 0.5f * (w[2][j] - w[1][j]) + (w[3][j] - w[2][j]);
+  }
+  EXPECT_LE(MaxAbsDiff(W(*model, *decayed, 0), expected), kF32Tol);
+  EXPECT_GT(MaxAbsDiff(W(*model, *decayed, 0), w[3]), 100 * kF32Tol);
+}
+
+TEST(SessionTest, NormCeilingRefusesUpdatesAndKeepsState) {
+  auto model = LoadModel(kModel);
+  ASSERT_NE(model, nullptr);
+  auto probe = model->NewSession().value();
+  const auto w0 = W(*model, *probe, 0);
+  Feed(*model, *probe, Tokens(8, 6));
+  double first = 0;
+  const auto w1 = W(*model, *probe, 0);
+  for (size_t j = 0; j < w0.size(); ++j) first += (w1[j] - w0[j]) * (w1[j] - w0[j]);
+  SessionOptions o;
+  o.max_delta_norm = 0.5 * std::sqrt(first);
+  auto s = model->NewSession(o).value();
+  Feed(*model, *s, Tokens(40, 6));
+  EXPECT_GE(s->updates_rejected(), 1);
+  EXPECT_EQ(s->updates_applied() + s->updates_rejected(), 5 * 2);
+  for (int layer : {0, 2}) {
+    const auto w = W(*model, *s, layer), base = W(*model, *model->NewSession().value(), layer);
+    double norm = 0;
+    for (size_t j = 0; j < w.size(); ++j) norm += (w[j] - base[j]) * (w[j] - base[j]);
+    EXPECT_LE(std::sqrt(norm), *o.max_delta_norm * (1 + 1e-5)) << "layer " << layer;
+  }
+}
+
+TEST(SessionTest, RuleOffKeepsBaseWeightsButCountsTokens) {
+  auto model = LoadModel(kModel);
+  ASSERT_NE(model, nullptr);
+  SessionOptions o;
+  o.rule = UpdateRule::kOff;
+  auto off = model->NewSession(o).value();
+  auto frozen = model->NewSession().value();
+  const auto ids = Tokens(30, 7);
+  auto a = model->Forward(*off, ids);
+  auto b = model->Forward(*frozen, ids, /*learn=*/false);
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ(*a, *b);
+  EXPECT_EQ(off->n_learned(), 30);
+  EXPECT_EQ(off->updates_applied(), 0);
+  EXPECT_EQ(W(*model, *off, 0), W(*model, *frozen, 0));
+}
+
+}  // namespace
+}  // namespace adaptd::engine
