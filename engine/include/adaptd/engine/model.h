@@ -12,6 +12,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -53,6 +54,17 @@ struct SessionOptions {
 // INVALID_ARGUMENT naming the field for out-of-range options; UNIMPLEMENTED for kNtpGradient.
 absl::Status ValidateSessionOptions(const SessionOptions& options);
 
+// How EncodeSession stores split-mode dW (everything else is always stored exactly).
+enum class StateEncoding {
+  kExact,     // every tensor in its own dtype (dW fp32; tails, KV, parity W in the model dtype)
+  kInt8Rows,  // dW as int8 per row plus an fp32 scale per row (~4x smaller); marked lossy
+};
+
+struct EncodeOptions {
+  StateEncoding encoding = StateEncoding::kExact;
+  bool include_kv = false;  // without it the decoded session has an empty window (P = 0)
+};
+
 class SessionState;
 
 class Model {
@@ -78,6 +90,13 @@ class Model {
   // N, the tail and W stay. INVALID_ARGUMENT for an id outside the vocabulary or an empty input.
   absl::StatusOr<std::vector<float>> Forward(SessionState& session, absl::Span<const int32_t> ids,
                                              bool learn = true) const;
+
+  // The session as self-describing, checksummed bytes (format: engine/src/session_codec.cc),
+  // bound to this model's fingerprint. kExact round-trips bit-exactly.
+  absl::StatusOr<std::string> EncodeSession(const SessionState& session, const EncodeOptions& options = {}) const;
+  // DATA_LOSS for corrupt, truncated or ill-fitting bytes; FAILED_PRECONDITION for another
+  // model's state or a newer format version.
+  absl::StatusOr<std::unique_ptr<SessionState>> DecodeSession(std::string_view bytes) const;
 
   // One batched pass over several sessions (architecture.md "Batching across sessions"): the
   // ids of each input continue its session as Forward does. Sessions must be distinct. Returns

@@ -1,0 +1,157 @@
+// Session state serialization: bit-exact round trips, the lossy int8 encoding's error bound,
+// every corruption detected, other models' states refused, and golden files of each format
+// version (tests/engine/golden/) still decoding to the same continuation.
+// ADAPTD_UPDATE_GOLDEN=1 rewrites the golden files of the current version (then commit them).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <vector>
+
+#include "adaptd/engine/model.h"
+#include "engine/fixtures.h"
+
+namespace adaptd::engine {
+namespace {
+
+std::vector<int32_t> Tokens(int n, int seed, int vocab = 256) {
+  std::vector<int32_t> ids(n);
+  for (int i = 0; i < n; ++i) ids[i] = (seed * 7919 + i * 104729) % vocab;
+  return ids;
+}
+
+struct Trained {
+  std::unique_ptr<Model> model;
+  std::unique_ptr<SessionState> session;
+};
+
+// A session with 2 completed chunks and 5 tail rows (C = 8).
+Trained Train(const std::string& dir, NumericMode numeric = NumericMode::kSplit) {
+  Trained t;
+  t.model = LoadModel(dir);
+  if (!t.model) return t;
+  SessionOptions o;
+  o.numeric = numeric;
+  o.clip_tau = 50.0;
+  t.session = t.model->NewSession(o).value();
+  EXPECT_TRUE(t.model->Forward(*t.session, Tokens(21, 1)).ok());
+  return t;
+}
+
+class RoundTripTest : public testing::TestWithParam<std::tuple<std::string, NumericMode>> {};
+
+TEST_P(RoundTripTest, ExactEncodingIsBitExact) {
+  auto [dir, numeric] = GetParam();
+  Trained t = Train(dir, numeric);
+  ASSERT_TRUE(t.model && t.session);
+  auto bytes = t.model->EncodeSession(*t.session, {StateEncoding::kExact, /*include_kv=*/true});
+  ASSERT_TRUE(bytes.ok()) << bytes.status();
+  auto back = t.model->DecodeSession(*bytes);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(*t.model->EncodeSession(**back, {StateEncoding::kExact, true}), *bytes);
+  EXPECT_EQ((*back)->n_learned(), 21);
+  EXPECT_EQ((*back)->position(), 21);
+  EXPECT_EQ((*back)->updates_applied(), t.session->updates_applied());
+  const auto more = Tokens(7, 2);  // crosses the next chunk boundary
+  auto a = t.model->Forward(*t.session, more), b = t.model->Forward(**back, more);
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ(*a, *b);
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, RoundTripTest,
+                         testing::Values(std::tuple{"ttt/ttt_qwen3_hidden_proj/model", NumericMode::kSplit},
+                                         std::tuple{"ttt/ttt_qwen3_hidden_proj/model", NumericMode::kParity},
+                                         std::tuple{"ttt/ttt_qwen3_embed_proj/model", NumericMode::kSplit}));
+
+TEST(SessionCodecTest, WithoutKvKeepsFastStateAndEmptiesWindow) {
+  Trained t = Train("ttt/ttt_qwen3_embed_proj/model");
+  ASSERT_TRUE(t.model);
+  auto back = t.model->DecodeSession(*t.model->EncodeSession(*t.session));
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ((*back)->position(), 0);
+  EXPECT_EQ((*back)->n_learned(), 21);
+  for (int layer : {0, 2}) EXPECT_EQ(*t.model->FastWeight(**back, layer), *t.model->FastWeight(*t.session, layer));
+}
+
+TEST(SessionCodecTest, Int8RowsIsSmallerWithinItsErrorBound) {
+  Trained t = Train("ttt/ttt_qwen3_hidden_proj/model");
+  ASSERT_TRUE(t.model);
+  auto exact = t.model->EncodeSession(*t.session);
+  auto small = t.model->EncodeSession(*t.session, {StateEncoding::kInt8Rows, false});
+  ASSERT_TRUE(exact.ok() && small.ok());
+  EXPECT_LT(small->size(), exact->size() * 0.45);
+  auto back = t.model->DecodeSession(*small);
+  ASSERT_TRUE(back.ok()) << back.status();
+  auto fresh = t.model->NewSession().value();
+  for (int layer : {0, 2}) {
+    const auto w = *t.model->FastWeight(*t.session, layer), w0 = *t.model->FastWeight(*fresh, layer);
+    double max_delta = 0;
+    for (size_t j = 0; j < w.size(); ++j) max_delta = std::max(max_delta, std::abs(double(w[j]) - w0[j]));
+    const double diff = MaxAbsDiff(*t.model->FastWeight(**back, layer), w);
+    EXPECT_GT(diff, 0);                          // it is lossy ...
+    EXPECT_LE(diff, max_delta / 254 + 1e-6);     // ... by at most half a step of the row scale
+  }
+}
+
+TEST(SessionCodecTest, DetectsCorruptionAndForeignStates) {
+  Trained t = Train("ttt/ttt_qwen3_hidden_proj/model");
+  ASSERT_TRUE(t.model);
+  const std::string bytes = *t.model->EncodeSession(*t.session, {StateEncoding::kExact, true});
+  for (size_t at : {size_t{3}, size_t{20}, bytes.size() / 2, bytes.size() - 1}) {
+    std::string bad = bytes;
+    bad[at] ^= 0x40;
+    EXPECT_EQ(t.model->DecodeSession(bad).status().code(), absl::StatusCode::kDataLoss) << "byte " << at;
+  }
+  EXPECT_EQ(t.model->DecodeSession(bytes.substr(0, bytes.size() - 100)).status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(t.model->DecodeSession("").status().code(), absl::StatusCode::kDataLoss);
+  auto other = LoadModel("ttt/ttt_qwen3_embed_proj/model");
+  ASSERT_NE(other, nullptr);
+  EXPECT_EQ(other->DecodeSession(bytes).status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+void WriteFile(const std::string& path, const std::string& bytes) {
+  std::ofstream(path, std::ios::binary) << bytes;
+}
+
+// The golden model (committed, so its fingerprint never changes): 2 layers, TTT layer 1, C = 4.
+TEST(GoldenTest, FormatVersion1StillDecodes) {
+  const std::string dir = ADAPTD_GOLDEN_DIR;
+  auto model = Model::Load(dir + "/model");
+  ASSERT_TRUE(model.ok()) << model.status();
+  const auto more = Tokens(6, 9, 32);
+  const char* update = std::getenv("ADAPTD_UPDATE_GOLDEN");
+  if (update != nullptr && std::string(update) == "1") {
+    auto s = (*model)->NewSession().value();
+    ASSERT_TRUE((*model)->Forward(*s, Tokens(10, 8, 32)).ok());
+    WriteFile(dir + "/state_v1_exact_kv.bin", *(*model)->EncodeSession(*s, {StateEncoding::kExact, true}));
+    WriteFile(dir + "/state_v1_int8.bin", *(*model)->EncodeSession(*s, {StateEncoding::kInt8Rows, false}));
+    auto logits = (*model)->Forward(*s, more);
+    WriteFile(dir + "/state_v1_exact_kv.logits", std::string(reinterpret_cast<const char*>(logits->data()),
+                                                             logits->size() * sizeof(float)));
+  }
+  auto s = (*model)->DecodeSession(ReadFile(dir + "/state_v1_exact_kv.bin"));
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ((*s)->n_learned(), 10);
+  const std::string expected_bytes = ReadFile(dir + "/state_v1_exact_kv.logits");
+  std::vector<float> expected(expected_bytes.size() / sizeof(float));
+  std::memcpy(expected.data(), expected_bytes.data(), expected_bytes.size());
+  auto logits = (*model)->Forward(**s, more);
+  ASSERT_TRUE(logits.ok());
+  EXPECT_LE(MaxAbsDiff(*logits, expected), 1e-5);
+  auto lossy = (*model)->DecodeSession(ReadFile(dir + "/state_v1_int8.bin"));
+  ASSERT_TRUE(lossy.ok()) << lossy.status();
+  EXPECT_EQ((*lossy)->position(), 0);
+}
+
+}  // namespace
+}  // namespace adaptd::engine
