@@ -96,7 +96,7 @@ std::unique_ptr<SessionState> Model::Clone(const SessionState& session) const {
   return std::make_unique<SessionState>(std::move(s));
 }
 
-absl::Status Model::CheckIds(absl::Span<const int32_t> ids) const {
+absl::Status Model::ValidateIds(absl::Span<const int32_t> ids) const {
   if (ids.empty()) return absl::InvalidArgumentError("no tokens to feed");
   for (int32_t id : ids) {
     if (id < 0 || id >= impl_->config.vocab_size) {
@@ -119,7 +119,7 @@ absl::StatusOr<std::vector<std::vector<float>>> Model::ForwardBatch(absl::Span<c
   if (inputs.empty()) return absl::InvalidArgumentError("empty batch");
   std::set<const SessionState*> seen;
   for (const BatchInput& in : inputs) {
-    RETURN_IF_ERROR(CheckIds(in.ids));
+    RETURN_IF_ERROR(ValidateIds(in.ids));
     if (in.session == nullptr || !seen.insert(in.session).second) {
       return absl::InvalidArgumentError("a batch needs distinct, non-null sessions");
     }

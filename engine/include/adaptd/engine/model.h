@@ -91,6 +91,9 @@ class Model {
   absl::StatusOr<std::vector<float>> Forward(SessionState& session, absl::Span<const int32_t> ids,
                                              bool learn = true) const;
 
+  // INVALID_ARGUMENT for an empty input or an id outside the vocabulary.
+  absl::Status ValidateIds(absl::Span<const int32_t> ids) const;
+
   // The session as self-describing, checksummed bytes (format: engine/src/session_codec.cc),
   // bound to this model's fingerprint. kExact round-trips bit-exactly.
   absl::StatusOr<std::string> EncodeSession(const SessionState& session, const EncodeOptions& options = {}) const;
@@ -118,7 +121,6 @@ class Model {
 
  private:
   explicit Model(std::unique_ptr<Impl> impl);
-  absl::Status CheckIds(absl::Span<const int32_t> ids) const;
   std::unique_ptr<Impl> impl_;
 };
 

@@ -1,0 +1,176 @@
+// Executor: the step planner step by step, then greedy generation through the engine thread
+// equal to a hand-run loop on a lone session, stop ids, cancellation, bad requests, shutdown.
+#include "adaptd/engine/executor.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <future>
+#include <vector>
+
+#include "engine/fixtures.h"
+
+namespace adaptd::engine {
+namespace {
+
+TEST(PlanStepTest, DecodeTokensFirstThenPromptPiecesInOrder) {
+  const StepPlan p = PlanStep({{100, false}, {0, true}, {5, false}, {0, true}}, 10);
+  ASSERT_EQ(p.pieces.size(), 3u);  // request 2 waits: the budget is spent
+  EXPECT_EQ(p.pieces[0].request, 1u);
+  EXPECT_EQ(p.pieces[1].request, 3u);
+  EXPECT_EQ(p.pieces[2].request, 0u);
+  EXPECT_EQ(p.pieces[2].tokens, 8);  // the rest of the budget
+  const StepPlan next = PlanStep({{92, false}, {0, true}, {5, false}, {0, true}}, 100);
+  ASSERT_EQ(next.pieces.size(), 4u);
+  EXPECT_EQ(next.pieces[2].tokens, 92);
+  EXPECT_EQ(next.pieces[3].tokens, 5);
+}
+
+TEST(PlanStepTest, BudgetIsNeverExceeded) {
+  const StepPlan p = PlanStep({{0, true}, {0, true}, {0, true}, {7, false}}, 2);
+  int64_t total = 0;
+  for (const auto& piece : p.pieces) {
+    EXPECT_GT(piece.tokens, 0);
+    total += piece.tokens;
+  }
+  EXPECT_EQ(total, 2);
+  EXPECT_TRUE(PlanStep({{0, false}}, 8).pieces.empty());
+}
+
+struct Collected {
+  std::vector<int32_t> tokens;
+  absl::Status status;
+  std::promise<void> done;
+};
+
+std::function<void(const GenerateResult&)> Collect(Collected& c) {
+  return [&c](const GenerateResult& r) {
+    c.tokens.insert(c.tokens.end(), r.tokens.begin(), r.tokens.end());
+    if (r.final) {
+      c.status = r.status;
+      c.done.set_value();
+    }
+  };
+}
+
+Executor::Options WithBudget(int64_t budget) {
+  Executor::Options o;
+  o.step_token_budget = budget;
+  return o;
+}
+
+std::vector<int32_t> Prompt(int n, int seed) {
+  std::vector<int32_t> ids(n);
+  for (int i = 0; i < n; ++i) ids[i] = (seed * 31 + i * 17) % 256;
+  return ids;
+}
+
+// Greedy by hand: prompt, then feed each generated token.
+std::vector<int32_t> GreedyAlone(const Model& model, const std::vector<int32_t>& prompt, int n) {
+  auto s = model.NewSession().value();
+  std::vector<int32_t> out;
+  auto logits = model.Forward(*s, prompt);
+  for (int i = 0; i < n; ++i) {
+    const auto last = logits->end() - model.config().vocab_size;
+    out.push_back(static_cast<int32_t>(std::max_element(last, logits->end()) - last));
+    logits = model.Forward(*s, {out.back()});
+  }
+  return out;
+}
+
+TEST(ExecutorTest, ConcurrentRequestsGenerateAsIfAlone) {
+  auto model = LoadModel("ttt/ttt_qwen3_hidden_proj/model");
+  ASSERT_NE(model, nullptr);
+  auto executor = Executor::Create(*model, WithBudget(16));
+  const int n = 6;
+  std::vector<std::unique_ptr<SessionState>> sessions;
+  std::vector<Collected> results(n);
+  for (int i = 0; i < n; ++i) {
+    sessions.push_back(model->NewSession().value());
+    auto id = executor->Enqueue({sessions[i].get(), Prompt(5 + 7 * i, i), true, 12, {}}, Collect(results[i]));
+    ASSERT_TRUE(id.ok()) << id.status();
+  }
+  for (int i = 0; i < n; ++i) {
+    results[i].done.get_future().wait();
+    ASSERT_TRUE(results[i].status.ok()) << results[i].status;
+    EXPECT_EQ(results[i].tokens, GreedyAlone(*model, Prompt(5 + 7 * i, i), 12)) << "request " << i;
+    EXPECT_EQ(sessions[i]->n_learned(), 5 + 7 * i + 12);  // every generated token entered the session
+  }
+  const auto stats = executor->GetStats();
+  EXPECT_GE(stats.max_batch, 2);
+  EXPECT_EQ(stats.decode_tokens, n * 12);
+  EXPECT_EQ(stats.active, 0);
+}
+
+TEST(ExecutorTest, StopIdEndsGenerationAfterEmittingIt) {
+  auto model = LoadModel("ttt/ttt_qwen3_hidden_proj/model");
+  ASSERT_NE(model, nullptr);
+  // A prompt whose greedy continuation has a token at j >= 1 not generated before: stopping on
+  // it must end generation right after it, not earlier.
+  int seed = 0;
+  std::vector<int32_t> greedy;
+  size_t j = 0;
+  while (j == 0 && ++seed < 50) {
+    greedy = GreedyAlone(*model, Prompt(9, seed), 8);
+    for (j = 1; j < greedy.size() && std::count(greedy.begin(), greedy.begin() + j, greedy[j]); ++j) {
+    }
+    if (j == greedy.size()) j = 0;
+  }
+  ASSERT_GT(j, 0u) << "no prompt with a varied continuation";
+  auto executor = Executor::Create(*model, {});
+  auto s = model->NewSession().value();
+  Collected c;
+  ASSERT_TRUE(executor->Enqueue({s.get(), Prompt(9, seed), true, 50, {greedy[j]}}, Collect(c)).ok());
+  c.done.get_future().wait();
+  EXPECT_TRUE(c.status.ok());
+  EXPECT_EQ(c.tokens, std::vector<int32_t>(greedy.begin(), greedy.begin() + j + 1));
+  EXPECT_EQ(s->position(), static_cast<int64_t>(9 + j + 1));
+}
+
+TEST(ExecutorTest, CancelEndsAtAStepBoundary) {
+  auto model = LoadModel("ttt/ttt_qwen3_hidden_proj/model");
+  ASSERT_NE(model, nullptr);
+  auto executor = Executor::Create(*model, {});
+  auto s = model->NewSession().value();
+  Collected c;
+  auto id = executor->Enqueue({s.get(), Prompt(4, 2), true, 60000, {}}, Collect(c));
+  ASSERT_TRUE(id.ok());
+  executor->Cancel(*id);
+  c.done.get_future().wait();
+  EXPECT_EQ(c.status.code(), absl::StatusCode::kCancelled);
+  EXPECT_LT(c.tokens.size(), 60000u);
+  EXPECT_EQ(s->position(), s->n_learned());  // whole steps only
+  Collected again;  // the session is free again
+  ASSERT_TRUE(executor->Enqueue({s.get(), Prompt(3, 3), true, 1, {}}, Collect(again)).ok());
+  again.done.get_future().wait();
+  EXPECT_TRUE(again.status.ok());
+}
+
+TEST(ExecutorTest, RejectsBadRequestsAndWorkAfterShutdown) {
+  auto model = LoadModel("ttt/ttt_qwen3_hidden_proj/model");
+  ASSERT_NE(model, nullptr);
+  Executor::Options o;
+  o.max_new_tokens = 64;
+  auto executor = Executor::Create(*model, o);
+  auto s = model->NewSession().value();
+  EXPECT_EQ(executor->Enqueue({nullptr, {1}, true, 1, {}}, nullptr).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(executor->Enqueue({s.get(), {}, true, 1, {}}, nullptr).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(executor->Enqueue({s.get(), {1, 256}, true, 1, {}}, nullptr).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(executor->Enqueue({s.get(), {1}, true, 65, {}}, nullptr).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(s->position(), 0);
+
+  Collected long_running;
+  ASSERT_TRUE(executor->Enqueue({s.get(), {1, 2}, true, 64, {}}, Collect(long_running)).ok());
+  EXPECT_EQ(executor->Enqueue({s.get(), {1}, true, 1, {}}, nullptr).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  executor->Shutdown();
+  long_running.done.get_future().wait();
+  EXPECT_TRUE(long_running.status.ok() || long_running.status.code() == absl::StatusCode::kUnavailable);
+  auto other = model->NewSession().value();
+  EXPECT_EQ(executor->Enqueue({other.get(), {1}, true, 1, {}}, nullptr).status().code(),
+            absl::StatusCode::kUnavailable);
+}
+
+}  // namespace
+}  // namespace adaptd::engine
