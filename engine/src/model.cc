@@ -1,6 +1,7 @@
 // Model and SessionState: loading, sessions, and the exception boundary of the forward pass.
 #include "adaptd/engine/model.h"
 
+#include <ATen/Parallel.h>
 #include <ATen/core/grad_mode.h>
 
 #include <exception>
@@ -27,6 +28,8 @@ absl::StatusOr<at::Device> ParseDevice(const std::string& name) {
 }
 
 }  // namespace
+
+void SetComputeThreads(int threads) { at::set_num_threads(threads); }
 
 Model::Model(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Model::~Model() = default;

@@ -67,6 +67,9 @@ struct EncodeOptions {
 
 class SessionState;
 
+// Threads LibTorch uses for intra-op parallelism on the CPU (process-wide).
+void SetComputeThreads(int threads);
+
 class Model {
  public:
   // Loads <dir>/config.json and model.safetensors (or the sharded index). Errors name the field
