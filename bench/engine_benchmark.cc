@@ -1,0 +1,125 @@
+// adaptd-bench-engine: engine throughput, measured side by side in one process (not a test).
+// Prints one JSON object: prefill and decode tokens/s with TTT on and off, and decode of
+// `sessions` sessions with distinct dW batched in one step vs fed one at a time.
+// bench/engine_bench.py runs it next to HF transformers and prints the ratios.
+//
+//   adaptd-bench-engine --model DIR --prompt 512 --decode 64 --sessions 16 --threads 2
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "adaptd/engine/model.h"
+
+ABSL_FLAG(std::string, model, "", "checkpoint directory");
+ABSL_FLAG(int, prompt, 512, "prompt tokens");
+ABSL_FLAG(int, decode, 64, "decoded tokens per session");
+ABSL_FLAG(int, sessions, 16, "sessions in the batched decode");
+ABSL_FLAG(int, repeats, 3, "repeats (the median is reported)");
+ABSL_FLAG(int, threads, 0, "CPU threads (0: LibTorch's default)");
+
+namespace adaptd::engine {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+std::vector<int32_t> Ids(int n, int seed, int64_t vocab) {
+  std::vector<int32_t> ids(n);
+  for (int i = 0; i < n; ++i) ids[i] = static_cast<int32_t>((seed * 7919 + i * 104729) % vocab);
+  return ids;
+}
+
+double Seconds(Clock::time_point a) { return std::chrono::duration<double>(Clock::now() - a).count(); }
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+void Check(const absl::Status& s) {
+  if (!s.ok()) {
+    std::fprintf(stderr, "%s\n", s.ToString().c_str());
+    std::exit(1);
+  }
+}
+
+struct Single {
+  double prefill_tps, decode_tps;
+  int64_t updates;
+};
+
+// One session: prefill the prompt, then decode token by token.
+Single RunSingle(const Model& m, UpdateRule rule, const std::vector<int32_t>& prompt, int decode) {
+  SessionOptions o;
+  o.rule = rule;
+  auto s = m.NewSession(o).value();
+  auto t0 = Clock::now();
+  Check(m.Forward(*s, prompt).status());
+  const double prefill = Seconds(t0);
+  const auto next = Ids(decode, 99, m.config().vocab_size);
+  t0 = Clock::now();
+  for (int32_t id : next) Check(m.ForwardBatch({{s.get(), absl::MakeConstSpan(&id, 1)}}).status());
+  return {prompt.size() / prefill, decode / Seconds(t0), s->updates_applied()};
+}
+
+// Decode tokens/s of n sessions with distinct dW: one batched step per token vs one at a time.
+std::pair<double, double> RunBatched(const Model& m, int n, int prompt, int decode) {
+  std::vector<std::unique_ptr<SessionState>> a, b;
+  for (int i = 0; i < n; ++i) {
+    auto s = m.NewSession().value();
+    Check(m.Forward(*s, Ids(prompt, i, m.config().vocab_size)).status());
+    b.push_back(m.Clone(*s));
+    a.push_back(std::move(s));
+  }
+  const auto next = Ids(decode, 7, m.config().vocab_size);
+  auto t0 = Clock::now();
+  for (int32_t id : next) {
+    std::vector<Model::BatchInput> batch;
+    for (auto& s : a) batch.push_back({s.get(), absl::MakeConstSpan(&id, 1)});
+    Check(m.ForwardBatch(batch).status());
+  }
+  const double batched = n * decode / Seconds(t0);
+  t0 = Clock::now();
+  for (int32_t id : next) {
+    for (auto& s : b) Check(m.ForwardBatch({{s.get(), absl::MakeConstSpan(&id, 1)}}).status());
+  }
+  return {batched, n * decode / Seconds(t0)};
+}
+
+int Main() {
+  if (absl::GetFlag(FLAGS_threads) > 0) SetComputeThreads(absl::GetFlag(FLAGS_threads));
+  auto model = Model::Load(absl::GetFlag(FLAGS_model));
+  Check(model.status());
+  const Model& m = **model;
+  const auto prompt = Ids(absl::GetFlag(FLAGS_prompt), 1, m.config().vocab_size);
+  const int decode = absl::GetFlag(FLAGS_decode);
+  std::vector<double> pre_on, pre_off, dec_on, dec_off, bat, seq;
+  int64_t updates = 0;
+  RunSingle(m, UpdateRule::kInplace, prompt, 4);  // warm-up
+  for (int r = 0; r < absl::GetFlag(FLAGS_repeats); ++r) {
+    Single on = RunSingle(m, UpdateRule::kInplace, prompt, decode);
+    Single off = RunSingle(m, UpdateRule::kOff, prompt, decode);
+    pre_on.push_back(on.prefill_tps), dec_on.push_back(on.decode_tps);
+    pre_off.push_back(off.prefill_tps), dec_off.push_back(off.decode_tps);
+    updates = on.updates;
+    auto [b, s] = RunBatched(m, absl::GetFlag(FLAGS_sessions), 64, std::max(8, decode / 4));
+    bat.push_back(b), seq.push_back(s);
+  }
+  std::printf(
+      "{\"prefill_tps_ttt_on\": %.1f, \"prefill_tps_ttt_off\": %.1f, \"decode_tps_ttt_on\": %.1f, "
+      "\"decode_tps_ttt_off\": %.1f, \"updates_applied\": %lld, \"chunk\": %lld, \"batched_decode_tps\": %.1f, "
+      "\"sequential_decode_tps\": %.1f, \"sessions\": %d}\n",
+      Median(pre_on), Median(pre_off), Median(dec_on), Median(dec_off), static_cast<long long>(updates),
+      static_cast<long long>(m.config().ttt.chunk), Median(bat), Median(seq), absl::GetFlag(FLAGS_sessions));
+  return 0;
+}
+
+}  // namespace
+}  // namespace adaptd::engine
+
+int main(int argc, char** argv) {
+  absl::ParseCommandLine(argc, argv);
+  return adaptd::engine::Main();
+}
