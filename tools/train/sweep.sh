@@ -19,6 +19,8 @@ points=(
   "c64:--chunk 64"
   "c128:--chunk 128"
   "c64_embed:--chunk 64 --target input_embed"
+  "c32_embed:--chunk 32 --target input_embed"
+  "c128_embed:--chunk 128 --target input_embed"
   "c64_layers02:--chunk 64 --ttt-layers 0,2"
   "no_ttt:--no-ttt"
 )
