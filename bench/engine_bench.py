@@ -2,10 +2,11 @@
 
 python bench/engine_bench.py [--threads 2] [--prompt 512] [--decode 64] [--rounds 2]
 
-Makes (once) a ~22M-parameter random Qwen3-shaped In-Place TTT model under runs/bench/model
-(C = 128, so a 512-token prompt completes 4 chunks), then alternates rounds of the C++ engine
-benchmark and of HF transformers eager (the project's reference TTT patch on the same checkpoint,
-same thread count), and prints medians and ratios:
+Makes (once) two ~22M-parameter random Qwen3-shaped In-Place TTT models under runs/bench/ (6
+layers; TTT in layer 0 only, the official configuration's density of one layer in six, and in
+layers 1, 3, 5; C = 128, so a 512-token prompt completes 4 chunks), then for each alternates
+rounds of the C++ engine benchmark and of HF transformers eager (the project's reference TTT patch
+on the same checkpoint, same thread count), and prints medians and ratios:
   TTT on / off, prefill and decode (target >= 0.9); engine / HF decode (target >= 1.5);
   16 sessions with distinct dW batched / one at a time (target >= 3).
 """
@@ -27,10 +28,10 @@ sys.path.insert(0, str(ROOT))
 from tools.ttt_reference import model as ref_model  # noqa: E402
 
 
-def make_model(path: pathlib.Path) -> None:
+def make_model(path: pathlib.Path, ttt_layers: list[int]) -> None:
     cfg = Qwen3Config(vocab_size=8192, hidden_size=512, intermediate_size=1408, num_hidden_layers=6,
                       num_attention_heads=8, num_key_value_heads=2, head_dim=64, max_position_embeddings=4096,
-                      tie_word_embeddings=True, ttt_mode=True, ttt_layers=[1, 3, 5], ttt_chunk=128, ttt_lr=0.3,
+                      tie_word_embeddings=True, ttt_mode=True, ttt_layers=ttt_layers, ttt_chunk=128, ttt_lr=0.3,
                       ttt_proj=True, ttt_target="hidden_states", bos_token_id=None, eos_token_id=None)
     cfg.architectures = ["Qwen3ForCausalLM"]
     model = ref_model.from_config(cfg, seed=0)
@@ -54,19 +55,7 @@ def hf_round(model, prompt: list[int], decode: int, ttt: bool) -> tuple[float, f
     return prefill, decode / (time.perf_counter() - t0)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--prompt", type=int, default=512)
-    ap.add_argument("--decode", type=int, default=64)
-    ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--model", default=str(ROOT / "runs/bench/model"))
-    ap.add_argument("--binary", default=str(ROOT / "build/bin/adaptd-bench-engine"))
-    args = ap.parse_args()
-    path = pathlib.Path(args.model)
-    if not (path / "config.json").exists():
-        make_model(path)
-    torch.set_num_threads(args.threads)
+def bench(path: pathlib.Path, args) -> None:
     hf = ref_model.load(str(path), torch.float32).eval()
     hf.hf.config._attn_implementation = "eager"
     params = sum(p.numel() for p in hf.parameters())
@@ -75,7 +64,7 @@ def main() -> None:
     engine, ref = [], {"on": [], "off": []}
     for _ in range(args.rounds):
         out = subprocess.run([args.binary, f"--model={path}", f"--prompt={args.prompt}", f"--decode={args.decode}",
-                              f"--threads={args.threads}", "--repeats=1"], check=True, capture_output=True, text=True)
+                              f"--threads={args.threads}", "--repeats=3"], check=True, capture_output=True, text=True)
         engine.append(json.loads(out.stdout))
         for mode in ("on", "off"):
             ref[mode].append(hf_round(hf, prompt, args.decode, mode == "on"))
@@ -93,11 +82,29 @@ def main() -> None:
         (f"decode tok/s, {engine[0]['sessions']} sessions batched / one at a time", med("batched_decode_tps"),
          med("sequential_decode_tps"), ">= 3"),
     ]
-    print(f"model: {params / 1e6:.1f}M params, C = {engine[0]['chunk']}, prompt {args.prompt}, decode {args.decode}, "
-          f"threads {args.threads}, updates applied per prompt: {engine[0]['updates_applied']}, rounds {args.rounds}")
+    print(f"\n{path.name}: {params / 1e6:.1f}M params, TTT layers {hf.ttt_layers} of 6, C = {engine[0]['chunk']}, "
+          f"prompt {args.prompt}, decode {args.decode}, threads {args.threads}, "
+          f"updates applied per prompt: {engine[0]['updates_applied']}, rounds {args.rounds}\n")
     print("| measure | a | b | a / b | target |\n|---|---|---|---|---|")
     for name, a, b, target in rows:
         print(f"| {name} | {a:.1f} | {b:.1f} | {a / b:.2f} | {target} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--prompt", type=int, default=512)
+    ap.add_argument("--decode", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--models", default=str(ROOT / "runs/bench"))
+    ap.add_argument("--binary", default=str(ROOT / "build/bin/adaptd-bench-engine"))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    for name, layers in (("ttt-1-of-6", [0]), ("ttt-3-of-6", [1, 3, 5])):
+        path = pathlib.Path(args.models) / name
+        if not (path / "config.json").exists():
+            make_model(path, layers)
+        bench(path, args)
 
 
 if __name__ == "__main__":

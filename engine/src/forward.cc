@@ -1,5 +1,6 @@
 // The transformer forward of one session: embedding, RMSNorm, RoPE, GQA attention with a KV
 // cache, SwiGLU MLP, and In-Place TTT in the TTT layers (architecture.md; paper.md §3-5).
+#include <algorithm>
 #include <cmath>
 
 #include "model_impl.h"
@@ -8,6 +9,8 @@ namespace adaptd::engine {
 namespace {
 
 at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& w, double eps) {
+  if (x.scalar_type() == at::kFloat) return at::rms_norm(x, {x.size(-1)}, w, eps);  // one fused op
+  // Half precision as transformers does it: normalise in fp32, round, then scale.
   at::Tensor xf = x.to(at::kFloat);
   xf = xf * at::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps);
   return w * xf.to(x.scalar_type());
@@ -41,11 +44,18 @@ struct Rope {
   at::Tensor cos, sin;  // [m, hd] in the model dtype
 };
 
+Rope ComputeRope(const at::Tensor& inv_freq, int64_t start, int64_t count, at::ScalarType dtype) {
+  at::Tensor pos = at::arange(start, start + count, inv_freq.options());
+  at::Tensor freqs = at::outer(pos, inv_freq);   // [m, hd/2]
+  at::Tensor emb = at::cat({freqs, freqs}, -1);  // [m, hd]
+  return {emb.cos().to(dtype), emb.sin().to(dtype)};
+}
+
+// cos/sin of positions [start, start + count): views of the table made at load, or computed
+// (the same way) past its end.
 Rope MakeRope(const Model::Impl& m, int64_t start, int64_t count) {
-  at::Tensor pos = at::arange(start, start + count, at::TensorOptions().dtype(at::kFloat).device(m.device));
-  at::Tensor freqs = at::outer(pos, m.inv_freq);  // [m, hd/2]
-  at::Tensor emb = at::cat({freqs, freqs}, -1);   // [m, hd]
-  return {emb.cos().to(m.dtype), emb.sin().to(m.dtype)};
+  if (start + count <= m.rope_cos.size(0)) return {m.rope_cos.narrow(0, start, count), m.rope_sin.narrow(0, start, count)};
+  return ComputeRope(m.inv_freq, start, count, m.dtype);
 }
 
 // Self-attention of every item's rows h [T, d]; each item attends over its own KV window.
@@ -53,9 +63,10 @@ at::Tensor Attention(const Model::Impl& m, const LayerWeights& L, int layer, con
                      const std::vector<Rope>& ropes, const at::Tensor& h) {
   const ModelConfig& c = m.config;
   const int64_t rows = h.size(0), hd = c.head_dim;
-  at::Tensor q = at::linear(h, L.q).view({rows, c.num_heads, hd});     // [T, H, hd]
-  at::Tensor k = at::linear(h, L.k).view({rows, c.num_kv_heads, hd});  // [T, KV, hd]
-  at::Tensor v = at::linear(h, L.v).view({rows, c.num_kv_heads, hd});
+  const auto qkv = at::linear(h, L.qkv).split_with_sizes({c.num_heads * hd, c.num_kv_heads * hd, c.num_kv_heads * hd}, 1);
+  at::Tensor q = qkv[0].reshape({rows, c.num_heads, hd});     // [T, H, hd]
+  at::Tensor k = qkv[1].reshape({rows, c.num_kv_heads, hd});  // [T, KV, hd]
+  at::Tensor v = qkv[2].reshape({rows, c.num_kv_heads, hd});
   if (c.qk_norm) {
     q = RmsNorm(q, L.q_norm, c.rms_norm_eps);
     k = RmsNorm(k, L.k_norm, c.rms_norm_eps);
@@ -71,17 +82,21 @@ at::Tensor Attention(const Model::Impl& m, const LayerWeights& L, int layer, con
     qb = qb * rope.cos + RotateHalf(qb) * rope.sin;
     kb = kb * rope.cos + RotateHalf(kb) * rope.sin;
     auto [k_all, v_all] = AppendKv(it.session->kv[layer], kb, vb, past);  // [KV, past + m, hd]
+    // GQA without copying K/V per query head: the G = H / KV query heads that share a KV head
+    // are stacked as G * m query rows of that KV head (head h reads KV head h / G).
+    const int64_t groups = c.num_heads / c.num_kv_heads;
+    at::Tensor qg = qb.reshape({c.num_kv_heads, groups * len, hd});  // [KV, G m, hd]
     std::optional<at::Tensor> mask;
     if (len > 1) {  // query i (position past + i) attends to keys j <= past + i
       const auto lng = at::TensorOptions().dtype(at::kLong).device(m.device);
-      at::Tensor qpos = at::arange(past, past + len, lng);
+      at::Tensor qpos = at::arange(past, past + len, lng).repeat({groups});  // [G m]
       at::Tensor kpos = at::arange(past + len, lng);
-      mask = kpos.unsqueeze(0) <= qpos.unsqueeze(1);  // [m, past + m]
+      mask = kpos.unsqueeze(0) <= qpos.unsqueeze(1);  // [G m, past + m]
     }
-    at::Tensor o = at::scaled_dot_product_attention(qb.unsqueeze(0), k_all.unsqueeze(0), v_all.unsqueeze(0), mask,
-                                                    0.0, false, 1.0 / std::sqrt(static_cast<double>(hd)),
-                                                    /*enable_gqa=*/c.num_heads != c.num_kv_heads);  // [1, H, m, hd]
-    outs.push_back(o.squeeze(0).transpose(0, 1).reshape({len, c.num_heads * hd}));
+    at::Tensor o = at::scaled_dot_product_attention(qg.unsqueeze(0), k_all.unsqueeze(0), v_all.unsqueeze(0), mask,
+                                                    0.0, false, 1.0 / std::sqrt(static_cast<double>(hd)));
+    o = o.view({c.num_heads, len, hd});  // [1, KV, G m, hd] -> [H, m, hd]
+    outs.push_back(o.transpose(0, 1).reshape({len, c.num_heads * hd}));
   }
   return at::linear(outs.size() == 1 ? outs[0] : at::cat(outs), L.o);  // [T, d]
 }
@@ -130,7 +145,8 @@ bool UpdateW(const Model::Impl& m, const LayerWeights& L, TttLayerState& st, con
 }
 
 at::Tensor ZOf(const LayerWeights& L, const at::Tensor& x) {
-  return at::silu(at::linear(x, L.gate)) * at::linear(x, L.up);  // [n, f]
+  const auto gu = at::linear(x, L.gate_up).chunk(2, -1);  // [n, f] each
+  return at::silu(gu[0]) * gu[1];                         // [n, f]
 }
 
 // The TTT MLP output of one session's m new rows (inputs h, targets t, Z z, base Z W0^T, all
@@ -178,6 +194,13 @@ at::Tensor TttMlp(const Model::Impl& m, const LayerWeights& L, int layer, const 
 }
 
 }  // namespace
+
+void BuildRopeTable(Model::Impl& m) {
+  const int64_t rows = std::clamp<int64_t>(m.config.max_position_embeddings, 1, kRopeTableRows);
+  Rope r = ComputeRope(m.inv_freq, 0, rows, m.dtype);
+  m.rope_cos = r.cos;
+  m.rope_sin = r.sin;
+}
 
 at::Tensor RopeInvFreq(const ModelConfig& c) {
   const int64_t hd = c.head_dim;

@@ -48,6 +48,7 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& dir, const
     RETURN_IF_ERROR(LoadWeights(dir, *impl));
     if (options.edit_config) options.edit_config(impl->config);
     impl->inv_freq = RopeInvFreq(impl->config).to(impl->device);
+    BuildRopeTable(*impl);
   } catch (const std::exception& e) {
     return absl::InternalError(absl::StrCat("loading ", dir, ": ", e.what()));
   }

@@ -14,9 +14,9 @@ namespace adaptd::engine {
 
 struct LayerWeights {
   at::Tensor input_norm, post_norm;           // [d]
-  at::Tensor q, k, v, o;                      // [H*hd, d], [KV*hd, d], [KV*hd, d], [d, H*hd]
+  at::Tensor qkv, o;                          // [(H + 2 KV) hd, d] (q, k, v stacked), [d, H hd]
   at::Tensor q_norm, k_norm;                  // [hd] (Qwen3) or undefined
-  at::Tensor gate, up, down;                  // [f, d], [f, d], [d, f]
+  at::Tensor gate_up, down;                   // [2f, d] (gate, up stacked), [d, f] = W0
   at::Tensor ttt_conv, ttt_proj;              // [d, 1, 5], [d, d] (undefined if absent)
 };
 
@@ -29,6 +29,7 @@ struct Model::Impl {
   std::vector<LayerWeights> layers;
   std::vector<bool> is_ttt;                   // per layer
   at::Tensor inv_freq;                        // [hd/2] fp32
+  at::Tensor rope_cos, rope_sin;              // [rows, hd] in the model dtype for positions < rows
 };
 
 // Fast state of one TTT layer (architecture.md "Session state").
@@ -67,6 +68,10 @@ struct BatchItem {
 // The forward pass of every item in one batch (forward.cc); sessions must be distinct. Returns
 // per item its logits fp32: [m, V] with all_logits, else [1, V] of its last token.
 std::vector<at::Tensor> ForwardBatch(const Model::Impl& model, std::vector<BatchItem>& items, bool all_logits);
+
+// Fills model.rope_cos/sin for positions < min(max_position_embeddings, kRopeTableRows).
+inline constexpr int64_t kRopeTableRows = 8192;
+void BuildRopeTable(Model::Impl& model);
 
 // The rotary inverse frequencies [hd/2] (fp32) for the config's rope settings.
 at::Tensor RopeInvFreq(const ModelConfig& config);

@@ -139,16 +139,18 @@ absl::Status LoadLayer(TensorLoader& t, const Model::Impl& m, int i, LayerWeight
   const std::string p = absl::StrCat("model.layers.", i, ".");
   ASSIGN_OR_RETURN(L.input_norm, t.Get(p + "input_layernorm.weight", {d}));
   ASSIGN_OR_RETURN(L.post_norm, t.Get(p + "post_attention_layernorm.weight", {d}));
-  ASSIGN_OR_RETURN(L.q, t.Get(p + "self_attn.q_proj.weight", {c.num_heads * hd, d}));
-  ASSIGN_OR_RETURN(L.k, t.Get(p + "self_attn.k_proj.weight", {c.num_kv_heads * hd, d}));
-  ASSIGN_OR_RETURN(L.v, t.Get(p + "self_attn.v_proj.weight", {c.num_kv_heads * hd, d}));
+  ASSIGN_OR_RETURN(at::Tensor q, t.Get(p + "self_attn.q_proj.weight", {c.num_heads * hd, d}));
+  ASSIGN_OR_RETURN(at::Tensor k, t.Get(p + "self_attn.k_proj.weight", {c.num_kv_heads * hd, d}));
+  ASSIGN_OR_RETURN(at::Tensor v, t.Get(p + "self_attn.v_proj.weight", {c.num_kv_heads * hd, d}));
+  L.qkv = at::cat({q, k, v});  // one GEMM per layer instead of three
   ASSIGN_OR_RETURN(L.o, t.Get(p + "self_attn.o_proj.weight", {d, c.num_heads * hd}));
   if (c.qk_norm) {
     ASSIGN_OR_RETURN(L.q_norm, t.Get(p + "self_attn.q_norm.weight", {hd}));
     ASSIGN_OR_RETURN(L.k_norm, t.Get(p + "self_attn.k_norm.weight", {hd}));
   }
-  ASSIGN_OR_RETURN(L.gate, t.Get(p + "mlp.gate_proj.weight", {f, d}));
-  ASSIGN_OR_RETURN(L.up, t.Get(p + "mlp.up_proj.weight", {f, d}));
+  ASSIGN_OR_RETURN(at::Tensor gate, t.Get(p + "mlp.gate_proj.weight", {f, d}));
+  ASSIGN_OR_RETURN(at::Tensor up, t.Get(p + "mlp.up_proj.weight", {f, d}));
+  L.gate_up = at::cat({gate, up});
   ASSIGN_OR_RETURN(L.down, t.Get(p + "mlp.down_proj.weight", {d, f}));
   if (m.is_ttt[i]) {
     const std::string conv = p + "mlp.ttt_conv.weight";
