@@ -32,7 +32,7 @@ TEST_P(CheckpointTest, LoadsOrFailsWithSpecificError) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, CheckpointTest,
-                         testing::Values("sharded", "bf16", "f16", "missing_tensor", "extra_tensor",
+                         testing::Values("sharded", "bf16", "f16", "ttt_overflow", "missing_tensor", "extra_tensor",
                                          "misshaped_tensor", "int_tensor", "truncated", "bad_json",
                                          "unsupported_architecture", "ttt_mode_without_tensors",
                                          "ttt_tensors_without_mode", "missing_shard"));

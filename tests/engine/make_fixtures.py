@@ -175,6 +175,9 @@ def write_checkpoint_cases(root: pathlib.Path, stock: pathlib.Path, ttt: pathlib
             config=lambda c: c.update(dtype="bfloat16"))
     variant("f16", stock, "OK", tensors=lambda sd: {k: v.half() for k, v in sd.items()},
             config=lambda c: c.update(dtype="float16"))
+    # Loads fine, but every chunk update overflows to inf: the engine must refuse each one.
+    variant("ttt_overflow", ttt, "OK", tensors=lambda sd: {
+        k: v * (1e30 if "ttt_conv" in k else 1e10 if "ttt_proj" in k else 1) for k, v in sd.items()})
     variant("missing_tensor", stock, "NOT_FOUND", up, tensors=lambda sd: {k: v for k, v in sd.items() if k != up})
     variant("extra_tensor", stock, "INVALID_ARGUMENT", "model.layers.1.mlp.extra.weight",
             tensors=lambda sd: {**sd, "model.layers.1.mlp.extra.weight": torch.zeros(3)})

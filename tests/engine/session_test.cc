@@ -5,6 +5,7 @@
 // BLAS may sum in another order; seen: ~1e-6).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <numeric>
 #include <vector>
@@ -169,6 +170,19 @@ TEST(SessionTest, NormCeilingRefusesUpdatesAndKeepsState) {
     for (size_t j = 0; j < w.size(); ++j) norm += (w[j] - base[j]) * (w[j] - base[j]);
     EXPECT_LE(std::sqrt(norm), *o.max_delta_norm * (1 + 1e-5)) << "layer " << layer;
   }
+}
+
+TEST(SessionTest, NonFiniteUpdatesAreRefused) {
+  auto model = LoadModel("checkpoints/ttt_overflow");
+  ASSERT_NE(model, nullptr);
+  auto s = model->NewSession().value();
+  const auto w0 = W(*model, *s, 0);
+  auto logits = model->Forward(*s, Tokens(20, 8));
+  ASSERT_TRUE(logits.ok());
+  EXPECT_EQ(s->updates_rejected(), 2 * 2);  // 2 chunks x 2 TTT layers
+  EXPECT_EQ(s->updates_applied(), 0);
+  EXPECT_EQ(W(*model, *s, 0), w0);
+  EXPECT_TRUE(std::all_of(logits->begin(), logits->end(), [](float x) { return std::isfinite(x); }));
 }
 
 TEST(SessionTest, RuleOffKeepsBaseWeightsButCountsTokens) {
