@@ -70,7 +70,7 @@ std::pair<double, double> RunBatched(const Model& m, int n, int prompt, int deco
   for (int i = 0; i < n; ++i) {
     auto s = m.NewSession().value();
     Check(m.Forward(*s, Ids(prompt, i, m.config().vocab_size)).status());
-    b.push_back(m.Clone(*s));
+    b.push_back(m.Clone(*s).value());
     a.push_back(std::move(s));
   }
   const auto next = Ids(decode, 7, m.config().vocab_size);

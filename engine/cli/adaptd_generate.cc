@@ -98,7 +98,7 @@ int Score(const Model& model, const std::vector<int32_t>& ids) {
 }
 
 int Generate(const Model& model, const std::vector<int32_t>& ids) {
-  auto executor = Executor::Create(model, {});
+  auto executor = Executor::Create(model, {}).value();
   auto session = model.NewSession();
   if (!session.ok()) {
     std::cerr << session.status() << "\n";

@@ -41,6 +41,7 @@ struct Active {
   std::optional<int32_t> pending;  // generated, to be fed next step
   int generated = 0;
   bool last = false;  // pending is the final token: finish once it is fed
+  bool cancelled = false;
   bool done = false;
 };
 
@@ -73,9 +74,13 @@ struct Executor::Impl {
 
   std::vector<std::unique_ptr<Active>> active;  // engine thread only
   std::thread thread;
+  std::once_flag joined;
 };
 
-std::unique_ptr<Executor> Executor::Create(const Model& model, const Options& options) {
+absl::StatusOr<std::unique_ptr<Executor>> Executor::Create(const Model& model, const Options& options) {
+  if (options.step_token_budget < 1 || options.max_prompt_tokens < 1 || options.max_new_tokens < 0) {
+    return absl::InvalidArgumentError("executor options: step_token_budget and max_prompt_tokens must be >= 1");
+  }
   auto impl = std::make_unique<Impl>(model, options);
   Impl* raw = impl.get();
   std::unique_ptr<Executor> e(new Executor(std::move(impl)));
@@ -129,7 +134,7 @@ void Executor::Shutdown() {
     impl_->stopping = true;
     impl_->cv.notify_one();
   }
-  if (impl_->thread.joinable()) impl_->thread.join();
+  std::call_once(impl_->joined, [this] { impl_->thread.join(); });
 }
 
 Executor::Stats Executor::GetStats() const {
@@ -151,6 +156,8 @@ bool Executor::Impl::TakeWork() {
   for (auto& a : active) {
     if (stop) {
       Finish(*a, absl::UnavailableError("executor shut down"));
+    } else if (cancelled.count(a->id) && a->pending) {
+      a->last = a->cancelled = true;  // the emitted token still enters the session first
     } else if (cancelled.count(a->id)) {
       Finish(*a, absl::CancelledError("request cancelled"));
     }
@@ -195,7 +202,7 @@ void Executor::Impl::Step() {
       ++decode;
       a.pending.reset();
       if (a.last) {
-        Finish(a, absl::OkStatus());
+        Finish(a, a.cancelled ? absl::CancelledError("request cancelled") : absl::OkStatus());
         continue;
       }
     } else {

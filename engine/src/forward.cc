@@ -95,7 +95,7 @@ at::Tensor Attention(const Model::Impl& m, const LayerWeights& L, int layer, con
     }
     at::Tensor o = at::scaled_dot_product_attention(qg.unsqueeze(0), k_all.unsqueeze(0), v_all.unsqueeze(0), mask,
                                                     0.0, false, 1.0 / std::sqrt(static_cast<double>(hd)));
-    o = o.view({c.num_heads, len, hd});  // [1, KV, G m, hd] -> [H, m, hd]
+    o = o.reshape({c.num_heads, len, hd});  // [1, KV, G m, hd] -> [H, m, hd]
     outs.push_back(o.transpose(0, 1).reshape({len, c.num_heads * hd}));
   }
   return at::linear(outs.size() == 1 ? outs[0] : at::cat(outs), L.o);  // [T, d]
@@ -149,6 +149,16 @@ at::Tensor ZOf(const LayerWeights& L, const at::Tensor& x) {
   return at::silu(gu[0]) * gu[1];                         // [n, f]
 }
 
+// Grows a tail buffer to hold `rows` rows (geometrically, at most C), keeping its first `keep`:
+// a short session holds little, and decoding copies one row per token, never O(C).
+void ReserveTail(at::Tensor& tail, int64_t keep, int64_t rows, int64_t C, const at::Tensor& like) {
+  if (tail.defined() && tail.size(0) >= rows) return;
+  const int64_t cap = std::min(C, std::max<int64_t>({64, rows, tail.defined() ? 2 * tail.size(0) : 0}));
+  at::Tensor grown = at::empty({cap, like.size(1)}, like.options());  // like: [m, d] rows to store
+  if (keep > 0) grown.narrow(0, 0, keep).copy_(tail.narrow(0, 0, keep));
+  tail = grown;
+}
+
 // The TTT MLP output of one session's m new rows (inputs h, targets t, Z z, base Z W0^T, all
 // [m, .]); chunks align at multiples of C of N: apply, then update at each boundary.
 at::Tensor SessionTttMlp(const Model::Impl& m, const LayerWeights& L, SessionState::Impl& s, TttLayerState& st,
@@ -162,6 +172,8 @@ at::Tensor SessionTttMlp(const Model::Impl& m, const LayerWeights& L, SessionSta
   for (int64_t a = 0; a < len;) {
     const int64_t n = std::min(len - a, C - r);  // rows up to the next chunk boundary
     outs.push_back(ApplyW(st, z.narrow(0, a, n), base.narrow(0, a, n)));  // apply ...
+    ReserveTail(st.tail_x, r, r + n, C, h);
+    if (embed_target) ReserveTail(st.tail_t, r, r + n, C, t);
     st.tail_x.narrow(0, r, n).copy_(h.narrow(0, a, n));
     if (embed_target) st.tail_t.narrow(0, r, n).copy_(t.narrow(0, a, n));
     if (r + n == C) {  // ... then update with the completed chunk (the tail's Z is recomputed)

@@ -29,6 +29,10 @@ absl::StatusOr<at::Device> ParseDevice(const std::string& name) {
 
 }  // namespace
 
+absl::Status Poisoned() {
+  return absl::FailedPreconditionError("session state is inconsistent after a failed forward pass; reload it");
+}
+
 void SetComputeThreads(int threads) { at::set_num_threads(threads); }
 
 Model::Model(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -73,31 +77,30 @@ absl::StatusOr<std::unique_ptr<SessionState>> Model::NewSession(const SessionOpt
   const ModelConfig& c = impl_->config;
   s->kv.resize(c.num_layers);
   s->ttt.resize(c.num_layers);
-  const auto opts = at::TensorOptions().dtype(impl_->dtype).device(impl_->device);
-  for (int l : c.ttt.layers) {
-    TttLayerState st;
-    st.tail_x = at::zeros({c.ttt.chunk, c.hidden_size}, opts);
-    if (c.ttt.target == TttConfig::Target::kInputEmbed) st.tail_t = at::zeros({c.ttt.chunk, c.hidden_size}, opts);
-    s->ttt[l] = std::move(st);
-  }
+  for (int l : c.ttt.layers) s->ttt[l].emplace();  // nothing dense until tokens arrive
   return std::make_unique<SessionState>(std::move(s));
 }
 
-std::unique_ptr<SessionState> Model::Clone(const SessionState& session) const {
-  auto s = std::make_unique<SessionState::Impl>(session.impl());  // counters and options
-  auto copy = [](const at::Tensor& t) { return t.defined() ? t.clone() : t; };
-  for (KvCache& c : s->kv) {
-    c.k = copy(c.k);
-    c.v = copy(c.v);
+absl::StatusOr<std::unique_ptr<SessionState>> Model::Clone(const SessionState& session) const {
+  if (session.impl().poisoned) return Poisoned();
+  try {
+    auto s = std::make_unique<SessionState::Impl>(session.impl());  // counters and options
+    auto copy = [](const at::Tensor& t) { return t.defined() ? t.clone() : t; };
+    for (KvCache& c : s->kv) {
+      c.k = copy(c.k);
+      c.v = copy(c.v);
+    }
+    for (auto& st : s->ttt) {
+      if (!st) continue;
+      st->delta = copy(st->delta);
+      st->whole = copy(st->whole);
+      st->tail_x = copy(st->tail_x);
+      st->tail_t = copy(st->tail_t);
+    }
+    return std::make_unique<SessionState>(std::move(s));
+  } catch (const std::exception& e) {
+    return absl::ResourceExhaustedError(absl::StrCat("cloning a session: ", e.what()));
   }
-  for (auto& st : s->ttt) {
-    if (!st) continue;
-    st->delta = copy(st->delta);
-    st->whole = copy(st->whole);
-    st->tail_x = copy(st->tail_x);
-    st->tail_t = copy(st->tail_t);
-  }
-  return std::make_unique<SessionState>(std::move(s));
 }
 
 absl::Status Model::ValidateIds(absl::Span<const int32_t> ids) const {
@@ -127,6 +130,7 @@ absl::StatusOr<std::vector<std::vector<float>>> Model::ForwardBatch(absl::Span<c
     if (in.session == nullptr || !seen.insert(in.session).second) {
       return absl::InvalidArgumentError("a batch needs distinct, non-null sessions");
     }
+    if (in.session->impl().poisoned) return Poisoned();
   }
   try {
     at::NoGradGuard no_grad;
@@ -142,6 +146,9 @@ absl::StatusOr<std::vector<std::vector<float>>> Model::ForwardBatch(absl::Span<c
     }
     return out;
   } catch (const std::exception& e) {
+    // Layers before the failure may have changed KV and fast weights: no partial state is
+    // ever used again (the owner reloads the sessions from their snapshots and log).
+    for (const BatchInput& in : inputs) in.session->impl().poisoned = true;
     return absl::InternalError(absl::StrCat("forward failed: ", e.what()));
   }
 }
@@ -151,11 +158,15 @@ absl::StatusOr<std::vector<float>> Model::FastWeight(const SessionState& session
     return absl::InvalidArgumentError(absl::StrCat("layer ", layer, " is not a TTT layer"));
   }
   const TttLayerState& st = *session.impl().ttt[layer];
-  at::Tensor w = st.whole.defined() ? st.whole.to(at::kFloat)
-                 : st.delta.defined() ? impl_->layers[layer].down.to(at::kFloat) + st.delta
-                                      : impl_->layers[layer].down.to(at::kFloat);
-  w = w.contiguous().cpu();
-  return std::vector<float>(w.data_ptr<float>(), w.data_ptr<float>() + w.numel());
+  try {
+    at::Tensor w = st.whole.defined() ? st.whole.to(at::kFloat)
+                   : st.delta.defined() ? impl_->layers[layer].down.to(at::kFloat) + st.delta
+                                        : impl_->layers[layer].down.to(at::kFloat);
+    w = w.contiguous().cpu();
+    return std::vector<float>(w.data_ptr<float>(), w.data_ptr<float>() + w.numel());
+  } catch (const std::exception& e) {
+    return absl::ResourceExhaustedError(absl::StrCat("reading a fast weight: ", e.what()));
+  }
 }
 
 SessionState::SessionState(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}

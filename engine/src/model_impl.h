@@ -36,8 +36,8 @@ struct Model::Impl {
 struct TttLayerState {
   at::Tensor delta;   // split: dW fp32 [d, f]; undefined while no chunk has completed
   at::Tensor whole;   // parity: W in the model dtype; undefined until the first update
-  at::Tensor tail_x;  // [C, d] preallocated MLP inputs of the open chunk
-  at::Tensor tail_t;  // [C, d] target states (input_embed mode only)
+  at::Tensor tail_x;  // [<= C, d] MLP inputs of the open chunk (grown on demand, then reused)
+  at::Tensor tail_t;  // [<= C, d] target states (input_embed mode only)
 };
 
 struct KvCache {
@@ -50,9 +50,13 @@ struct SessionState::Impl {
   int64_t position = 0;   // P
   int64_t updates_applied = 0;  // per layer and chunk
   int64_t updates_rejected = 0;
+  bool poisoned = false;  // a forward failed mid-pass: the state is inconsistent, refuse it
   std::vector<KvCache> kv;                           // per layer
   std::vector<std::optional<TttLayerState>> ttt;     // per layer; set for TTT layers
 };
+
+// FAILED_PRECONDITION for a session whose last forward failed mid-pass.
+absl::Status Poisoned();
 
 // Loads and checks every tensor of the checkpoint (weights.cc).
 absl::Status LoadWeights(const std::string& dir, Model::Impl& model);

@@ -2,7 +2,7 @@
 //
 // Format version 1, little-endian:
 //   "ADAPTDSS"  u32 format version  u32 header length  header JSON  tensor bytes  u64 checksum
-// The header holds the model fingerprint, encoding and lossy flag, the counters (N, P, updates),
+// The header holds the model fingerprint and compute dtype, encoding and lossy flag, the counters (N, P, updates),
 // the session options, and per tensor {name, dtype, shape, offset, nbytes} into the tensor bytes.
 // The checksum is FNV-1a 64 over everything before it. Tensors: layers.<l>.delta (split dW,
 // fp32 or int8 with layers.<l>.delta.scale per row), layers.<l>.whole (parity W),
@@ -76,6 +76,7 @@ absl::Status Corrupt(const std::string& why) { return absl::DataLossError("sessi
 
 absl::StatusOr<std::string> Model::EncodeSession(const SessionState& session, const EncodeOptions& options) const {
   const SessionState::Impl& s = session.impl();
+  if (s.poisoned) return Poisoned();
   const int64_t C = impl_->config.ttt.chunk, r = s.n_learned % C;
   Writer w;
   bool lossy = false;
@@ -104,6 +105,7 @@ absl::StatusOr<std::string> Model::EncodeSession(const SessionState& session, co
   const SessionOptions& o = s.options;
   nlohmann::json header = {
       {"fingerprint", impl_->fingerprint},
+      {"dtype", DTypeTag(impl_->dtype)},
       {"encoding", options.encoding == StateEncoding::kInt8Rows ? "int8_rows" : "exact"},
       {"lossy", lossy},
       {"n_learned", s.n_learned},
@@ -159,8 +161,10 @@ absl::StatusOr<Parsed> Parse(std::string_view b) {
       auto dtype = FromTag(t.at("dtype").get<std::string>());
       const auto shape = t.at("shape").get<std::vector<int64_t>>();
       const size_t off = t.at("offset").get<size_t>(), n = t.at("nbytes").get<size_t>();
-      int64_t numel = 1;
-      for (int64_t d : shape) numel = d < 0 || d > (int64_t{1} << 40) ? -1 : numel * d;
+      int64_t numel = 1;  // -1 once negative or past 2^40 elements
+      for (int64_t d : shape) {
+        numel = numel < 0 || d < 0 || (d > 0 && numel > (int64_t{1} << 40) / d) ? -1 : numel * d;
+      }
       if (!dtype || numel < 0 || off > data.size() || n > data.size() - off ||
           static_cast<size_t>(numel) * at::elementSize(*dtype) != n) {
         return Corrupt(absl::StrCat("tensor ", t.at("name").get<std::string>(), " is malformed"));
@@ -175,35 +179,58 @@ absl::StatusOr<Parsed> Parse(std::string_view b) {
   return p;
 }
 
+// The session options and counters of a parsed header; DATA_LOSS for anything malformed.
+absl::Status ReadHeader(const nlohmann::json& h, SessionOptions& o, SessionState::Impl& counters) {
+  try {
+    const auto& jo = h.at("options");
+    const std::string numeric = jo.at("numeric"), rule = jo.at("rule");
+    if ((numeric != "split" && numeric != "parity") || (rule != "inplace" && rule != "off")) {
+      return Corrupt("unknown numeric mode or update rule");
+    }
+    o.numeric = numeric == "parity" ? NumericMode::kParity : NumericMode::kSplit;
+    o.rule = rule == "off" ? UpdateRule::kOff : UpdateRule::kInplace;
+    if (!jo.at("clip_tau").is_null()) o.clip_tau = jo.at("clip_tau").get<double>();
+    o.decay = jo.at("decay").get<double>();
+    if (!jo.at("max_delta_norm").is_null()) o.max_delta_norm = jo.at("max_delta_norm").get<double>();
+    counters.n_learned = h.at("n_learned").get<int64_t>();
+    counters.position = h.at("position").get<int64_t>();
+    counters.updates_applied = h.at("updates_applied").get<int64_t>();
+    counters.updates_rejected = h.at("updates_rejected").get<int64_t>();
+  } catch (const std::exception& e) {
+    return Corrupt(absl::StrCat("bad header: ", e.what()));
+  }
+  if (counters.n_learned < 0 || counters.position < 0) return Corrupt("negative counters");
+  if (!ValidateSessionOptions(o).ok()) return Corrupt("options out of range");
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<SessionState>> Model::DecodeSession(std::string_view bytes) const {
   ASSIGN_OR_RETURN(Parsed p, Parse(bytes));
   const nlohmann::json& h = p.header;
-  if (h.value("fingerprint", "") != impl_->fingerprint) {
-    return absl::FailedPreconditionError(absl::StrCat("session state belongs to model ", h.value("fingerprint", "?"),
+  const auto* fp = h.contains("fingerprint") && h["fingerprint"].is_string() ? h["fingerprint"].get_ptr<const std::string*>() : nullptr;
+  if (fp == nullptr || *fp != impl_->fingerprint) {
+    return absl::FailedPreconditionError(absl::StrCat("session state belongs to model ", fp ? *fp : "?",
                                                       ", this model is ", impl_->fingerprint));
   }
-  const ModelConfig& c = impl_->config;
-  SessionOptions o;
-  try {
-    const auto& jo = h.at("options");
-    o.numeric = jo.at("numeric") == "parity" ? NumericMode::kParity : NumericMode::kSplit;
-    o.rule = jo.at("rule") == "off" ? UpdateRule::kOff : UpdateRule::kInplace;
-    if (!jo.at("clip_tau").is_null()) o.clip_tau = jo.at("clip_tau").get<double>();
-    o.decay = jo.at("decay").get<double>();
-    if (!jo.at("max_delta_norm").is_null()) o.max_delta_norm = jo.at("max_delta_norm").get<double>();
-  } catch (const std::exception& e) {
-    return Corrupt(absl::StrCat("bad options: ", e.what()));
+  // Format 1 files written before the field existed carry no dtype.
+  if (h.contains("dtype") && h["dtype"] != DTypeTag(impl_->dtype)) {
+    return absl::FailedPreconditionError(absl::StrCat("session state was computed in ", h["dtype"].dump(),
+                                                      ", this model computes in ", DTypeTag(impl_->dtype)));
   }
+  SessionOptions o;
+  SessionState::Impl counters;
+  RETURN_IF_ERROR(ReadHeader(h, o, counters));
   ASSIGN_OR_RETURN(auto session, NewSession(o));
   SessionState::Impl& s = session->impl();
-  s.n_learned = h.value("n_learned", int64_t{-1});
-  s.position = h.value("position", int64_t{-1});
-  s.updates_applied = h.value("updates_applied", int64_t{0});
-  s.updates_rejected = h.value("updates_rejected", int64_t{0});
-  if (s.n_learned < 0 || s.position < 0) return Corrupt("bad counters");
+  s.n_learned = counters.n_learned;
+  s.position = counters.position;
+  s.updates_applied = counters.updates_applied;
+  s.updates_rejected = counters.updates_rejected;
+  const ModelConfig& c = impl_->config;
   const int64_t r = s.n_learned % c.ttt.chunk, d = c.hidden_size, f = c.intermediate_size;
+  const bool parity = o.numeric == NumericMode::kParity;
   auto take = [&](const std::string& name, std::vector<int64_t> shape, at::ScalarType dtype) -> absl::StatusOr<at::Tensor> {
     auto it = p.tensors.find(name);
     if (it == p.tensors.end()) return Corrupt("missing tensor " + name);
@@ -218,22 +245,20 @@ absl::StatusOr<std::unique_ptr<SessionState>> Model::DecodeSession(std::string_v
     for (int l : c.ttt.layers) {
       TttLayerState& st = *s.ttt[l];
       const std::string pre = absl::StrCat("layers.", l, ".");
-      if (p.tensors.count(pre + "delta.scale")) {
+      if (!parity && p.tensors.count(pre + "delta.scale")) {
         ASSIGN_OR_RETURN(at::Tensor q, take(pre + "delta", {d, f}, at::kChar));
         ASSIGN_OR_RETURN(at::Tensor scale, take(pre + "delta.scale", {d}, at::kFloat));
         st.delta = q.to(at::kFloat) * scale.unsqueeze(1);
-      } else if (p.tensors.count(pre + "delta")) {
+      } else if (!parity && p.tensors.count(pre + "delta")) {
         ASSIGN_OR_RETURN(st.delta, take(pre + "delta", {d, f}, at::kFloat));
       }
-      if (p.tensors.count(pre + "whole")) {
+      if (parity && p.tensors.count(pre + "whole")) {
         ASSIGN_OR_RETURN(st.whole, take(pre + "whole", {d, f}, impl_->dtype));
       }
       if (r > 0) {
-        ASSIGN_OR_RETURN(at::Tensor tx, take(pre + "tail_x", {r, d}, impl_->dtype));
-        st.tail_x.narrow(0, 0, r).copy_(tx);
-        if (st.tail_t.defined()) {
-          ASSIGN_OR_RETURN(at::Tensor tt, take(pre + "tail_t", {r, d}, impl_->dtype));
-          st.tail_t.narrow(0, 0, r).copy_(tt);
+        ASSIGN_OR_RETURN(st.tail_x, take(pre + "tail_x", {r, d}, impl_->dtype));
+        if (c.ttt.target == TttConfig::Target::kInputEmbed) {
+          ASSIGN_OR_RETURN(st.tail_t, take(pre + "tail_t", {r, d}, impl_->dtype));
         }
       }
     }
@@ -243,8 +268,9 @@ absl::StatusOr<std::unique_ptr<SessionState>> Model::DecodeSession(std::string_v
       ASSIGN_OR_RETURN(s.kv[l].v, take(absl::StrCat("kv.", l, ".v"), shape, impl_->dtype));
     }
   } catch (const std::exception& e) {
-    return absl::InternalError(absl::StrCat("decoding session state: ", e.what()));
+    return absl::ResourceExhaustedError(absl::StrCat("decoding session state: ", e.what()));
   }
+  // Leftovers include tensors of the other numeric mode: a state that does not fit its options.
   if (!p.tensors.empty()) return Corrupt("unexpected tensor " + p.tensors.begin()->first);
   return session;
 }

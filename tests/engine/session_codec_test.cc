@@ -112,6 +112,56 @@ TEST(SessionCodecTest, DetectsCorruptionAndForeignStates) {
   EXPECT_EQ(other->DecodeSession(bytes).status().code(), absl::StatusCode::kFailedPrecondition);
 }
 
+// Replaces the header text `from` with `to` in encoded bytes and reseals them (length field and
+// FNV-1a checksum), as a forger would: the decoder must still refuse with a clean status.
+std::string Reseal(const std::string& bytes, const std::string& from, const std::string& to) {
+  uint32_t hlen;
+  std::memcpy(&hlen, bytes.data() + 12, 4);
+  std::string header = bytes.substr(16, hlen);
+  const size_t at = header.find(from);
+  EXPECT_NE(at, std::string::npos) << from;
+  if (at == std::string::npos) return bytes;
+  header.replace(at, from.size(), to);
+  std::string out = bytes.substr(0, 12);
+  const uint32_t n = header.size();
+  out.append(reinterpret_cast<const char*>(&n), 4);
+  out += header + bytes.substr(16 + hlen, bytes.size() - 24 - hlen);
+  uint64_t h = 1469598103934665603ull;
+  for (unsigned char c : out) h = (h ^ c) * 1099511628211ull;
+  out.append(reinterpret_cast<const char*>(&h), 8);
+  return out;
+}
+
+TEST(SessionCodecTest, ForgedHeadersAreRefusedCleanly) {
+  Trained t = Train("ttt/ttt_qwen3_hidden_proj/model");
+  ASSERT_TRUE(t.model);
+  const std::string bytes = *t.model->EncodeSession(*t.session, {StateEncoding::kExact, true});
+  ASSERT_TRUE(t.model->DecodeSession(Reseal(bytes, "\"n_learned\":21", "\"n_learned\":21")).ok());
+  for (const auto& [from, to] : std::vector<std::pair<std::string, std::string>>{
+           {"\"n_learned\":21", "\"n_learned\":\"x\""},
+           {"\"n_learned\":21", "\"n_learned\":-3"},
+           {"\"numeric\":\"split\"", "\"numeric\":\"parity\""},  // split tensors, parity options
+           {"\"numeric\":\"split\"", "\"numeric\":\"sideways\""},
+           {"\"decay\":0.0", "\"decay\":7.0"},
+           {"\"shape\":[", "\"shape\":[-1,"}}) {
+    EXPECT_EQ(t.model->DecodeSession(Reseal(bytes, from, to)).status().code(), absl::StatusCode::kDataLoss) << to;
+  }
+  EXPECT_EQ(t.model->DecodeSession(Reseal(bytes, "\"fingerprint\":", "\"fingerprint\":7,\"x\":")).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
+TEST(SessionCodecTest, StateIsBoundToTheComputeDtype) {
+  Trained t = Train("ttt/ttt_qwen3_hidden_proj/model");
+  ASSERT_TRUE(t.model);
+  LoadOptions o;
+  o.dtype = DType::kBF16;
+  auto bf16 = LoadModel("ttt/ttt_qwen3_hidden_proj/model", o);
+  ASSERT_NE(bf16, nullptr);
+  ASSERT_EQ(bf16->fingerprint(), t.model->fingerprint());  // same file ...
+  EXPECT_EQ(bf16->DecodeSession(*t.model->EncodeSession(*t.session)).status().code(),
+            absl::StatusCode::kFailedPrecondition);  // ... other arithmetic
+}
+
 std::string ReadFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   std::stringstream ss;

@@ -45,7 +45,7 @@ TEST(BatchTest, SixteenSessionsMixedPhasesMatchRunningAlone) {
     auto s = model->NewSession(o).value();
     Feed(*model, *s, Tokens(2 * C + i, i));  // >= 2 learned chunks, every phase of the chunk
     ASSERT_GE(s->updates_applied(), 4);
-    alone.push_back(model->Clone(*s));
+    alone.push_back(model->Clone(*s).value());
     batched.push_back(std::move(s));
   }
   for (int step = 0; step < 3; ++step) {
@@ -96,12 +96,12 @@ TEST(SessionTest, CloneIsIndependentAndExact) {
   ASSERT_NE(model, nullptr);
   auto s = model->NewSession().value();
   Feed(*model, *s, Tokens(21, 3));
-  auto c = model->Clone(*s);
+  auto c = model->Clone(*s).value();
   const auto w = W(*model, *s, 0);
   Feed(*model, *c, Tokens(9, 4));
   EXPECT_EQ(s->position(), 21);
   EXPECT_EQ(W(*model, *s, 0), w);
-  auto again = model->Clone(*s);
+  auto again = model->Clone(*s).value();
   auto x = model->Forward(*s, Tokens(9, 4)), y = model->Forward(*again, Tokens(9, 4));
   ASSERT_TRUE(x.ok() && y.ok());
   EXPECT_EQ(*x, *y);  // bit-exact

@@ -31,7 +31,8 @@ struct GenerateRequest {
 
 // A streamed result: the tokens generated since the previous result of the request. The final
 // result has final = true and the request's status (OK, CANCELLED, INTERNAL, UNAVAILABLE).
-// Every generated token has also entered the session (N and the KV window include it).
+// Every emitted token has also entered the session (N and the KV window include it) by the
+// final result, except after UNAVAILABLE (shutdown) or INTERNAL (the session is poisoned).
 struct GenerateResult {
   uint64_t request_id = 0;
   std::vector<int32_t> tokens;
@@ -67,8 +68,8 @@ class Executor {
     int64_t max_batch = 0;     // most requests in one step
   };
 
-  // `model` must outlive the Executor.
-  static std::unique_ptr<Executor> Create(const Model& model, const Options& options);
+  // `model` must outlive the Executor. INVALID_ARGUMENT for options out of range.
+  static absl::StatusOr<std::unique_ptr<Executor>> Create(const Model& model, const Options& options);
   ~Executor();  // Shutdown()
 
   // Queues a request; its results go to on_result. INVALID_ARGUMENT for a null session, an id
@@ -76,7 +77,8 @@ class Executor {
   // FAILED_PRECONDITION if the session already has an active request; UNAVAILABLE after Shutdown.
   absl::StatusOr<uint64_t> Enqueue(GenerateRequest request, std::function<void(const GenerateResult&)> on_result);
 
-  // Ends the request at the next step boundary (final result CANCELLED); unknown ids are ignored.
+  // Ends the request at the next step boundary, after feeding an already emitted token (final
+  // result CANCELLED); unknown ids are ignored.
   void Cancel(uint64_t request_id);
 
   // Stops the engine thread; active requests end with UNAVAILABLE. Idempotent.

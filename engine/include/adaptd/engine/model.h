@@ -86,7 +86,8 @@ class Model {
   absl::StatusOr<std::unique_ptr<SessionState>> NewSession(const SessionOptions& options = {}) const;
 
   // An independent deep copy of `session` (fast state, KV window, counters).
-  std::unique_ptr<SessionState> Clone(const SessionState& session) const;
+  // RESOURCE_EXHAUSTED when memory runs out; FAILED_PRECONDITION for a poisoned session.
+  absl::StatusOr<std::unique_ptr<SessionState>> Clone(const SessionState& session) const;
 
   // Feeds `ids` to `session` (continuing its KV window and fast state) and returns their logits,
   // [ids.size(), vocab] row-major fp32. learn=false: the tokens see the current fast weights but
@@ -108,7 +109,8 @@ class Model {
   // ids of each input continue its session as Forward does. Sessions must be distinct. Returns
   // per input its logits fp32: all rows [m, V] with all_logits, else the last token's [V].
   // INVALID_ARGUMENT (nothing changed) for bad ids, an empty input or a repeated session;
-  // INTERNAL if the device fails mid-pass (the sessions of the batch are then unusable).
+  // INTERNAL if the device fails mid-pass: every session of the batch is then poisoned (its
+  // state may be partly updated) and refused with FAILED_PRECONDITION from then on.
   struct BatchInput {
     SessionState* session;
     absl::Span<const int32_t> ids;
