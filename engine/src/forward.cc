@@ -106,17 +106,37 @@ at::Tensor Attention(const Model::Impl& m, const LayerWeights& L, int layer, con
 at::Tensor ApplyW(const TttLayerState& st, const at::Tensor& z, const at::Tensor& base) {
   if (st.whole.defined()) return at::linear(z, st.whole);
   if (!st.delta.defined()) return base;  // no chunk completed: the stock MLP exactly
-  return (base.to(at::kFloat) + at::matmul(z.to(at::kFloat), st.delta.t())).to(z.scalar_type());
+  return at::addmm(base.to(at::kFloat), z.to(at::kFloat), st.delta.t()).to(z.scalar_type());
+}
+
+// The chunk-local depthwise conv (kernel 5, padding 2, zero outside the chunk) of t [C, d]:
+// u[i] = sum_k w[:, k] * t[i + k - 2], as five shifted multiply-adds (a grouped conv1d call
+// costs more than the arithmetic on the CPU).
+at::Tensor ChunkConv(const at::Tensor& t, const at::Tensor& kernel) {
+  const int64_t C = t.size(0);
+  const at::Tensor w = kernel.squeeze(1).to(t.scalar_type());  // [d, 5]
+  at::Tensor u = t * w.select(1, 2);
+  for (int64_t k = 0; k < 5; ++k) {
+    const int64_t s = k - 2;
+    if (s == 0 || std::abs(s) >= C) continue;
+    if (s > 0) {
+      u.narrow(0, 0, C - s).add_(t.narrow(0, s, C - s) * w.select(1, k));
+    } else {
+      u.narrow(0, -s, C + s).add_(t.narrow(0, 0, C + s) * w.select(1, k));
+    }
+  }
+  return u;  // [C, d]
 }
 
 // eta * (conv(T) P)^T Z for one complete chunk, t [C, d], z [C, f] -> [d, f] in t's dtype.
-at::Tensor ChunkDelta(const LayerWeights& L, const at::Tensor& t, const at::Tensor& z, double lr) {
+// Parity mode keeps the official code's order of operations (grouped conv1d, eta applied last),
+// since W held whole in bf16 shows every rounding; split mode (fp32) takes the faster order.
+at::Tensor ChunkDelta(const LayerWeights& L, const at::Tensor& t, const at::Tensor& z, double lr, bool parity) {
   const int64_t d = t.size(1);
-  at::Tensor u = at::conv1d(t.t().unsqueeze(0), L.ttt_conv.to(t.scalar_type()), {}, 1, 2, 1, d)
-                     .squeeze(0)
-                     .t();  // [C, d]
+  at::Tensor u = parity ? at::conv1d(t.t().unsqueeze(0), L.ttt_conv.to(t.scalar_type()), {}, 1, 2, 1, d).squeeze(0).t()
+                        : ChunkConv(t, L.ttt_conv);  // [C, d]
   at::Tensor v = L.ttt_proj.defined() ? at::matmul(u, L.ttt_proj.to(t.scalar_type())) : u;  // P, not P^T
-  return at::matmul(v.t(), z) * lr;
+  return parity ? at::matmul(v.t(), z) * lr : at::matmul((v * lr).t(), z);
 }
 
 // Applies one completed chunk to the layer's state, or refuses it (non-finite update, or the
@@ -124,8 +144,8 @@ at::Tensor ChunkDelta(const LayerWeights& L, const at::Tensor& t, const at::Tens
 bool UpdateW(const Model::Impl& m, const LayerWeights& L, TttLayerState& st, const SessionOptions& opt,
              const at::Tensor& t, const at::Tensor& z) {
   const bool parity = opt.numeric == NumericMode::kParity;
-  at::Tensor d = parity ? ChunkDelta(L, t, z, m.config.ttt.lr)
-                        : ChunkDelta(L, t.to(at::kFloat), z.to(at::kFloat), m.config.ttt.lr);  // [d, f]
+  at::Tensor d = parity ? ChunkDelta(L, t, z, m.config.ttt.lr, true)
+                        : ChunkDelta(L, t.to(at::kFloat), z.to(at::kFloat), m.config.ttt.lr, false);  // [d, f]
   const double norm = at::linalg_vector_norm(d.to(at::kFloat)).item<double>();
   if (!std::isfinite(norm)) return false;
   if (opt.clip_tau && norm > *opt.clip_tau) d = d * (*opt.clip_tau / norm);

@@ -21,6 +21,7 @@ points=(
   "c64_embed:--chunk 64 --target input_embed"
   "c32_embed:--chunk 32 --target input_embed"
   "c128_embed:--chunk 128 --target input_embed"
+  "c32_embed_seq256:--chunk 32 --target input_embed --seq 256 --batch 16"
   "c64_layers02:--chunk 64 --ttt-layers 0,2"
   "no_ttt:--no-ttt"
 )
@@ -28,7 +29,7 @@ models=()
 for p in "${points[@]}"; do
   name=${p%%:*}
   [ -f "runs/sweep/$name/model/config.json" ] || \
-    $PY -m tools.train.train --out "runs/sweep/$name" ${p#*:} $common > "runs/sweep/$name.log" 2>&1
+    $PY -m tools.train.train --out "runs/sweep/$name" $common ${p#*:} > "runs/sweep/$name.log" 2>&1
   models+=(--model "runs/sweep/$name/model")
 done
 $PY -m tools.train.evaluate "${models[@]}" --json runs/sweep/results.json | tee runs/sweep/results.md
