@@ -2,7 +2,7 @@
 # The measured sweep behind the default model (models/README.md). One no-TTT base model is
 # pretrained; every sweep point then continues from it on the same tokens (same seed, steps,
 # batch): TTT points gain their TTT modules (conv starts at zero, so step 0 equals the base),
-# and the no_ttt point is the honest baseline trained on exactly the same tokens.
+# and the no_ttt points are the honest baselines trained on exactly the same tokens.
 # Held-out NLL per position bucket, TTT on and off, goes to runs/sweep/results.{md,json}.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -22,6 +22,7 @@ points=(
   "c32_embed:--chunk 32 --target input_embed"
   "c128_embed:--chunk 128 --target input_embed"
   "c32_embed_seq256:--chunk 32 --target input_embed --seq 256 --batch 16"
+  "no_ttt_seq256:--no-ttt --seq 256 --batch 16"
   "c64_layers02:--chunk 64 --ttt-layers 0,2"
   "no_ttt:--no-ttt"
 )
