@@ -2,7 +2,7 @@
 // the tokenizer). Greedy generation through the Executor, or --score: the NLL of each chunk
 // of the input with TTT on and off, and the updates applied.
 //
-//   adaptd-generate --model DIR --ids 1,2,3 [--max_new_tokens 32] [--dtype bf16]
+//   adaptd-generate --model DIR --ids 1,2,3 [--max_new_tokens 32] [--dtype bf16] [--text]
 //   adaptd-generate --model DIR --ids_file ids.txt --score
 #include <cmath>
 #include <cstdio>
@@ -19,6 +19,7 @@
 #include "absl/strings/str_split.h"
 #include "adaptd/engine/executor.h"
 #include "adaptd/engine/model.h"
+#include "adaptd/engine/tokenizer.h"
 
 ABSL_FLAG(std::string, model, "", "checkpoint directory (config.json + safetensors)");
 ABSL_FLAG(std::string, ids, "", "comma-separated input token ids");
@@ -28,6 +29,7 @@ ABSL_FLAG(bool, score, false, "print the NLL of each chunk with TTT on and off i
 ABSL_FLAG(std::string, device, "cpu", "cpu, cuda or cuda:<i>");
 ABSL_FLAG(std::string, dtype, "", "compute dtype f32|bf16|f16 (default: the checkpoint's)");
 ABSL_FLAG(int, threads, 0, "CPU threads for the engine (0: LibTorch's default)");
+ABSL_FLAG(bool, text, false, "print generated tokens as text (the model's tokenizer.json), streamed");
 
 namespace adaptd::engine {
 namespace {
@@ -104,10 +106,28 @@ int Generate(const Model& model, const std::vector<int32_t>& ids) {
     std::cerr << session.status() << "\n";
     return 1;
   }
+  std::unique_ptr<Tokenizer> tokenizer;
+  if (absl::GetFlag(FLAGS_text)) {
+    auto t = Tokenizer::Load(absl::GetFlag(FLAGS_model) + "/tokenizer.json");
+    if (!t.ok()) {
+      std::cerr << t.status() << "\n";
+      return 1;
+    }
+    tokenizer = *std::move(t);
+  }
+  std::unique_ptr<StreamDecoder> stream;
+  if (tokenizer) stream = std::make_unique<StreamDecoder>(*tokenizer);
   std::promise<absl::Status> done;
   auto id = executor->Enqueue({session->get(), ids, true, absl::GetFlag(FLAGS_max_new_tokens), {}},
-                              [&done](const GenerateResult& r) {
-                                for (int32_t t : r.tokens) std::printf("%d ", t);
+                              [&](const GenerateResult& r) {
+                                for (int32_t t : r.tokens) {
+                                  if (stream) {
+                                    std::printf("%s", stream->Add(t).value_or("").c_str());
+                                  } else {
+                                    std::printf("%d ", t);
+                                  }
+                                }
+                                if (r.final && stream) std::printf("%s", stream->Finish().c_str());
                                 std::fflush(stdout);
                                 if (r.final) done.set_value(r.status);
                               });

@@ -10,6 +10,9 @@ Every model is random, made here from a fixed seed, and saved as a Hugging Face 
   numeric modes and in f32 and bf16; prefix dumps at N = C-1, C, C+1, 2C; one clipped run.
 - OUT_DIR/checkpoints/<case>/: good variants (sharded, bf16, f16) and broken checkpoints, each
   with the status code and the text its load error must carry.
+- OUT_DIR/tokenizer/cases.json: token ids with their HF `tokenizers` decode (with and without
+  special tokens) for the default model's tokenizer.json: encoded texts of many scripts and
+  random id sequences (often invalid UTF-8).
 OUT_DIR/manifest.json lists the cases and dump files. The case names are fixed: the C++ tests
 name them too.
 """
@@ -197,6 +200,33 @@ def write_checkpoint_cases(root: pathlib.Path, stock: pathlib.Path, ttt: pathlib
     return cases
 
 
+TOKENIZER_TEXTS = [
+    "The kernel's memory allocator hands out pages.",
+    "def f(x):\n    return {'a': [1, 2, 3]}  # comment\n\n\n",
+    "   leading and    inner   whitespace\t\ttabs\r\n",
+    "日本語のテキストと中文文本，还有한국어 텍스트.",
+    "emoji 😀👍🏽 and a family 👩\u200d👩\u200d👧\u200d👦 flag 🇩🇪",
+    "combining: e\u0301 a\u0308 n\u0303 — Zalgo z\u0336\u0335a\u0334",
+    "digits 1234567890 3.14159 -42 1e-9",
+    "look-alikes <|im_start|> <|endoftext|> <|im_end |>",
+    "Ελληνικά, русский, עברית, العربية, हिन्दी",
+]
+
+
+def write_tokenizer_cases(out: pathlib.Path, tokenizer_json: pathlib.Path) -> None:
+    from tokenizers import Tokenizer
+    tok = Tokenizer.from_file(str(tokenizer_json))
+    g = torch.Generator().manual_seed(5)
+    seqs = [tok.encode(t).ids for t in TOKENIZER_TEXTS]
+    seqs.append([1] + tok.encode("user text").ids + [2, 0])  # with real special tokens
+    for n in range(1, 40):
+        seqs.append(torch.randint(0, tok.get_vocab_size(), (n,), generator=g).tolist())
+    cases = [{"ids": ids, "text": tok.decode(ids, skip_special_tokens=False),
+              "text_skip": tok.decode(ids, skip_special_tokens=True)} for ids in seqs]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "cases.json").write_text(json.dumps({"tokenizer": str(tokenizer_json), "cases": cases}))
+
+
 def main() -> None:
     root = pathlib.Path(sys.argv[1])
     manifest = {"hf": [], "ttt": []}
@@ -206,6 +236,7 @@ def main() -> None:
         manifest["ttt"].append(write_ttt_case(root / "ttt" / name, name, cfg, seed))
     manifest["checkpoints"] = write_checkpoint_cases(
         root / "checkpoints", root / "hf/qwen3_gqa_tied/model", root / "ttt/ttt_qwen3_hidden_proj/model")
+    write_tokenizer_cases(root / "tokenizer", pathlib.Path(__file__).resolve().parents[2] / "models/adaptd-tiny-ttt/tokenizer.json")
     (root / "manifest.json").write_text(json.dumps(manifest, indent=1))
 
 
