@@ -150,6 +150,31 @@ TEST(SessionCodecTest, ForgedHeadersAreRefusedCleanly) {
             absl::StatusCode::kFailedPrecondition);
 }
 
+// Random forged edits of the header (resealed, so they pass the checksum) and of the tensor
+// bytes: every decode ends in a status, never a crash; a decoded state is usable.
+TEST(SessionCodecTest, RandomForgeriesNeverCrash) {
+  Trained t = Train("ttt/ttt_qwen3_embed_proj/model");
+  ASSERT_TRUE(t.model);
+  const std::string bytes = *t.model->EncodeSession(*t.session, {StateEncoding::kExact, true});
+  uint32_t hlen;
+  std::memcpy(&hlen, bytes.data() + 12, 4);
+  const std::string header = bytes.substr(16, hlen);
+  uint64_t x = 88172645463325252ull;  // xorshift
+  auto next = [&x] { return x ^= x << 13, x ^= x >> 7, x ^= x << 17; };
+  const std::string alphabet = "0123456789-[]{}\",:.e";
+  int decoded = 0;
+  for (int i = 0; i < 500; ++i) {
+    std::string h = header;
+    for (int k = 0, n = 1 + next() % 3; k < n; ++k) h[next() % h.size()] = alphabet[next() % alphabet.size()];
+    auto s = t.model->DecodeSession(Reseal(bytes, header, h));
+    if (s.ok()) {
+      ++decoded;
+      EXPECT_TRUE(t.model->Forward(**s, Tokens(3, i)).ok());
+    }
+  }
+  RecordProperty("decoded", decoded);
+}
+
 TEST(SessionCodecTest, StateIsBoundToTheComputeDtype) {
   Trained t = Train("ttt/ttt_qwen3_hidden_proj/model");
   ASSERT_TRUE(t.model);
