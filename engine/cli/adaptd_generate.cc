@@ -118,7 +118,7 @@ int Generate(const Model& model, const std::vector<int32_t>& ids) {
   std::unique_ptr<StreamDecoder> stream;
   if (tokenizer) stream = std::make_unique<StreamDecoder>(*tokenizer);
   std::promise<absl::Status> done;
-  auto id = executor->Enqueue({session->get(), ids, true, absl::GetFlag(FLAGS_max_new_tokens), {}},
+  auto id = executor->Enqueue({session->get(), ids, true, absl::GetFlag(FLAGS_max_new_tokens), {}, {}},
                               [&](const GenerateResult& r) {
                                 for (int32_t t : r.tokens) {
                                   if (stream) {

@@ -5,6 +5,7 @@
 #include <condition_variable>
 #include <deque>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <thread>
 
@@ -40,14 +41,12 @@ struct Active {
   size_t fed = 0;                  // prompt tokens fed
   std::optional<int32_t> pending;  // generated, to be fed next step
   int generated = 0;
+  std::optional<Sampler> sampler;
+  std::vector<int32_t> history;  // prompt and generated tokens, for the penalties
   bool last = false;  // pending is the final token: finish once it is fed
   bool cancelled = false;
   bool done = false;
 };
-
-int32_t ArgMax(const std::vector<float>& logits) {
-  return static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
-}
 
 }  // namespace
 
@@ -103,6 +102,8 @@ absl::StatusOr<uint64_t> Executor::Enqueue(GenerateRequest request,
   }
   if (request.prompt.empty()) return absl::InvalidArgumentError("empty prompt");
   if (absl::Status s = impl_->model.ValidateIds(request.prompt); !s.ok()) return s;
+  auto sampler = Sampler::Create(request.sampling);
+  if (!sampler.ok()) return sampler.status();
   for (int32_t id : request.stop_ids) {
     if (id < 0 || id >= impl_->model.config().vocab_size) return absl::InvalidArgumentError("stop id outside the vocabulary");
   }
@@ -114,7 +115,9 @@ absl::StatusOr<uint64_t> Executor::Enqueue(GenerateRequest request,
   const uint64_t id = impl_->next_id++;
   auto a = std::make_unique<Active>();
   a->id = id;
+  a->history = request.prompt;
   a->req = std::move(request);
+  a->sampler.emplace(*std::move(sampler));
   a->on_result = std::move(on_result);
   impl_->incoming.push_back(std::move(a));
   ++impl_->stats.active;
@@ -214,7 +217,12 @@ void Executor::Impl::Step() {
         continue;
       }
     }
-    Emit(a, ArgMax((*logits)[k]));
+    auto choice = a.sampler->Sample((*logits)[k], a.history);
+    if (!choice.ok()) {
+      Finish(a, choice.status());
+      continue;
+    }
+    Emit(a, choice->token);
   }
   active.erase(std::remove_if(active.begin(), active.end(), [](const auto& a) { return a->done; }), active.end());
   std::lock_guard<std::mutex> lock(mu);
@@ -226,6 +234,7 @@ void Executor::Impl::Step() {
 
 void Executor::Impl::Emit(Active& a, int32_t token) {
   a.pending = token;
+  a.history.push_back(token);
   ++a.generated;
   const auto& stops = a.req.stop_ids;
   a.last = a.generated >= a.req.max_new_tokens || std::find(stops.begin(), stops.end(), token) != stops.end();

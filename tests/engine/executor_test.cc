@@ -88,7 +88,7 @@ TEST(ExecutorTest, ConcurrentRequestsGenerateAsIfAlone) {
   std::vector<Collected> results(n);
   for (int i = 0; i < n; ++i) {
     sessions.push_back(model->NewSession().value());
-    auto id = executor->Enqueue({sessions[i].get(), Prompt(5 + 7 * i, i), true, 12, {}}, Collect(results[i]));
+    auto id = executor->Enqueue({sessions[i].get(), Prompt(5 + 7 * i, i), true, 12, {}, {}}, Collect(results[i]));
     ASSERT_TRUE(id.ok()) << id.status();
   }
   for (int i = 0; i < n; ++i) {
@@ -121,7 +121,7 @@ TEST(ExecutorTest, StopIdEndsGenerationAfterEmittingIt) {
   auto executor = Executor::Create(*model, {}).value();
   auto s = model->NewSession().value();
   Collected c;
-  ASSERT_TRUE(executor->Enqueue({s.get(), Prompt(9, seed), true, 50, {greedy[j]}}, Collect(c)).ok());
+  ASSERT_TRUE(executor->Enqueue({s.get(), Prompt(9, seed), true, 50, {greedy[j]}, {}}, Collect(c)).ok());
   c.done.get_future().wait();
   EXPECT_TRUE(c.status.ok());
   EXPECT_EQ(c.tokens, std::vector<int32_t>(greedy.begin(), greedy.begin() + j + 1));
@@ -134,7 +134,7 @@ TEST(ExecutorTest, CancelEndsAtAStepBoundary) {
   auto executor = Executor::Create(*model, {}).value();
   auto s = model->NewSession().value();
   Collected c;
-  auto id = executor->Enqueue({s.get(), Prompt(4, 2), true, 60000, {}}, Collect(c));
+  auto id = executor->Enqueue({s.get(), Prompt(4, 2), true, 60000, {}, {}}, Collect(c));
   ASSERT_TRUE(id.ok());
   executor->Cancel(*id);
   c.done.get_future().wait();
@@ -143,9 +143,32 @@ TEST(ExecutorTest, CancelEndsAtAStepBoundary) {
   // Every emitted token entered the session (cancelled before the first step: nothing did).
   EXPECT_EQ(s->n_learned(), c.tokens.empty() ? 0 : 4 + static_cast<int64_t>(c.tokens.size()));
   Collected again;  // the session is free again
-  ASSERT_TRUE(executor->Enqueue({s.get(), Prompt(3, 3), true, 1, {}}, Collect(again)).ok());
+  ASSERT_TRUE(executor->Enqueue({s.get(), Prompt(3, 3), true, 1, {}, {}}, Collect(again)).ok());
   again.done.get_future().wait();
   EXPECT_TRUE(again.status.ok());
+}
+
+TEST(ExecutorTest, SampledGenerationFollowsTheSeed) {
+  auto model = LoadModel("ttt/ttt_qwen3_hidden_proj/model");
+  ASSERT_NE(model, nullptr);
+  auto executor = Executor::Create(*model, {}).value();
+  std::vector<std::unique_ptr<SessionState>> sessions;
+  std::vector<Collected> results(3);
+  for (int i = 0; i < 3; ++i) {
+    sessions.push_back(model->NewSession().value());
+    GenerateRequest r{sessions[i].get(), Prompt(6, 1), true, 24, {}, {}};
+    r.sampling.temperature = 1.0;
+    r.sampling.seed = i < 2 ? 11 : 12;  // requests 0 and 1 share a seed
+    ASSERT_TRUE(executor->Enqueue(r, Collect(results[i])).ok());
+  }
+  for (auto& r : results) r.done.get_future().wait();
+  EXPECT_EQ(results[0].tokens.size(), 24u);
+  EXPECT_EQ(results[0].tokens, results[1].tokens);
+  EXPECT_NE(results[0].tokens, results[2].tokens);
+  auto s = model->NewSession().value();
+  GenerateRequest bad{s.get(), {1}, true, 4, {}, {}};
+  bad.sampling.top_p = 0;
+  EXPECT_EQ(executor->Enqueue(bad, nullptr).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST(ExecutorTest, RejectsBadOptions) {
@@ -161,16 +184,16 @@ TEST(ExecutorTest, RejectsBadRequestsAndWorkAfterShutdown) {
   o.max_new_tokens = 64;
   auto executor = Executor::Create(*model, o).value();
   auto s = model->NewSession().value();
-  EXPECT_EQ(executor->Enqueue({nullptr, {1}, true, 1, {}}, nullptr).status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(executor->Enqueue({s.get(), {}, true, 1, {}}, nullptr).status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(executor->Enqueue({s.get(), {1, 256}, true, 1, {}}, nullptr).status().code(),
+  EXPECT_EQ(executor->Enqueue({nullptr, {1}, true, 1, {}, {}}, nullptr).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(executor->Enqueue({s.get(), {}, true, 1, {}, {}}, nullptr).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(executor->Enqueue({s.get(), {1, 256}, true, 1, {}, {}}, nullptr).status().code(),
             absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(executor->Enqueue({s.get(), {1}, true, 65, {}}, nullptr).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(executor->Enqueue({s.get(), {1}, true, 65, {}, {}}, nullptr).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(s->position(), 0);
 
   Collected long_running;
-  ASSERT_TRUE(executor->Enqueue({s.get(), {1, 2}, true, 64, {}}, Collect(long_running)).ok());
-  EXPECT_EQ(executor->Enqueue({s.get(), {1}, true, 1, {}}, nullptr).status().code(),
+  ASSERT_TRUE(executor->Enqueue({s.get(), {1, 2}, true, 64, {}, {}}, Collect(long_running)).ok());
+  EXPECT_EQ(executor->Enqueue({s.get(), {1}, true, 1, {}, {}}, nullptr).status().code(),
             absl::StatusCode::kFailedPrecondition);
   std::thread other_shutdown([&] { executor->Shutdown(); });
   executor->Shutdown();
@@ -178,7 +201,7 @@ TEST(ExecutorTest, RejectsBadRequestsAndWorkAfterShutdown) {
   long_running.done.get_future().wait();
   EXPECT_TRUE(long_running.status.ok() || long_running.status.code() == absl::StatusCode::kUnavailable);
   auto other = model->NewSession().value();
-  EXPECT_EQ(executor->Enqueue({other.get(), {1}, true, 1, {}}, nullptr).status().code(),
+  EXPECT_EQ(executor->Enqueue({other.get(), {1}, true, 1, {}, {}}, nullptr).status().code(),
             absl::StatusCode::kUnavailable);
 }
 

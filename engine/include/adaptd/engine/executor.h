@@ -18,6 +18,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "adaptd/engine/model.h"
+#include "adaptd/engine/sampler.h"
 
 namespace adaptd::engine {
 
@@ -27,6 +28,7 @@ struct GenerateRequest {
   bool learn = true;                // the prompt and the generated tokens are learned
   int max_new_tokens = 0;           // greedy tokens generated after the prompt
   std::vector<int32_t> stop_ids;    // generation ends after emitting one of these
+  SamplingParams sampling;          // default: greedy; penalties see the prompt and the output
 };
 
 // A streamed result: the tokens generated since the previous result of the request. The final
@@ -73,7 +75,7 @@ class Executor {
   ~Executor();  // Shutdown()
 
   // Queues a request; its results go to on_result. INVALID_ARGUMENT for a null session, an id
-  // outside the vocabulary, an empty prompt with tokens to generate, or sizes past the limits;
+  // outside the vocabulary, an empty prompt, bad sampling parameters, or sizes past the limits;
   // FAILED_PRECONDITION if the session already has an active request; UNAVAILABLE after Shutdown.
   absl::StatusOr<uint64_t> Enqueue(GenerateRequest request, std::function<void(const GenerateResult&)> on_result);
 
