@@ -1,5 +1,6 @@
-// The transformer forward of one session: embedding, RMSNorm, RoPE, GQA attention with a KV
-// cache, SwiGLU MLP, and In-Place TTT in the TTT layers (architecture.md; paper.md §3-5).
+// The transformer forward of a batch of sessions: embedding, RMSNorm, RoPE, GQA attention over
+// each session's KV cache, SwiGLU MLP, and In-Place TTT in the TTT layers with the shared W0
+// product batched and each session's dW applied to its own rows (architecture.md; paper.md §3-5).
 #include <algorithm>
 #include <cmath>
 
