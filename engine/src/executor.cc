@@ -42,7 +42,7 @@ struct Active {
   std::optional<int32_t> pending;  // generated, to be fed next step
   int generated = 0;
   std::optional<Sampler> sampler;
-  std::vector<int32_t> history;  // prompt and generated tokens, for the penalties
+  std::vector<int32_t> output;  // generated tokens, for the penalties
   bool last = false;  // pending is the final token: finish once it is fed
   bool cancelled = false;
   bool done = false;
@@ -115,7 +115,6 @@ absl::StatusOr<uint64_t> Executor::Enqueue(GenerateRequest request,
   const uint64_t id = impl_->next_id++;
   auto a = std::make_unique<Active>();
   a->id = id;
-  a->history = request.prompt;
   a->req = std::move(request);
   a->sampler.emplace(*std::move(sampler));
   a->on_result = std::move(on_result);
@@ -217,7 +216,7 @@ void Executor::Impl::Step() {
         continue;
       }
     }
-    auto choice = a.sampler->Sample((*logits)[k], a.history);
+    auto choice = a.sampler->Sample((*logits)[k], a.req.prompt, a.output);
     if (!choice.ok()) {
       Finish(a, choice.status());
       continue;
@@ -234,7 +233,7 @@ void Executor::Impl::Step() {
 
 void Executor::Impl::Emit(Active& a, int32_t token) {
   a.pending = token;
-  a.history.push_back(token);
+  a.output.push_back(token);
   ++a.generated;
   const auto& stops = a.req.stop_ids;
   a.last = a.generated >= a.req.max_new_tokens || std::find(stops.begin(), stops.end(), token) != stops.end();

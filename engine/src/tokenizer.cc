@@ -39,21 +39,14 @@ std::vector<uint32_t> CodePoints(const std::string& s) {
   return out;
 }
 
-// Bytes of the ByteLevel token string `token`; a character outside the table stands for its own
-// UTF-8 bytes.
+// Bytes of the ByteLevel token string `token`; a token with any character outside the table
+// stands for its own UTF-8 text, whole (as HF's ByteLevel decoder does).
 std::string ByteLevelBytes(const std::string& token, const std::map<uint32_t, uint8_t>& table) {
   std::string out;
-  size_t i = 0;
   for (uint32_t cp : CodePoints(token)) {
-    const auto c = static_cast<uint8_t>(token[i]);
-    const size_t n = c < 0x80 ? 1 : c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4;
     auto it = table.find(cp);
-    if (it != table.end()) {
-      out.push_back(static_cast<char>(it->second));
-    } else {
-      out.append(token, i, n);
-    }
-    i += n;
+    if (it == table.end()) return token;
+    out.push_back(static_cast<char>(it->second));
   }
   return out;
 }
@@ -96,7 +89,8 @@ std::string Utf8Lossy(const std::string& bytes, std::string* tail) {
     if (n > 0) {
       out.append(bytes, i, n);
       i += n;
-    } else if (tail != nullptr && i + (-n) == bytes.size()) {
+    } else if (tail != nullptr && i + (-n) == bytes.size() && static_cast<uint8_t>(bytes[i]) >= 0xC2 &&
+               static_cast<uint8_t>(bytes[i]) <= 0xF4) {
       *tail = bytes.substr(i);  // a character still arriving
       return out;
     } else {
@@ -115,21 +109,24 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& pa
   text << in.rdbuf();
   const auto j = nlohmann::json::parse(text.str(), nullptr, /*allow_exceptions=*/false);
   if (!j.is_object()) return absl::InvalidArgumentError(path + ": not a JSON object");
-  const std::string model_type = j.contains("model") ? j["model"].value("type", "") : "";
-  if (model_type != "BPE") return absl::UnimplementedError(absl::StrCat(path, ": model type '", model_type, "'"));
-  const auto& decoder = j.contains("decoder") ? j["decoder"] : nlohmann::json();
-  const std::string decoder_type = decoder.is_object() ? decoder.value("type", "") : "";
-  if (decoder_type != "ByteLevel") {
-    return absl::UnimplementedError(absl::StrCat(path, ": decoder '", decoder_type, "' (only ByteLevel so far)"));
+  auto type_of = [&j](const char* key) -> std::string {
+    if (!j.contains(key) || !j[key].is_object() || !j[key].contains("type") || !j[key]["type"].is_string()) return "";
+    return j[key]["type"].get<std::string>();
+  };
+  if (type_of("model") != "BPE") return absl::UnimplementedError(absl::StrCat(path, ": model type '", type_of("model"), "'"));
+  if (type_of("decoder") != "ByteLevel") {
+    return absl::UnimplementedError(absl::StrCat(path, ": decoder '", type_of("decoder"), "' (only ByteLevel so far)"));
   }
   auto tok = std::unique_ptr<Tokenizer>(new Tokenizer());
   const auto table = ByteLevelDecodeTable();
   try {
     std::map<int64_t, std::pair<std::string, bool>> entries;  // id -> bytes, special
     for (const auto& [token, id] : j.at("model").at("vocab").items()) {
+      if (!id.is_number_integer()) return absl::InvalidArgumentError(absl::StrCat(path, ": id of '", token, "' is not an integer"));
       entries[id.get<int64_t>()] = {ByteLevelBytes(token, table), false};
     }
     for (const auto& a : j.value("added_tokens", nlohmann::json::array())) {
+      if (!a.at("id").is_number_integer()) return absl::InvalidArgumentError(path + ": an added token id is not an integer");
       entries[a.at("id").get<int64_t>()] = {ByteLevelBytes(a.at("content").get<std::string>(), table),
                                             a.value("special", false)};
     }

@@ -73,6 +73,8 @@ TEST(TokenizerTest, LossyUtf8ReplacesMaximalInvalidSubparts) {
   std::string tail;
   EXPECT_EQ(Utf8Lossy("a\xF0\x9F", &tail), "a");
   EXPECT_EQ(tail, "\xF0\x9F");
+  EXPECT_EQ(Utf8Lossy("a\xFF", &tail), "a" + r);  // never the start of a character: at once
+  EXPECT_TRUE(tail.empty());
 }
 
 TEST(TokenizerTest, ErrorsAreSpecific) {
@@ -86,6 +88,13 @@ TEST(TokenizerTest, ErrorsAreSpecific) {
   auto unsupported = Tokenizer::Load(path);
   EXPECT_EQ(unsupported.status().code(), absl::StatusCode::kUnimplemented);
   EXPECT_NE(unsupported.status().message().find("Metaspace"), std::string::npos);
+  for (const char* hostile : {R"({"model": 5})", R"({"model": {"type": 1}})", R"([1, 2])",
+                              R"({"model": {"type": "BPE", "vocab": {"a": 0.5}}, "decoder": {"type": "ByteLevel"}})",
+                              R"({"model": {"type": "BPE", "vocab": {"a": 7}}, "decoder": {"type": "ByteLevel"}})",
+                              R"({"model": {"type": "BPE"}, "decoder": {"type": null}})"}) {
+    std::ofstream(path) << hostile;
+    EXPECT_FALSE(Tokenizer::Load(path).ok()) << hostile;
+  }
 }
 
 }  // namespace

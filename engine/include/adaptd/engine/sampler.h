@@ -19,22 +19,23 @@
 namespace adaptd::engine {
 
 struct SamplingParams {
-  double temperature = 0.0;         // 0: greedy; else > 0
+  double temperature = 0.0;         // below kGreedyBelow (0 included): greedy
   int top_k = 0;                    // 0: off; else keep the k most likely tokens
   double top_p = 1.0;               // in (0, 1]: keep the smallest set with at least this mass
   double min_p = 0.0;               // in [0, 1]: drop tokens below min_p * the top probability
-  double repetition_penalty = 1.0;  // > 0; a seen token's logit l becomes l / r (l > 0) or l * r
-  double presence_penalty = 0.0;    // subtracted once from the logit of every seen token
-  double frequency_penalty = 0.0;   // subtracted per occurrence of a seen token
+  double repetition_penalty = 1.0;  // [0.01, 100]; a logit l of a token in the context or the
+                                    // output becomes l / r (l > 0) or l * r (HF)
+  double presence_penalty = 0.0;    // [-2, 2]; subtracted once per token in the output
+  double frequency_penalty = 0.0;   // [-2, 2]; subtracted per occurrence in the output
   uint64_t seed = 0;                // same seed, logits and history -> same tokens
   int top_logprobs = 0;             // 0..20 alternatives reported per token
 };
 
 inline constexpr int kMaxTopLogprobs = 20;
+inline constexpr double kGreedyBelow = 1e-5;  // smaller temperatures decode greedily (as vLLM)
 
 // INVALID_ARGUMENT naming the field: NaN/Inf or negative temperature, top_p outside (0, 1],
-// min_p outside [0, 1], top_k < 0, a non-positive or non-finite repetition penalty, non-finite
-// presence/frequency penalties, top_logprobs outside [0, 20].
+// min_p outside [0, 1], top_k < 0, penalties outside their ranges, top_logprobs outside [0, 20].
 absl::Status ValidateSamplingParams(const SamplingParams& params);
 
 class Sampler {
@@ -48,15 +49,19 @@ class Sampler {
   // Errors as ValidateSamplingParams.
   static absl::StatusOr<Sampler> Create(const SamplingParams& params);
 
-  // The next token given the logits [V] and the tokens the penalties look at (`history`: the
-  // caller decides, usually prompt and generated tokens). FAILED_PRECONDITION for NaN or +Inf
-  // logits (-Inf masks a token); INVALID_ARGUMENT for a history id outside [0, V).
-  absl::StatusOr<Choice> Sample(absl::Span<const float> logits, absl::Span<const int32_t> history);
+  // The next token given the logits [V], the context (prompt and earlier turns: repetition
+  // penalty) and this request's output so far (repetition, presence and frequency penalties).
+  // FAILED_PRECONDITION for NaN or +Inf logits (-Inf masks a token); INVALID_ARGUMENT for an id
+  // outside [0, V).
+  absl::StatusOr<Choice> Sample(absl::Span<const float> logits, absl::Span<const int32_t> context,
+                                absl::Span<const int32_t> output);
 
-  // The distribution Sample draws from: (token, probability) after penalties and filters,
-  // probabilities summing to 1. Greedy yields the single argmax with probability 1.
+  // The distribution Sample draws from: (token, probability > 0) after penalties and filters,
+  // descending, summing to 1. Greedy yields the single argmax with probability 1. Top-p applies
+  // to the renormalised top-k set (HF, vLLM).
   absl::StatusOr<std::vector<std::pair<int32_t, double>>> Distribution(absl::Span<const float> logits,
-                                                                     absl::Span<const int32_t> history) const;
+                                                                     absl::Span<const int32_t> context,
+                                                                     absl::Span<const int32_t> output) const;
 
  private:
   explicit Sampler(const SamplingParams& params) : params_(params), state_(params.seed ^ 0x9E3779B97F4A7C15ull) {}
