@@ -100,7 +100,6 @@ absl::StatusOr<uint64_t> Executor::Enqueue(GenerateRequest request,
   if (static_cast<int64_t>(request.prompt.size()) > o.max_prompt_tokens) {
     return absl::InvalidArgumentError(absl::StrCat("prompt longer than ", o.max_prompt_tokens, " tokens"));
   }
-  if (request.prompt.empty()) return absl::InvalidArgumentError("empty prompt");
   if (absl::Status s = impl_->model.ValidateIds(request.prompt); !s.ok()) return s;
   auto sampler = Sampler::Create(request.sampling);
   if (!sampler.ok()) return sampler.status();
