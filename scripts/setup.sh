@@ -11,6 +11,7 @@ APT_PACKAGES=(
   # C++ stack (engine, store, server)
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
   librocksdb-dev prometheus-cpp-dev nlohmann-json3-dev libgtest-dev libgmock-dev libbenchmark-dev
+  libicu-dev
   # corpus sources (tools/corpus/build_corpus.py)
   python3.11-doc linux-doc-6.1
 )

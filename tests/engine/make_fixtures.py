@@ -13,6 +13,8 @@ Every model is random, made here from a fixed seed, and saved as a Hugging Face 
 - OUT_DIR/tokenizer/cases.json: token ids with their HF `tokenizers` decode (with and without
   special tokens) for the default model's tokenizer.json: encoded texts of many scripts and
   random id sequences (often invalid UTF-8).
+- OUT_DIR/tokenizer/oracle/: tokenizers trained with HF `tokenizers` and HF's ids and decodes
+  of over a megabyte of varied text (tokenizer_oracle.py).
 OUT_DIR/manifest.json lists the cases and dump files. The case names are fixed: the C++ tests
 name them too.
 """
@@ -30,6 +32,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, Qwen3Config
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 from tools.ttt_reference import dump as ref_dump  # noqa: E402
 from tools.ttt_reference import model as ref_model  # noqa: E402
+from tokenizer_oracle import write_oracle  # noqa: E402  (beside this file)
 
 VOCAB, SEQ, CHUNK = 256, 80, 8
 
@@ -237,6 +240,7 @@ def main() -> None:
     manifest["checkpoints"] = write_checkpoint_cases(
         root / "checkpoints", root / "hf/qwen3_gqa_tied/model", root / "ttt/ttt_qwen3_hidden_proj/model")
     write_tokenizer_cases(root / "tokenizer", pathlib.Path(__file__).resolve().parents[2] / "models/adaptd-tiny-ttt/tokenizer.json")
+    write_oracle(root / "tokenizer" / "oracle")
     (root / "manifest.json").write_text(json.dumps(manifest, indent=1))
 
 

@@ -83,15 +83,29 @@ TEST(TokenizerTest, ErrorsAreSpecific) {
   EXPECT_EQ(tok->Decode({1, 99999}).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(tok->TokenBytes(-1).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(Tokenizer::Load("/no/such/tokenizer.json").status().code(), absl::StatusCode::kNotFound);
-  const std::string path = ::testing::TempDir() + "/metaspace_tokenizer.json";
-  std::ofstream(path) << R"({"model": {"type": "BPE", "vocab": {"a": 0}}, "decoder": {"type": "Metaspace"}})";
-  auto unsupported = Tokenizer::Load(path);
-  EXPECT_EQ(unsupported.status().code(), absl::StatusCode::kUnimplemented);
-  EXPECT_NE(unsupported.status().message().find("Metaspace"), std::string::npos);
+  const std::string path = ::testing::TempDir() + "/unsupported_tokenizer.json";
+  const std::pair<const char*, const char*> unsupported[] = {
+      {R"({"model": {"type": "BPE", "vocab": {"a": 0}}, "decoder": {"type": "WordPiece"}})", "WordPiece"},
+      {R"({"model": {"type": "Unigram", "vocab": []}, "decoder": {"type": "ByteLevel"}})", "Unigram"},
+      {R"({"model": {"type": "BPE", "vocab": {"a": 0}, "dropout": 0.1}, "decoder": {"type": "ByteLevel"}})", "dropout"},
+      {R"({"model": {"type": "BPE", "vocab": {"a": 0}}, "normalizer": {"type": "Lowercase"}, "decoder": null})", "Lowercase"},
+      {R"({"model": {"type": "BPE", "vocab": {"a": 0}}, "decoder": {"type": "ByteLevel"},
+           "pre_tokenizer": {"type": "Split", "pattern": {"Regex": "\\w+"}, "behavior": "Isolated"}})", "\\w+"},
+      {R"({"model": {"type": "BPE", "vocab": {"a": 0}}, "decoder": {"type": "ByteLevel"},
+           "pre_tokenizer": {"type": "Whitespace"}})", "Whitespace"},
+  };
+  for (const auto& [json, name] : unsupported) {
+    std::ofstream(path) << json;
+    auto t = Tokenizer::Load(path);
+    EXPECT_EQ(t.status().code(), absl::StatusCode::kUnimplemented) << json << " " << t.status();
+    EXPECT_NE(t.status().message().find(name), std::string::npos) << t.status();
+  }
   for (const char* hostile : {R"({"model": 5})", R"({"model": {"type": 1}})", R"([1, 2])",
                               R"({"model": {"type": "BPE", "vocab": {"a": 0.5}}, "decoder": {"type": "ByteLevel"}})",
                               R"({"model": {"type": "BPE", "vocab": {"a": 7}}, "decoder": {"type": "ByteLevel"}})",
-                              R"({"model": {"type": "BPE"}, "decoder": {"type": null}})"}) {
+                              R"({"model": {"type": "BPE"}, "decoder": {"type": null}})",
+                              R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": ["a a"]}, "decoder": {"type": "ByteLevel"}})",
+                              R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": ["a"]}, "decoder": {"type": "ByteLevel"}})"}) {
     std::ofstream(path) << hostile;
     EXPECT_FALSE(Tokenizer::Load(path).ok()) << hostile;
   }
