@@ -15,6 +15,8 @@ Every model is random, made here from a fixed seed, and saved as a Hugging Face 
   random id sequences (often invalid UTF-8).
 - OUT_DIR/tokenizer/oracle/: tokenizers trained with HF `tokenizers` and HF's ids and decodes
   of over a megabyte of varied text (tokenizer_oracle.py).
+- OUT_DIR/chat/cases.json: conversations rendered by transformers.apply_chat_template with
+  append-only Qwen3 and Llama-3 templates (tokenizer_oracle.py).
 OUT_DIR/manifest.json lists the cases and dump files. The case names are fixed: the C++ tests
 name them too.
 """
@@ -29,10 +31,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, LlamaConfig, Qwen3Config
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
 from tools.ttt_reference import dump as ref_dump  # noqa: E402
 from tools.ttt_reference import model as ref_model  # noqa: E402
-from tokenizer_oracle import write_oracle  # noqa: E402  (beside this file)
+from tokenizer_oracle import write_chat_cases, write_oracle  # noqa: E402  (beside this file)
 
 VOCAB, SEQ, CHUNK = 256, 80, 8
 
@@ -239,8 +242,10 @@ def main() -> None:
         manifest["ttt"].append(write_ttt_case(root / "ttt" / name, name, cfg, seed))
     manifest["checkpoints"] = write_checkpoint_cases(
         root / "checkpoints", root / "hf/qwen3_gqa_tied/model", root / "ttt/ttt_qwen3_hidden_proj/model")
-    write_tokenizer_cases(root / "tokenizer", pathlib.Path(__file__).resolve().parents[2] / "models/adaptd-tiny-ttt/tokenizer.json")
+    write_tokenizer_cases(root / "tokenizer", ROOT / "models/adaptd-tiny-ttt/tokenizer.json")
     write_oracle(root / "tokenizer" / "oracle")
+    write_chat_cases(root / "chat", {"qwen3": ROOT / "models/adaptd-tiny-ttt/tokenizer.json",
+                                     "llama3": root / "tokenizer/oracle/llama3/tokenizer.json"})
     (root / "manifest.json").write_text(json.dumps(manifest, indent=1))
 
 

@@ -194,6 +194,49 @@ def write_oracle(out: pathlib.Path) -> None:
     (out / "oracle.json").write_text(json.dumps({"docs": docs, "synthetic": synthetic, "tokenizers": entries}))
 
 
+# Append-only templates in Jinja for transformers.apply_chat_template: Qwen3's ChatML without
+# its stripping of earlier <think> blocks, and Llama-3's without the date-injecting system turn.
+QWEN3_TEMPLATE = (
+    "{%- for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}{{ '<think>\\n\\n</think>\\n\\n' }}{%- endif %}"
+    "{%- endif %}")
+LLAMA3_TEMPLATE = (
+    "{{ bos_token }}{%- for m in messages %}"
+    "{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\\n\\n' + (m['content'] | trim) + '<|eot_id|>' }}"
+    "{%- endfor %}{%- if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}")
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "Hello!"}],
+    [{"role": "system", "content": "You are a kernel expert."},
+     {"role": "user", "content": "What does the page allocator do?"},
+     {"role": "assistant", "content": "It hands out pages.\n\nMostly in powers of two."},
+     {"role": "user", "content": "  And the slab allocator?  \n"}],
+    [{"role": "user", "content": "日本語で答えて: 中文呢？한국어도 👩\u200d👩\u200d👧 e\u0301"},
+     {"role": "assistant", "content": "<think>\nplan\n</think>\n\nはい。"},
+     {"role": "user", "content": "\t\ttabs, 12345 digits, it's WE'LL\r\n\n\n"}],
+    [{"role": "user", "content": ""}, {"role": "assistant", "content": " "}, {"role": "user", "content": "\u3000x\u00a0"}],
+]
+
+
+def write_chat_cases(out: pathlib.Path, tokenizers: dict[str, pathlib.Path]) -> None:
+    """out/cases.json: {"cases": [{"tokenizer", "format", "enable_thinking", "messages", "ids"}]},
+    ids by transformers.apply_chat_template with the templates above (generation prompt on)."""
+    from transformers import PreTrainedTokenizerFast
+    cases = []
+    for fmt, path in tokenizers.items():
+        tok = PreTrainedTokenizerFast(tokenizer_file=str(path), bos_token="<|begin_of_text|>" if fmt == "llama3" else None)
+        template = QWEN3_TEMPLATE if fmt == "qwen3" else LLAMA3_TEMPLATE
+        for messages in CONVERSATIONS:
+            for thinking in ([True, False] if fmt == "qwen3" else [True]):
+                ids = tok.apply_chat_template(messages, chat_template=template, tokenize=True, add_generation_prompt=True,
+                                              enable_thinking=thinking)
+                cases.append({"tokenizer": str(path), "format": fmt, "enable_thinking": thinking, "messages": messages,
+                              "ids": list(ids)})
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "cases.json").write_text(json.dumps({"cases": cases}))
+
+
 if __name__ == "__main__":
     import sys
     write_oracle(pathlib.Path(sys.argv[1]))
