@@ -34,7 +34,8 @@ std::unique_ptr<Tokenizer> LoadTokenizer(const std::string& path) {
 
 // The default model's tokenizer.json, as the fixture's qwen3 cases name it.
 std::string DefaultTokenizer() {
-  for (const auto& c : ReadJson(FixtureDir() + "/chat/cases.json")["cases"]) {
+  const auto cases = ReadJson(FixtureDir() + "/chat/cases.json");
+  for (const auto& c : cases["cases"]) {
     if (c["format"] == "qwen3") return c["tokenizer"].get<std::string>();
   }
   return "";
