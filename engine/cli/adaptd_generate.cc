@@ -1,13 +1,18 @@
-// adaptd-generate: the engine from the command line, token ids in and out (text arrives with
-// the tokenizer). Greedy generation through the Executor, or --score: the NLL of each chunk
-// of the input with TTT on and off, and the updates applied.
+// adaptd-generate: the engine from the command line. Generation through the Executor from a
+// text prompt, a conversation or token ids, streamed as text (or ids); or scoring: the NLL of
+// each chunk of a text file or of ids with TTT on and off, and the updates applied.
 //
-//   adaptd-generate --model DIR --ids 1,2,3 [--max_new_tokens 32] [--dtype bf16] [--text]
-//   adaptd-generate --model DIR --ids_file ids.txt --score
+//   adaptd-generate --model DIR --prompt "Once upon" [--max_new_tokens 32] [--temperature 0.7]
+//   adaptd-generate --model DIR --chat conversation.json [--chat_format qwen3] [--stop "\n\n"]
+//   adaptd-generate --model DIR --ids 1,2,3 [--text]
+//   adaptd-generate --model DIR --score notes.txt
+//   adaptd-generate --model DIR --ids_file ids.txt --score_ids
+#include <algorithm>
+#include <condition_variable>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
-#include <future>
+#include <mutex>
 #include <iostream>
 #include <sstream>
 #include <vector>
@@ -17,40 +22,115 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
+#include "adaptd/engine/chat.h"
 #include "adaptd/engine/executor.h"
 #include "adaptd/engine/model.h"
 #include "adaptd/engine/tokenizer.h"
+#include "nlohmann/json.hpp"
+#include "status_macros.h"  // engine/src: the module's own tool
 
 ABSL_FLAG(std::string, model, "", "checkpoint directory (config.json + safetensors)");
+ABSL_FLAG(std::string, prompt, "", "text prompt (encoded as plain text: no special tokens)");
+ABSL_FLAG(std::string, chat, "", "JSON file of a conversation: [{\"role\": ..., \"content\": ...}, ...]");
+ABSL_FLAG(std::string, chat_format, "", "raw, qwen3 or llama3 (default: from the tokenizer)");
+ABSL_FLAG(bool, enable_thinking, true, "qwen3: false closes an empty <think> block in the generation prompt");
 ABSL_FLAG(std::string, ids, "", "comma-separated input token ids");
 ABSL_FLAG(std::string, ids_file, "", "file of whitespace- or comma-separated token ids");
-ABSL_FLAG(int, max_new_tokens, 32, "greedy tokens to generate");
-ABSL_FLAG(bool, score, false, "print the NLL of each chunk with TTT on and off instead of generating");
+ABSL_FLAG(int, max_new_tokens, 32, "tokens to generate");
+ABSL_FLAG(std::vector<std::string>, stop, {}, "stop strings (comma-separated); not printed");
+ABSL_FLAG(double, temperature, 0.0, "sampling temperature (0: greedy)");
+ABSL_FLAG(int, top_k, 0, "top-k (0: off)");
+ABSL_FLAG(double, top_p, 1.0, "top-p in (0, 1]");
+ABSL_FLAG(double, min_p, 0.0, "min-p in [0, 1]");
+ABSL_FLAG(uint64_t, seed, 0, "sampling seed");
+ABSL_FLAG(std::string, score, "", "text file: print the NLL of each chunk with TTT on and off instead of generating");
+ABSL_FLAG(bool, score_ids, false, "score the --ids / --ids_file input instead of generating");
 ABSL_FLAG(std::string, device, "cpu", "cpu, cuda or cuda:<i>");
 ABSL_FLAG(std::string, dtype, "", "compute dtype f32|bf16|f16 (default: the checkpoint's)");
 ABSL_FLAG(int, threads, 0, "CPU threads for the engine (0: LibTorch's default)");
-ABSL_FLAG(bool, text, false, "print generated tokens as text (the model's tokenizer.json), streamed");
+ABSL_FLAG(bool, text, false, "with --ids: print generated tokens as text (text inputs always do)");
 
 namespace adaptd::engine {
 namespace {
 
-absl::StatusOr<std::vector<int32_t>> ReadIds() {
-  std::string text = absl::GetFlag(FLAGS_ids);
-  if (!absl::GetFlag(FLAGS_ids_file).empty()) {
-    std::ifstream in(absl::GetFlag(FLAGS_ids_file));
-    if (!in) return absl::NotFoundError("cannot read " + absl::GetFlag(FLAGS_ids_file));
-    std::stringstream ss;
-    ss << in.rdbuf();
-    text = ss.str();
-  }
+std::string ReadFile(const std::string& path, absl::Status* status) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) *status = absl::NotFoundError("cannot read " + path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+absl::StatusOr<std::vector<int32_t>> ParseIds(const std::string& text) {
   std::vector<int32_t> ids;
   for (absl::string_view piece : absl::StrSplit(text, absl::ByAnyChar(", \n\t"), absl::SkipEmpty())) {
     int32_t id;
     if (!absl::SimpleAtoi(piece, &id)) return absl::InvalidArgumentError(absl::StrCat("not a token id: '", piece, "'"));
     ids.push_back(id);
   }
-  if (ids.empty()) return absl::InvalidArgumentError("no input ids (--ids or --ids_file)");
+  if (ids.empty()) return absl::InvalidArgumentError("no input ids");
   return ids;
+}
+
+absl::StatusOr<std::vector<ChatMessage>> ParseChat(const std::string& text) {
+  auto j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (j.is_object() && j.contains("messages")) j = j["messages"];
+  if (!j.is_array()) return absl::InvalidArgumentError("--chat: expected a JSON array of messages");
+  std::vector<ChatMessage> messages;
+  for (const auto& m : j) {
+    if (!m.is_object() || !m.contains("role") || !m["role"].is_string() || !m.contains("content") ||
+        !m["content"].is_string()) {
+      return absl::InvalidArgumentError("--chat: each message needs string \"role\" and \"content\"");
+    }
+    messages.push_back({m["role"].get<std::string>(), m["content"].get<std::string>()});
+  }
+  return messages;
+}
+
+// What to feed: ids from exactly one of --prompt, --chat, --ids/--ids_file, --score; text
+// inputs need the tokenizer (and print text), a conversation also stops at its end-of-turn.
+struct Input {
+  std::vector<int32_t> ids;
+  std::vector<int32_t> stop_ids;
+  std::unique_ptr<Tokenizer> tokenizer;
+};
+
+absl::StatusOr<Input> ReadInput() {
+  const int given = !absl::GetFlag(FLAGS_prompt).empty() + !absl::GetFlag(FLAGS_chat).empty() +
+                    !(absl::GetFlag(FLAGS_ids).empty() && absl::GetFlag(FLAGS_ids_file).empty()) +
+                    !absl::GetFlag(FLAGS_score).empty();
+  if (given != 1) return absl::InvalidArgumentError("give exactly one of --prompt, --chat, --ids/--ids_file, --score");
+  Input in;
+  absl::Status read;
+  if (!absl::GetFlag(FLAGS_ids).empty() || !absl::GetFlag(FLAGS_ids_file).empty()) {
+    const std::string text = absl::GetFlag(FLAGS_ids_file).empty() ? absl::GetFlag(FLAGS_ids)
+                                                                     : ReadFile(absl::GetFlag(FLAGS_ids_file), &read);
+    if (!read.ok()) return read;
+    ASSIGN_OR_RETURN(in.ids, ParseIds(text));
+    if (!absl::GetFlag(FLAGS_text)) return in;
+  }
+  ASSIGN_OR_RETURN(in.tokenizer, Tokenizer::Load(absl::GetFlag(FLAGS_model) + "/tokenizer.json"));
+  if (!absl::GetFlag(FLAGS_prompt).empty()) {
+    ASSIGN_OR_RETURN(in.ids, in.tokenizer->Encode(absl::GetFlag(FLAGS_prompt)));
+  } else if (!absl::GetFlag(FLAGS_score).empty()) {
+    const std::string text = ReadFile(absl::GetFlag(FLAGS_score), &read);
+    if (!read.ok()) return read;
+    ASSIGN_OR_RETURN(in.ids, in.tokenizer->Encode(text));
+  } else if (!absl::GetFlag(FLAGS_chat).empty()) {
+    const std::string text = ReadFile(absl::GetFlag(FLAGS_chat), &read);
+    if (!read.ok()) return read;
+    ASSIGN_OR_RETURN(auto messages, ParseChat(text));
+    ChatFormat format = DetectChatFormat(*in.tokenizer);
+    if (!absl::GetFlag(FLAGS_chat_format).empty()) {
+      ASSIGN_OR_RETURN(format, ParseChatFormat(absl::GetFlag(FLAGS_chat_format)));
+    }
+    ASSIGN_OR_RETURN(auto renderer, ChatRenderer::Create(*in.tokenizer, format, {absl::GetFlag(FLAGS_enable_thinking)}));
+    ASSIGN_OR_RETURN(in.ids, renderer.Render(messages, /*first=*/true, /*generation_prompt=*/true));
+    in.stop_ids = renderer.StopIds();
+    std::fprintf(stderr, "chat format %s, prompt %zu tokens\n", std::string(ChatFormatName(format)).c_str(), in.ids.size());
+  }
+  if (in.ids.empty()) return absl::InvalidArgumentError("the input encodes to no tokens");
+  return in;
 }
 
 // NLL of each next-token prediction of ids under a session with `rule`.
@@ -99,43 +179,82 @@ int Score(const Model& model, const std::vector<int32_t>& ids) {
   return 0;
 }
 
-int Generate(const Model& model, const std::vector<int32_t>& ids) {
-  auto executor = Executor::Create(model, {}).value();
+// Prints the streamed tokens: text through the stream decoder and the stop strings, or ids.
+// Returns true once a stop string completed.
+class Printer {
+ public:
+  explicit Printer(const Tokenizer* tokenizer) : stops_(absl::GetFlag(FLAGS_stop)) {
+    if (tokenizer != nullptr) stream_ = std::make_unique<StreamDecoder>(*tokenizer);
+  }
+  bool Print(int32_t token) {
+    if (!stream_) {
+      std::printf("%d ", token);
+      return false;
+    }
+    auto r = stops_.Add(stream_->Add(token).value_or(""));
+    std::printf("%s", r.text.c_str());
+    return r.stopped;
+  }
+  void Finish() {
+    if (!stream_) return;
+    const auto last = stops_.Add(stream_->Finish());
+    std::printf("%s%s", last.text.c_str(), last.stopped ? "" : stops_.Finish().c_str());
+  }
+
+ private:
+  std::unique_ptr<StreamDecoder> stream_;
+  StopStringMatcher stops_;
+};
+
+int Generate(const Model& model, const Input& in) {
+  SamplingParams sampling;
+  sampling.temperature = absl::GetFlag(FLAGS_temperature);
+  sampling.top_k = absl::GetFlag(FLAGS_top_k);
+  sampling.top_p = absl::GetFlag(FLAGS_top_p);
+  sampling.min_p = absl::GetFlag(FLAGS_min_p);
+  sampling.seed = absl::GetFlag(FLAGS_seed);
+  auto executor = Executor::Create(model, {});
   auto session = model.NewSession();
-  if (!session.ok()) {
-    std::cerr << session.status() << "\n";
+  if (!executor.ok() || !session.ok()) {
+    std::cerr << (executor.ok() ? session.status() : executor.status()) << "\n";
     return 1;
   }
-  std::unique_ptr<Tokenizer> tokenizer;
-  if (absl::GetFlag(FLAGS_text)) {
-    auto t = Tokenizer::Load(absl::GetFlag(FLAGS_model) + "/tokenizer.json");
-    if (!t.ok()) {
-      std::cerr << t.status() << "\n";
-      return 1;
-    }
-    tokenizer = *std::move(t);
-  }
-  std::unique_ptr<StreamDecoder> stream;
-  if (tokenizer) stream = std::make_unique<StreamDecoder>(*tokenizer);
-  std::promise<absl::Status> done;
-  auto id = executor->Enqueue({session->get(), ids, true, absl::GetFlag(FLAGS_max_new_tokens), {}, {}},
-                              [&](const GenerateResult& r) {
-                                for (int32_t t : r.tokens) {
-                                  if (stream) {
-                                    std::printf("%s", stream->Add(t).value_or("").c_str());
-                                  } else {
-                                    std::printf("%d ", t);
-                                  }
-                                }
-                                if (r.final && stream) std::printf("%s", stream->Finish().c_str());
-                                std::fflush(stdout);
-                                if (r.final) done.set_value(r.status);
-                              });
+  Printer printer(in.tokenizer.get());
+  // The callback runs on the engine thread and must not call into the Executor: a completed
+  // stop string is cancelled from here.
+  std::mutex mu;
+  std::condition_variable cv;
+  bool stopped = false, final = false;
+  absl::Status status;
+  auto id = (*executor)->Enqueue(
+      {session->get(), in.ids, true, absl::GetFlag(FLAGS_max_new_tokens), in.stop_ids, sampling},
+      [&](const GenerateResult& r) {
+        std::lock_guard<std::mutex> lock(mu);
+        for (int32_t t : r.tokens) {
+          const bool stop_id = std::find(in.stop_ids.begin(), in.stop_ids.end(), t) != in.stop_ids.end();
+          if (!stopped && !stop_id) stopped = printer.Print(t);
+        }
+        if (r.final) {
+          if (!stopped) printer.Finish();
+          final = true;
+          status = r.status.code() == absl::StatusCode::kCancelled && stopped ? absl::OkStatus() : r.status;
+        }
+        std::fflush(stdout);
+        cv.notify_all();
+      });
   if (!id.ok()) {
     std::cerr << id.status() << "\n";
     return 1;
   }
-  absl::Status status = done.get_future().get();
+  bool cancel;
+  {
+    std::unique_lock<std::mutex> lock(mu);
+    cv.wait(lock, [&] { return stopped || final; });
+    cancel = !final;
+  }
+  if (cancel) (*executor)->Cancel(*id);  // outside `mu`; the tokens generated so far stay learned
+  std::unique_lock<std::mutex> lock(mu);
+  cv.wait(lock, [&] { return final; });
   std::printf("\n");
   std::fprintf(stderr, "N = %lld, updates applied = %lld\n", static_cast<long long>((*session)->n_learned()),
                static_cast<long long>((*session)->updates_applied()));
@@ -155,9 +274,9 @@ int Main() {
     std::cerr << "--dtype must be f32, bf16 or f16\n";
     return 2;
   }
-  auto ids = ReadIds();
-  if (!ids.ok()) {
-    std::cerr << ids.status() << "\n";
+  auto input = ReadInput();
+  if (!input.ok()) {
+    std::cerr << input.status() << "\n";
     return 2;
   }
   auto model = Model::Load(absl::GetFlag(FLAGS_model), options);
@@ -165,14 +284,16 @@ int Main() {
     std::cerr << model.status() << "\n";
     return 1;
   }
-  return absl::GetFlag(FLAGS_score) ? Score(**model, *ids) : Generate(**model, *ids);
+  const bool score = !absl::GetFlag(FLAGS_score).empty() || absl::GetFlag(FLAGS_score_ids);
+  return score ? Score(**model, input->ids) : Generate(**model, *input);
 }
 
 }  // namespace
 }  // namespace adaptd::engine
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage("adaptd-generate --model DIR --ids 1,2,3 [--max_new_tokens N] [--score]");
+  absl::SetProgramUsageMessage(
+      "adaptd-generate --model DIR (--prompt TEXT | --chat FILE.json | --ids 1,2,3 | --score FILE) [flags]");
   absl::ParseCommandLine(argc, argv);
   if (absl::GetFlag(FLAGS_model).empty()) {
     std::cerr << "--model is required\n";

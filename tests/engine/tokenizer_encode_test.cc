@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <fstream>
+#include <random>
 #include <sstream>
 
 #include "adaptd/engine/tokenizer.h"
@@ -38,6 +39,24 @@ std::vector<std::vector<int32_t>> ReadIds(const std::string& path) {
     in.read(reinterpret_cast<char*>(out.back().data()), n * sizeof(int32_t));
   }
   return out;
+}
+
+void AppendCodePoint(uint32_t cp, std::string* out) {
+  if (cp < 0x80) {
+    out->push_back(static_cast<char>(cp));
+  } else if (cp < 0x800) {
+    out->push_back(static_cast<char>(0xC0 | (cp >> 6)));
+    out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+  } else if (cp < 0x10000) {
+    out->push_back(static_cast<char>(0xE0 | (cp >> 12)));
+    out->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
+    out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+  } else {
+    out->push_back(static_cast<char>(0xF0 | (cp >> 18)));
+    out->push_back(static_cast<char>(0x80 | ((cp >> 12) & 0x3F)));
+    out->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
+    out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+  }
 }
 
 // "doc 17 at id 5: got [...] want [...]" around the first difference.
@@ -202,6 +221,40 @@ TEST(EncodeTest, MergesNeverMakeASpecialToken) {
   EXPECT_EQ(*(*tok)->Encode("<s>"), (std::vector<int32_t>{5, 4}));
   EXPECT_EQ(*(*tok)->Encode("<s>", /*parse_special=*/true), (std::vector<int32_t>{1}));
   EXPECT_EQ(*(*tok)->Decode({5, 4}), "<s>");
+}
+
+// Random strings: valid UTF-8 from every plane round-trips through the byte-level layout
+// without a normalizer; arbitrary bytes are encoded or refused as INVALID_ARGUMENT, never crash.
+TEST(EncodeTest, RandomInputsRoundTripOrFailCleanly) {
+  auto llama3 = Tokenizer::Load(OracleDir() + "/llama3/tokenizer.json");
+  auto spm = Tokenizer::Load(OracleDir() + "/spm/tokenizer.json");
+  ASSERT_TRUE(llama3.ok() && spm.ok());
+  std::mt19937 rng(11);
+  const uint32_t ranges[][2] = {{0x20, 0x7E}, {0x00, 0x1F}, {0xA0, 0x24F}, {0x300, 0x36F}, {0x4E00, 0x9FFF},
+                                {0x1F300, 0x1FAFF}, {0xE000, 0xF8FF}, {0x10000, 0x10FFFF}};
+  for (int i = 0; i < 3000; ++i) {
+    std::string s;
+    const int n = static_cast<int>(rng() % 40);
+    for (int k = 0; k < n; ++k) {
+      const auto& r = ranges[rng() % 8];
+      uint32_t cp = r[0] + rng() % (r[1] - r[0] + 1);
+      if (cp >= 0xD800 && cp <= 0xDFFF) cp = 'x';
+      if (rng() % 8 == 0) s += std::vector<std::string>{"<|eot_id|>", "<tool>", " ", "\n", "'s", "kernel"}[rng() % 6];
+      AppendCodePoint(cp, &s);
+    }
+    auto ids = (*llama3)->Encode(s);
+    ASSERT_TRUE(ids.ok()) << ids.status();
+    if (s.find("<tool>") == std::string::npos) {
+      ASSERT_EQ(*(*llama3)->Decode(*ids), s);
+    }
+    ASSERT_TRUE((*spm)->Encode(s).ok());
+    std::string bytes(rng() % 16, '\0');
+    for (char& b : bytes) b = static_cast<char>(rng());
+    for (const auto& t : {&*llama3, &*spm}) {
+      auto r = (*t)->Encode(bytes);
+      ASSERT_TRUE(r.ok() || r.status().code() == absl::StatusCode::kInvalidArgument) << r.status();
+    }
+  }
 }
 
 TEST(EncodeTest, RejectsInvalidUtf8) {
