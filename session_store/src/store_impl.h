@@ -1,0 +1,97 @@
+// RocksStore: the SessionStore on RocksDB. Column families:
+//   sessions   [tenant][session]                  -> session record (records.h)
+//   events     [tenant][session][seq u64]         -> event record
+//   snapshots  [tenant][session][version u64]     -> manifest
+//   pieces     [tenant][session][version][write id][i u32] -> payload piece (integrated
+//              BlobDB: written once at flush, never copied by compaction; never overwritten)
+//   idem       [tenant][session][request id]      -> version u64 + result
+//   meta       "secret"                           -> the key of page-token MACs
+// Private to session_store/.
+#ifndef ADAPTD_SESSION_STORE_SRC_STORE_IMPL_H_
+#define ADAPTD_SESSION_STORE_SRC_STORE_IMPL_H_
+
+#include <array>
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "adaptd/session_store/store.h"
+#include "records.h"
+#include "rocksdb/db.h"
+
+namespace adaptd::session_store {
+
+// rocksdb::Status -> absl::Status with `what` as context: NotFound -> NOT_FOUND, Corruption ->
+// DATA_LOSS, no space -> RESOURCE_EXHAUSTED, other I/O errors -> UNAVAILABLE.
+absl::Status FromRocks(const rocksdb::Status& s, const std::string& what);
+int64_t NowUnixMs();
+
+class RocksStore : public SessionStore {
+ public:
+  enum Cf { kSessions, kEvents, kSnapshots, kPieces, kIdem, kMeta, kNumCf };
+
+  explicit RocksStore(StoreOptions options) : options_(std::move(options)) {}
+  ~RocksStore() override;
+  absl::Status OpenDb();
+
+  absl::Status Create(const SessionKey& key, const std::string& metadata) override;
+  absl::StatusOr<SessionInfo> Get(const SessionKey& key) override;
+  absl::StatusOr<ListPage> List(const std::string& tenant, int page_size, const std::string& page_token) override;
+  absl::StatusOr<AppendResult> Append(const SessionKey& key, uint64_t expected_version, const std::string& event,
+                                      const std::string& request_id, const std::string& result) override;
+  absl::Status WriteSnapshot(const SessionKey& key, const SnapshotInfo& info, const std::string& payload) override;
+  absl::StatusOr<LoadResult> Load(const SessionKey& key, bool allow_lossy_base) override;
+  absl::StatusOr<std::vector<SnapshotInfo>> ListSnapshots(const SessionKey& key) override;
+  absl::Status Fork(const SessionKey& from, const SessionKey& to, uint64_t version) override;
+  absl::Status Rollback(const SessionKey& key, uint64_t version) override;
+  absl::Status Delete(const SessionKey& key) override;
+  absl::StatusOr<int> ExpireIdle() override;
+  absl::StatusOr<std::string> Export(const SessionKey& key) override;
+  absl::Status Import(const SessionKey& key, const std::string& blob) override;
+  absl::Status Backup(const std::string& backup_dir) override;
+  absl::Status CompactAll() override;
+
+ private:
+  friend class SessionLock;
+  std::mutex& LockFor(const SessionKey& key);
+
+  // The session record; NOT_FOUND if absent or expired.
+  absl::StatusOr<SessionInfo> ReadSession(const SessionKey& key);
+  // Runs a write; if it fails on an I/O fault, resumes the database and, if that works (the
+  // fault has cleared), runs it again.
+  rocksdb::Status WithRecovery(const std::function<rocksdb::Status()>& op);
+  // Writes `batch` with the WAL synced.
+  absl::Status Commit(rocksdb::WriteBatch* batch, const std::string& what);
+  // The pieces of `payload` for manifest *m (version set; write_id, pieces, size and checksum
+  // filled in), written without the WAL and flushed.
+  absl::Status WritePieces(const SessionKey& key, const std::string& payload, Manifest* m);
+  std::string PieceKey(const SessionKey& key, const Manifest& m, uint32_t i) const;
+  // The newest valid snapshot at or before `version`: corrupt ones are quarantined.
+  absl::Status FindSnapshot(const SessionKey& key, uint64_t version, bool allow_lossy, std::optional<Manifest>* found,
+                            std::string* payload, std::vector<uint64_t>* quarantined);
+  absl::StatusOr<std::vector<Event>> ReadEvents(const SessionKey& key, uint64_t after, uint64_t upto);
+  // Adds to `batch` the deletion of the snapshots retention no longer keeps once `added`
+  // (being published in the batch) is.
+  absl::Status Retain(const SessionKey& key, const Manifest& added, rocksdb::WriteBatch* batch);
+  void DeleteRecords(const SessionKey& key, rocksdb::WriteBatch* batch);
+  // Deletes what an expired session left, before records (snapshot pieces are written outside
+  // the final batch) are written under its key.
+  absl::Status ClearLeftovers(const SessionKey& key);
+  std::string SnapshotKey(const SessionKey& key, uint64_t version) const;
+
+  StoreOptions options_;
+  std::unique_ptr<rocksdb::Env> env_;
+  rocksdb::DB* db_ = nullptr;
+  std::vector<rocksdb::ColumnFamilyHandle*> cf_;
+  std::string secret_;  // 16 bytes
+  std::array<std::mutex, 64> session_mu_;
+  std::mutex resume_mu_;
+  std::atomic<uint64_t> next_write_id_{0};  // from the clock at open: unique across restarts
+};
+
+}  // namespace adaptd::session_store
+
+#endif  // ADAPTD_SESSION_STORE_SRC_STORE_IMPL_H_
