@@ -52,15 +52,17 @@ FaultInjection::~FaultInjection() = default;
 void FaultInjection::SetNoSpace(bool on) { state_->no_space = on; }
 void FaultInjection::SetIoError(bool on) { state_->io_error = on; }
 
-absl::Status FaultInjection::DropUnsyncedData() {
+absl::StatusOr<uint64_t> FaultInjection::DropUnsyncedData() {
   std::lock_guard<std::mutex> lock(state_->mu);
+  uint64_t dropped = 0;
   for (auto& [path, f] : state_->files) {
+    dropped += f.size - f.synced;
     if (f.synced < f.size && ::truncate(path.c_str(), static_cast<off_t>(f.synced)) != 0 && errno != ENOENT) {
       return absl::InternalError(absl::StrCat("truncate ", path, ": errno ", errno));
     }
     f.size = f.synced;
   }
-  return absl::OkStatus();
+  return dropped;
 }
 
 namespace {

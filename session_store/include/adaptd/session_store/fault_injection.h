@@ -8,7 +8,7 @@
 
 #include <memory>
 
-#include "absl/status/status.h"
+#include "absl/status/statusor.h"
 
 namespace adaptd::session_store {
 
@@ -22,8 +22,9 @@ class FaultInjection {
   void SetIoError(bool on);
 
   // Power loss: cuts every file written through the wrapper back to its last synced length
-  // (unsynced new files become empty). Call with the store closed (as after a crash).
-  absl::Status DropUnsyncedData();
+  // (unsynced new files become empty) and returns the bytes dropped. Call with the store
+  // closed (as after a crash).
+  absl::StatusOr<uint64_t> DropUnsyncedData();
 
   struct State;
   std::shared_ptr<State> state() const { return state_; }
