@@ -89,7 +89,7 @@ absl::Status RocksStore::Import(const SessionKey& key, const std::string& blob) 
   }
   info.created_unix_ms = info.last_used_unix_ms = NowUnixMs();
   if (m) {
-    if (auto s = WritePieces(key, payload, &*m); !s.ok()) return s;
+    if (auto s = WritePieces(key, payload, &*m, &b); !s.ok()) return s;
     info.snapshots_written = m->ordinal = 1;
     b.Put(cf_[kSnapshots], SnapshotKey(key, m->info.version), EncodeManifest(*m));
   }

@@ -3,6 +3,7 @@
 #include "records.h"
 
 #include <array>
+#include <cstring>
 
 #include "absl/strings/str_cat.h"
 
@@ -113,7 +114,27 @@ bool GetString(std::string_view s, size_t* at, std::string* out) {
   return true;
 }
 
+#if defined(__x86_64__)
+// SSE4.2's crc32 instruction computes CRC-32C 8 bytes at a time (~20x the table).
+__attribute__((target("sse4.2"))) uint32_t Crc32cSse42(std::string_view data, uint32_t crc) {
+  uint64_t c = ~crc;
+  size_t i = 0;
+  for (; i + 8 <= data.size(); i += 8) {
+    uint64_t word;
+    std::memcpy(&word, data.data() + i, 8);
+    c = __builtin_ia32_crc32di(c, word);
+  }
+  auto c32 = static_cast<uint32_t>(c);
+  for (; i < data.size(); ++i) c32 = __builtin_ia32_crc32qi(c32, static_cast<uint8_t>(data[i]));
+  return ~c32;
+}
+#endif
+
 uint32_t Crc32c(std::string_view data, uint32_t crc) {
+#if defined(__x86_64__)
+  static const bool sse42 = __builtin_cpu_supports("sse4.2");
+  if (sse42) return Crc32cSse42(data, crc);
+#endif
   static const auto table = Crc32cTable();
   crc = ~crc;
   for (char c : data) crc = table[(crc ^ static_cast<uint8_t>(c)) & 0xFF] ^ (crc >> 8);

@@ -66,8 +66,8 @@ class RocksStore : public SessionStore {
   // Writes `batch` with the WAL synced.
   absl::Status Commit(rocksdb::WriteBatch* batch, const std::string& what);
   // The pieces of `payload` for manifest *m (version set; write_id, pieces, size and checksum
-  // filled in), written without the WAL and flushed.
-  absl::Status WritePieces(const SessionKey& key, const std::string& payload, Manifest* m);
+  // filled in): into `batch` when small, else written without the WAL and flushed.
+  absl::Status WritePieces(const SessionKey& key, const std::string& payload, Manifest* m, rocksdb::WriteBatch* batch);
   std::string PieceKey(const SessionKey& key, const Manifest& m, uint32_t i) const;
   // The newest valid snapshot at or before `version`: corrupt ones are quarantined.
   absl::Status FindSnapshot(const SessionKey& key, uint64_t version, bool allow_lossy, std::optional<Manifest>* found,

@@ -64,17 +64,25 @@ std::string RocksStore::PieceKey(const SessionKey& key, const Manifest& m, uint3
   return k;
 }
 
-absl::Status RocksStore::WritePieces(const SessionKey& key, const std::string& payload, Manifest* m) {
+absl::Status RocksStore::WritePieces(const SessionKey& key, const std::string& payload, Manifest* m,
+                                     rocksdb::WriteBatch* batch) {
   m->write_id = ++next_write_id_;
   m->info.payload_bytes = payload.size();
   m->payload_crc = Crc32c(payload);
+  const uint64_t piece = options_.max_piece_bytes;
+  m->pieces = static_cast<uint32_t>(std::max<uint64_t>(1, (payload.size() + piece - 1) / piece));
+  auto slice = [&](uint32_t i) {
+    const uint64_t at = i * piece;
+    return rocksdb::Slice(payload.data() + at, std::min<uint64_t>(piece, payload.size() - at));
+  };
+  if (payload.size() <= options_.inline_snapshot_bytes) {
+    for (uint32_t i = 0; i < m->pieces; ++i) batch->Put(cf_[kPieces], PieceKey(key, *m, i), slice(i));
+    return absl::OkStatus();
+  }
   rocksdb::WriteOptions no_wal;
   no_wal.disableWAL = true;  // durable by the flush below, written once
-  m->pieces = static_cast<uint32_t>(std::max<uint64_t>(1, (payload.size() + options_.max_piece_bytes - 1) / options_.max_piece_bytes));
   for (uint32_t i = 0; i < m->pieces; ++i) {
-    const uint64_t at = i * options_.max_piece_bytes;
-    const uint64_t n = std::min<uint64_t>(options_.max_piece_bytes, payload.size() - at);
-    auto s = WithRecovery([&] { return db_->Put(no_wal, cf_[kPieces], PieceKey(key, *m, i), rocksdb::Slice(payload.data() + at, n)); });
+    auto s = WithRecovery([&] { return db_->Put(no_wal, cf_[kPieces], PieceKey(key, *m, i), slice(i)); });
     if (!s.ok()) return FromRocks(s, "write snapshot piece");
   }
   rocksdb::FlushOptions flush;
@@ -121,15 +129,16 @@ absl::Status RocksStore::WriteSnapshot(const SessionKey& key, const SnapshotInfo
   }
   Manifest m;
   m.info = info;
-  // The pieces are written outside the session lock (appends go on meanwhile); the manifest
+  // Large pieces are written outside the session lock (appends go on meanwhile); the manifest
   // is published under it, after checking the session still holds that version.
-  if (auto s = WritePieces(key, payload, &m); !s.ok()) return s;
-  std::lock_guard<std::mutex> lock(LockFor(key));
   rocksdb::WriteBatch b;
+  if (auto s = WritePieces(key, payload, &m, &b); !s.ok()) return s;
+  std::lock_guard<std::mutex> lock(LockFor(key));
   auto current = ReadSession(key);
   if (!current.ok() || current->version < info.version) {
-    b.DeleteRange(cf_[kPieces], PieceKey(key, m, 0), PieceKey(key, m, m.pieces));
-    (void)Commit(&b, "drop orphaned snapshot pieces");
+    rocksdb::WriteBatch drop;
+    drop.DeleteRange(cf_[kPieces], PieceKey(key, m, 0), PieceKey(key, m, m.pieces));
+    (void)Commit(&drop, "drop orphaned snapshot pieces");
     return current.ok() ? absl::FailedPreconditionError(absl::StrCat("session ", Name(key), " was rolled back"))
                         : current.status();
   }
@@ -153,10 +162,13 @@ absl::Status RocksStore::FindSnapshot(const SessionKey& key, uint64_t version, b
     bool ok = m.has_value();
     if (ok && m->info.lossy && !allow_lossy) continue;
     std::string bytes;
+    if (ok) bytes.reserve(m->info.payload_bytes);
+    rocksdb::ReadOptions pieces;
+    pieces.verify_checksums = false;  // the payload's own CRC-32C below checks every byte once
     for (uint32_t i = 0; ok && i < m->pieces; ++i) {
-      std::string piece;
-      ok = m->info.version == v && db_->Get(rocksdb::ReadOptions(), cf_[kPieces], PieceKey(key, *m, i), &piece).ok();
-      bytes += piece;
+      rocksdb::PinnableSlice piece;
+      ok = m->info.version == v && db_->Get(pieces, cf_[kPieces], PieceKey(key, *m, i), &piece).ok();
+      bytes.append(piece.data(), piece.size());
     }
     if (ok && bytes.size() == m->info.payload_bytes && Crc32c(bytes) == m->payload_crc) {
       *found = m;
@@ -263,7 +275,7 @@ absl::Status RocksStore::Fork(const SessionKey& from, const SessionKey& to, uint
   info.version = version;
   info.created_unix_ms = info.last_used_unix_ms = NowUnixMs();
   if (m) {
-    if (auto s = WritePieces(to, payload, &*m); !s.ok()) return s;
+    if (auto s = WritePieces(to, payload, &*m, &batch); !s.ok()) return s;
     info.snapshots_written = m->ordinal = 1;
     batch.Put(cf_[kSnapshots], SnapshotKey(to, m->info.version), EncodeManifest(*m));
   }

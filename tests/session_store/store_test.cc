@@ -181,15 +181,17 @@ TEST(StoreTest, LossySnapshotsAreNoReplayBaseUnlessAsked) {
 
 TEST(StoreTest, CorruptSnapshotIsQuarantinedAndAnOlderOneUsed) {
   const std::string dir = FreshDir("corrupt_snapshot");
+  StoreOptions o;
+  o.inline_snapshot_bytes = 1024;  // the pieces bypass the WAL into blob files
   {
-    auto store = OpenStore(dir);
+    auto store = OpenStore(dir, o);
     ASSERT_TRUE(store->Create(kA, "").ok());
     AppendUpTo(*store, kA, 6);
     ASSERT_TRUE(store->WriteSnapshot(kA, {3, "fp", "f32"}, Payload(3, 5000)).ok());
     ASSERT_TRUE(store->WriteSnapshot(kA, {5, "fp", "f32"}, Payload(5, 5000)).ok());
   }
   ASSERT_GT(Corrupt(dir, "STATE-v5-"), 0);
-  auto store = OpenStore(dir);
+  auto store = OpenStore(dir, o);
   auto load = store->Load(kA);
   ASSERT_TRUE(load.ok()) << load.status();
   EXPECT_EQ(load->quarantined, std::vector<uint64_t>{5});
@@ -301,8 +303,10 @@ TEST(StoreTest, IdleSessionsExpire) {
 }
 
 TEST(StoreTest, ExportImportMovesASession) {
+  StoreOptions o;
+  o.inline_snapshot_bytes = 4096;  // the import writes its snapshot through blob files
   auto store = OpenStore(FreshDir("export"));
-  auto other = OpenStore(FreshDir("import"));
+  auto other = OpenStore(FreshDir("import"), o);
   ASSERT_TRUE(store->Create(kA, "meta").ok());
   AppendUpTo(*store, kA, 5);
   ASSERT_TRUE(store->WriteSnapshot(kA, {4, "fp", "bf16"}, Payload(4, 30000)).ok());

@@ -6,8 +6,10 @@
 // Contracts:
 // - Append returns OK only after the event, the session's new version and the request id's
 //   record are on disk together (one WriteBatch, WAL synced; concurrent appends share a sync).
-// - A snapshot is published atomically: its pieces are written without the WAL and flushed,
-//   then one small synced manifest record makes it visible. A reader never sees half of one.
+// - A snapshot is published atomically: a large one's pieces are written without the WAL and
+//   flushed into blob files (written once, never copied by compaction), then one small synced
+//   manifest record makes it visible; a small one goes in one synced batch with its manifest.
+//   A reader never sees half of one.
 // - Every key starts with the tenant: no call with tenant A reads or changes tenant B's records.
 // - Load returns the latest valid snapshot (a corrupt one is quarantined and reported, an older
 //   one or a full replay used instead) and the events after it; a corrupt event is DATA_LOSS
@@ -86,6 +88,9 @@ struct StoreOptions {
   int keep_last_snapshots = 2;          // retention: the newest K ...
   int keep_every_nth_snapshot = 0;      // ... and every M-th written (0: none)
   uint64_t max_piece_bytes = 8 << 20;   // snapshot payload pieces
+  // Payloads up to this size are written with their manifest in one synced batch (through the
+  // WAL: written twice, but one fsync); larger ones bypass the WAL and are flushed.
+  uint64_t inline_snapshot_bytes = 4 << 20;
   std::shared_ptr<FaultInjection> faults;  // tests: disk full, I/O errors, power loss
 };
 
