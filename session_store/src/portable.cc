@@ -14,6 +14,8 @@ constexpr uint32_t kFormat = 1;
 }  // namespace
 
 absl::StatusOr<std::string> RocksStore::Export(const SessionKey& key) {
+  auto open = Enter();
+  if (!open.ok()) return open.status();
   std::lock_guard<std::mutex> lock(LockFor(key));
   auto info = ReadSession(key);
   if (!info.ok()) return info.status();
@@ -42,6 +44,8 @@ absl::StatusOr<std::string> RocksStore::Export(const SessionKey& key) {
 }
 
 absl::Status RocksStore::Import(const SessionKey& key, const std::string& blob) {
+  auto open = Enter();
+  if (!open.ok()) return open.status();
   if (auto s = ValidateKey(key); !s.ok()) return s;
   const size_t head = sizeof(kMagic) - 1;
   if (blob.size() < head + 4 + 4 || blob.compare(0, head, kMagic) != 0) {

@@ -40,12 +40,15 @@ absl::StatusOr<std::unique_ptr<SessionStore>> SessionStore::Open(const StoreOpti
   return std::unique_ptr<SessionStore>(std::move(store));
 }
 
-RocksStore::~RocksStore() {
+RocksStore::~RocksStore() { CloseDb(); }
+
+void RocksStore::CloseDb() {
+  if (db_ == nullptr) return;
   for (auto* h : cf_) db_->DestroyColumnFamilyHandle(h);
-  if (db_ != nullptr) {
-    db_->Close();
-    delete db_;
-  }
+  cf_.clear();
+  db_->Close();
+  delete db_;
+  db_ = nullptr;
 }
 
 absl::Status RocksStore::OpenDb() {
@@ -99,12 +102,40 @@ std::mutex& RocksStore::LockFor(const SessionKey& key) {
 
 rocksdb::Status RocksStore::WithRecovery(const std::function<rocksdb::Status()>& op) {
   auto s = op();
-  if (s.ok() || s.IsNotFound() || s.IsInvalidArgument() || s.IsCorruption()) return s;
-  // An I/O fault stops the database's writes. Once the fault is gone, Resume brings it back
-  // (it fails while the fault lasts, and answers Busy while RocksDB's own recovery runs).
-  std::lock_guard<std::mutex> lock(resume_mu_);
-  if (db_->Resume().ok()) s = op();
+  if (s.IsIOError() || s.IsNoSpace()) needs_recovery_ = true;
   return s;
+}
+
+absl::StatusOr<std::shared_lock<std::shared_mutex>> RocksStore::Enter() {
+  if (needs_recovery_) {  // while the fault lasts this fails and reads go on; writes fail again
+    std::unique_lock<std::shared_mutex> lock(db_mu_);
+    if (needs_recovery_ && Recover().ok()) needs_recovery_ = false;
+  }
+  std::shared_lock<std::shared_mutex> lock(db_mu_);
+  if (db_ == nullptr) return absl::UnavailableError("session store is closed");
+  return lock;
+}
+
+absl::Status RocksStore::Recover() {
+  if (db_ != nullptr && db_->Resume().ok()) return absl::OkStatus();
+  // Resume cannot undo a failed WAL write (RocksDB 7.8): once the disk takes writes again,
+  // reopen, which recovers from the WAL's synced prefix.
+  if (auto s = ProbeWritable(); !s.ok()) return s;
+  CloseDb();
+  return OpenDb();
+}
+
+absl::Status RocksStore::ProbeWritable() {
+  rocksdb::Env* env = env_ ? env_.get() : rocksdb::Env::Default();
+  const std::string path = options_.path + "/WRITE_PROBE";
+  std::unique_ptr<rocksdb::FSWritableFile> file;
+  auto fs = env->GetFileSystem();
+  rocksdb::IOStatus s = fs->NewWritableFile(path, rocksdb::FileOptions(), &file, nullptr);
+  if (s.ok()) s = file->Append(std::string(4096, '\0'), rocksdb::IOOptions(), nullptr);
+  if (s.ok()) s = file->Sync(rocksdb::IOOptions(), nullptr);
+  if (file) (void)file->Close(rocksdb::IOOptions(), nullptr);
+  (void)fs->DeleteFile(path, rocksdb::IOOptions(), nullptr);
+  return FromRocks(s, "session store still cannot write");
 }
 
 absl::Status RocksStore::Commit(rocksdb::WriteBatch* batch, const std::string& what) {
@@ -129,6 +160,8 @@ absl::StatusOr<SessionInfo> RocksStore::ReadSession(const SessionKey& key) {
 }
 
 absl::Status RocksStore::Create(const SessionKey& key, const std::string& metadata) {
+  auto open = Enter();
+  if (!open.ok()) return open.status();
   if (auto s = ValidateKey(key); !s.ok()) return s;
   std::lock_guard<std::mutex> lock(LockFor(key));
   auto existing = ReadSession(key);
@@ -144,9 +177,15 @@ absl::Status RocksStore::Create(const SessionKey& key, const std::string& metada
   return Commit(&b, "create session");
 }
 
-absl::StatusOr<SessionInfo> RocksStore::Get(const SessionKey& key) { return ReadSession(key); }
+absl::StatusOr<SessionInfo> RocksStore::Get(const SessionKey& key) {
+  auto open = Enter();
+  if (!open.ok()) return open.status();
+  return ReadSession(key);
+}
 
 absl::StatusOr<ListPage> RocksStore::List(const std::string& tenant, int page_size, const std::string& page_token) {
+  auto open = Enter();
+  if (!open.ok()) return open.status();
   if (auto s = ValidateId("tenant", tenant); !s.ok()) return s;
   if (page_size < 1 || page_size > 1000) return absl::InvalidArgumentError("page_size must be in [1, 1000]");
   auto mac = [&](const std::string& after) {  // binds the token to this store and tenant
@@ -200,6 +239,8 @@ absl::Status RocksStore::ClearLeftovers(const SessionKey& key) {
 }
 
 absl::Status RocksStore::Delete(const SessionKey& key) {
+  auto open = Enter();
+  if (!open.ok()) return open.status();
   if (auto s = ValidateKey(key); !s.ok()) return s;
   std::lock_guard<std::mutex> lock(LockFor(key));
   if (auto info = ReadSession(key); !info.ok()) return info.status();
@@ -209,6 +250,8 @@ absl::Status RocksStore::Delete(const SessionKey& key) {
 }
 
 absl::StatusOr<int> RocksStore::ExpireIdle() {
+  auto open = Enter();
+  if (!open.ok()) return open.status();
   if (options_.idle_ttl_seconds <= 0) return 0;
   std::vector<SessionKey> idle;
   {
@@ -235,6 +278,8 @@ absl::StatusOr<int> RocksStore::ExpireIdle() {
 }
 
 absl::Status RocksStore::Backup(const std::string& backup_dir) {
+  auto open = Enter();
+  if (!open.ok()) return open.status();
   rocksdb::BackupEngine* engine = nullptr;
   auto s = rocksdb::BackupEngine::Open(db_->GetEnv(), rocksdb::BackupEngineOptions(backup_dir), &engine);
   if (!s.ok()) return FromRocks(s, "open backup " + backup_dir);
@@ -254,6 +299,8 @@ absl::Status SessionStore::RestoreLatestBackup(const std::string& backup_dir, co
 }
 
 absl::Status RocksStore::CompactAll() {
+  auto open = Enter();
+  if (!open.ok()) return open.status();
   if (auto s = FromRocks(db_->Flush(rocksdb::FlushOptions(), cf_), "flush"); !s.ok()) return s;
   rocksdb::CompactRangeOptions o;
   o.bottommost_level_compaction = rocksdb::BottommostLevelCompaction::kForce;

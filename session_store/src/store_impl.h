@@ -15,6 +15,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <shared_mutex>
 #include <string>
 #include <vector>
 
@@ -60,8 +61,13 @@ class RocksStore : public SessionStore {
 
   // The session record; NOT_FOUND if absent or expired.
   absl::StatusOr<SessionInfo> ReadSession(const SessionKey& key);
-  // Runs a write; if it fails on an I/O fault, resumes the database and, if that works (the
-  // fault has cleared), runs it again.
+  // Every public method starts here: if an I/O fault stopped the database, recover first
+  // (Resume, or reopen once the disk takes writes again); then hold the database shared.
+  absl::StatusOr<std::shared_lock<std::shared_mutex>> Enter();
+  absl::Status Recover();         // with db_mu_ held exclusively
+  absl::Status ProbeWritable();   // writes and syncs a small file next to the database
+  void CloseDb();
+  // Runs a write; an I/O fault flags the database for recovery at the next call.
   rocksdb::Status WithRecovery(const std::function<rocksdb::Status()>& op);
   // Writes `batch` with the WAL synced.
   absl::Status Commit(rocksdb::WriteBatch* batch, const std::string& what);
@@ -88,7 +94,8 @@ class RocksStore : public SessionStore {
   std::vector<rocksdb::ColumnFamilyHandle*> cf_;
   std::string secret_;  // 16 bytes
   std::array<std::mutex, 64> session_mu_;
-  std::mutex resume_mu_;
+  std::shared_mutex db_mu_;  // shared by calls, exclusive for recovery (which may reopen db_)
+  std::atomic<bool> needs_recovery_{false};
   std::atomic<uint64_t> next_write_id_{0};  // from the clock at open: unique across restarts
 };
 

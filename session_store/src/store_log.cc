@@ -25,6 +25,8 @@ std::string RocksStore::SnapshotKey(const SessionKey& key, uint64_t version) con
 absl::StatusOr<AppendResult> RocksStore::Append(const SessionKey& key, uint64_t expected_version,
                                                 const std::string& event, const std::string& request_id,
                                                 const std::string& result) {
+  auto open = Enter();
+  if (!open.ok()) return open.status();
   if (auto s = ValidateKey(key); !s.ok()) return s;
   if (!request_id.empty()) {
     if (auto s = ValidateId("request", request_id); !s.ok()) return s;
@@ -117,6 +119,8 @@ absl::Status RocksStore::Retain(const SessionKey& key, const Manifest& added, ro
 }
 
 absl::Status RocksStore::WriteSnapshot(const SessionKey& key, const SnapshotInfo& info, const std::string& payload) {
+  auto open = Enter();
+  if (!open.ok()) return open.status();
   if (auto s = ValidateKey(key); !s.ok()) return s;
   if (info.fingerprint.size() > 256 || info.encoding.size() > 256) {
     return absl::InvalidArgumentError("snapshot fingerprint and encoding are at most 256 bytes");
@@ -208,6 +212,8 @@ absl::StatusOr<std::vector<Event>> RocksStore::ReadEvents(const SessionKey& key,
 }
 
 absl::StatusOr<LoadResult> RocksStore::Load(const SessionKey& key, bool allow_lossy_base) {
+  auto open = Enter();
+  if (!open.ok()) return open.status();
   std::lock_guard<std::mutex> lock(LockFor(key));
   auto info = ReadSession(key);
   if (!info.ok()) return info.status();
@@ -227,6 +233,8 @@ absl::StatusOr<LoadResult> RocksStore::Load(const SessionKey& key, bool allow_lo
 }
 
 absl::StatusOr<std::vector<SnapshotInfo>> RocksStore::ListSnapshots(const SessionKey& key) {
+  auto open = Enter();
+  if (!open.ok()) return open.status();
   if (auto info = ReadSession(key); !info.ok()) return info.status();
   const std::string prefix = SessionPrefix(key), end = PrefixEnd(prefix);
   rocksdb::Slice upper(end);
@@ -243,6 +251,8 @@ absl::StatusOr<std::vector<SnapshotInfo>> RocksStore::ListSnapshots(const Sessio
 }
 
 absl::Status RocksStore::Fork(const SessionKey& from, const SessionKey& to, uint64_t version) {
+  auto open = Enter();
+  if (!open.ok()) return open.status();
   if (auto s = ValidateKey(to); !s.ok()) return s;
   std::mutex* a = &LockFor(from);
   std::mutex* b = &LockFor(to);
@@ -284,6 +294,8 @@ absl::Status RocksStore::Fork(const SessionKey& from, const SessionKey& to, uint
 }
 
 absl::Status RocksStore::Rollback(const SessionKey& key, uint64_t version) {
+  auto open = Enter();
+  if (!open.ok()) return open.status();
   std::lock_guard<std::mutex> lock(LockFor(key));
   auto info = ReadSession(key);
   if (!info.ok()) return info.status();
