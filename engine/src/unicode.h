@@ -29,6 +29,9 @@ inline uint32_t Next(std::string_view s, size_t* i) {
 // Byte length of the UTF-8 sequence that starts with lead byte `b`.
 inline int SequenceBytes(uint8_t b) { return b < 0x80 ? 1 : b < 0xE0 ? 2 : b < 0xF0 ? 3 : 4; }
 
+// Length of the valid UTF-8 sequence starting at s[i] (1-4), or -k when only its first k bytes
+// form a valid prefix (k >= 1: a maximal invalid subpart, or an incomplete tail at the end).
+int SequenceLength(std::string_view s, size_t i);
 bool IsValidUtf8(std::string_view s);
 void AppendUtf8(uint32_t cp, std::string* out);
 
