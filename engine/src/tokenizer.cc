@@ -55,6 +55,181 @@ std::string ByteLevelBytes(const std::string& token, const std::map<uint32_t, ui
   return out;
 }
 
+
+using Json = nlohmann::json;
+
+std::string TypeOf(const Json& j) {
+  return j.is_object() && j.contains("type") && j["type"].is_string() ? j["type"].get<std::string>() : "";
+}
+
+// The String pattern of a Replace/Split component; UNIMPLEMENTED for a Regex.
+absl::StatusOr<std::string> StringPattern(const Json& j, const char* what) {
+  const Json& p = j.at("pattern");
+  if (p.contains("String")) return p.at("String").get<std::string>();
+  return absl::UnimplementedError(absl::StrCat(what, " with pattern ", p.dump(), " (only String patterns)"));
+}
+
+absl::Status ParseNormalizer(const Json& j, std::vector<NormalizerStep>* steps) {
+  if (j.is_null()) return absl::OkStatus();
+  const std::string type = TypeOf(j);
+  if (type == "Sequence") {
+    for (const auto& n : j.at("normalizers")) RETURN_IF_ERROR(ParseNormalizer(n, steps));
+  } else if (type == "NFC" || type == "NFKC") {
+    steps->push_back({type == "NFC" ? NormalizerStep::kNfc : NormalizerStep::kNfkc, "", ""});
+  } else if (type == "Prepend") {
+    steps->push_back({NormalizerStep::kPrepend, j.at("prepend").get<std::string>(), ""});
+  } else if (type == "Replace") {
+    ASSIGN_OR_RETURN(std::string pattern, StringPattern(j, "Replace normalizer"));
+    steps->push_back({NormalizerStep::kReplace, pattern, j.at("content").get<std::string>()});
+  } else {
+    return absl::UnimplementedError(absl::StrCat("normalizer '", type, "'"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<PreTokenizerStep::Prepend> PrependScheme(const Json& j) {
+  if (!j.contains("prepend_scheme")) {  // older files: add_prefix_space
+    return j.value("add_prefix_space", true) ? PreTokenizerStep::kAlways : PreTokenizerStep::kNever;
+  }
+  const std::string s = j.at("prepend_scheme").get<std::string>();
+  if (s == "always") return PreTokenizerStep::kAlways;
+  if (s == "first") return PreTokenizerStep::kFirst;
+  if (s == "never") return PreTokenizerStep::kNever;
+  return absl::InvalidArgumentError(absl::StrCat("Metaspace prepend_scheme '", s, "'"));
+}
+
+absl::Status ParsePreTokenizer(const Json& j, std::vector<PreTokenizerStep>* steps) {
+  if (j.is_null()) return absl::OkStatus();
+  const std::string type = TypeOf(j);
+  PreTokenizerStep step;
+  if (type == "Sequence") {
+    for (const auto& p : j.at("pretokenizers")) RETURN_IF_ERROR(ParsePreTokenizer(p, steps));
+    return absl::OkStatus();
+  } else if (type == "Split") {
+    const std::string behavior = j.at("behavior").get<std::string>();
+    if (behavior != "Isolated" || j.value("invert", false)) {
+      return absl::UnimplementedError(absl::StrCat("Split pre-tokenizer with behavior '", behavior, "'",
+                                                   j.value("invert", false) ? " inverted" : "", " (only Isolated)"));
+    }
+    if (!j.at("pattern").contains("Regex")) return absl::UnimplementedError("Split pre-tokenizer without a Regex pattern");
+    step.kind = PreTokenizerStep::kSplit;
+    ASSIGN_OR_RETURN(step.grammar, GrammarForRegex(j.at("pattern").at("Regex").get<std::string>()));
+  } else if (type == "ByteLevel") {
+    step.kind = PreTokenizerStep::kByteLevel;
+    step.add_prefix_space = j.value("add_prefix_space", false);
+    step.use_regex = j.value("use_regex", true);
+  } else if (type == "Metaspace") {
+    step.kind = PreTokenizerStep::kMetaspace;
+    step.replacement = j.at("replacement").get<std::string>();
+    ASSIGN_OR_RETURN(step.prepend, PrependScheme(j));
+    step.split = j.value("split", true);
+  } else {
+    return absl::UnimplementedError(absl::StrCat("pre-tokenizer '", type, "'"));
+  }
+  steps->push_back(std::move(step));
+  return absl::OkStatus();
+}
+
+// How the decoder turns one token into bytes (ByteLevel, Metaspace, or a Sequence of Replace,
+// ByteFallback, Fuse and Strip as SentencePiece conversions write it).
+struct DecoderSpec {
+  bool byte_level = false;
+  std::vector<std::pair<std::string, std::string>> replace;
+  bool byte_fallback = false;
+  std::string metaspace;
+  int strip_leading_spaces = 0;
+};
+
+absl::Status ParseDecoder(const Json& j, DecoderSpec* spec) {
+  const std::string type = TypeOf(j);
+  if (type == "Sequence") {
+    for (const auto& d : j.at("decoders")) RETURN_IF_ERROR(ParseDecoder(d, spec));
+  } else if (type == "ByteLevel") {
+    spec->byte_level = true;
+  } else if (type == "Metaspace") {
+    spec->replace.emplace_back(j.at("replacement").get<std::string>(), " ");
+    ASSIGN_OR_RETURN(auto prepend, PrependScheme(j));
+    if (prepend != PreTokenizerStep::kNever) spec->metaspace = j.at("replacement").get<std::string>();
+  } else if (type == "Replace") {
+    ASSIGN_OR_RETURN(std::string pattern, StringPattern(j, "Replace decoder"));
+    spec->replace.emplace_back(pattern, j.at("content").get<std::string>());
+  } else if (type == "ByteFallback") {
+    spec->byte_fallback = true;
+  } else if (type == "Fuse") {
+  } else if (type == "Strip" && j.at("content").get<std::string>() == " " && j.at("stop").get<int>() == 0) {
+    spec->strip_leading_spaces = j.at("start").get<int>();
+  } else {
+    return absl::UnimplementedError(absl::StrCat("decoder ", j.dump()));
+  }
+  return absl::OkStatus();
+}
+
+std::string ReplaceAll(std::string s, const std::string& from, const std::string& to) {
+  for (size_t at = s.find(from); at != std::string::npos && !from.empty(); at = s.find(from, at + to.size())) {
+    s.replace(at, from.size(), to);
+  }
+  return s;
+}
+
+// <0xXX> -> the byte.
+std::optional<char> ByteToken(const std::string& t) {
+  static constexpr char kHex[] = "0123456789ABCDEF";
+  if (t.size() != 6 || t.compare(0, 3, "<0x") != 0 || t[5] != '>') return std::nullopt;
+  const char* hi = std::strchr(kHex, t[3]);
+  const char* lo = std::strchr(kHex, t[4]);
+  if (hi == nullptr || lo == nullptr || *hi == 0 || *lo == 0) return std::nullopt;
+  return static_cast<char>((hi - kHex) * 16 + (lo - kHex));
+}
+
+std::string DecodedBytes(const std::string& token, const DecoderSpec& spec, const std::map<uint32_t, uint8_t>& table) {
+  if (spec.byte_level) return ByteLevelBytes(token, table);
+  if (spec.byte_fallback) {
+    if (auto b = ByteToken(token)) return std::string(1, *b);
+  }
+  std::string s = token;
+  for (const auto& [from, to] : spec.replace) s = ReplaceAll(s, from, to);
+  return s;
+}
+
+// BPE options from the model object; UNIMPLEMENTED for what Adaptd does not implement.
+absl::StatusOr<BpeOptions> ParseBpeOptions(const Json& m, bool by_bytes) {
+  if (TypeOf(m) != "BPE") return absl::UnimplementedError(absl::StrCat("model type '", TypeOf(m), "' (only BPE)"));
+  for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"}) {
+    if (m.contains(key) && !m[key].is_null() && m[key] != "") {
+      return absl::UnimplementedError(absl::StrCat("BPE ", key, " ", m[key].dump()));
+    }
+  }
+  if (m.contains("dropout") && !m["dropout"].is_null() && m["dropout"].get<double>() != 0.0) {
+    return absl::UnimplementedError("BPE dropout (encoding would not be deterministic)");
+  }
+  BpeOptions o;
+  o.by_bytes = by_bytes;
+  o.byte_fallback = m.value("byte_fallback", false);
+  o.fuse_unk = m.value("fuse_unk", false);
+  o.ignore_merges = m.value("ignore_merges", false);
+  if (m.contains("unk_token") && !m["unk_token"].is_null()) o.unk_token = m["unk_token"].get<std::string>();
+  return o;
+}
+
+// Merges as "left right" strings or [left, right] pairs.
+absl::StatusOr<std::vector<std::pair<std::string, std::string>>> ParseMerges(const Json& merges) {
+  std::vector<std::pair<std::string, std::string>> out;
+  out.reserve(merges.size());
+  for (const auto& m : merges) {
+    if (m.is_array() && m.size() == 2) {
+      out.emplace_back(m[0].get<std::string>(), m[1].get<std::string>());
+      continue;
+    }
+    const std::string s = m.get<std::string>();
+    const size_t space = s.find(' ');
+    if (space == std::string::npos || s.find(' ', space + 1) != std::string::npos) {
+      return absl::InvalidArgumentError(absl::StrCat("merge '", s, "' is not two tokens"));
+    }
+    out.emplace_back(s.substr(0, space), s.substr(space + 1));
+  }
+  return out;
+}
+
 }  // namespace
 
 std::string Utf8Lossy(const std::string& bytes, std::string* tail) {
