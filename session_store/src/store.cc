@@ -7,6 +7,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "fault_fs.h"
+#include "rocksdb/convenience.h"
+#include "rocksdb/table.h"
 #include "rocksdb/utilities/backup_engine.h"
 #include "store_impl.h"
 
@@ -63,18 +65,21 @@ absl::Status RocksStore::OpenDb() {
     db_options.env = env_.get();
   }
   rocksdb::ColumnFamilyOptions pieces;
-  pieces.enable_blob_files = true;  // payloads go to blob files at flush and stay there
-  pieces.min_blob_size = 0;
-  pieces.blob_file_size = 256ull << 20;
-  pieces.write_buffer_size = 64ull << 20;
   pieces.compression = rocksdb::kNoCompression;
+  rocksdb::BlockBasedTableOptions fast_checksums;
+  fast_checksums.checksum = rocksdb::kXXH3;
+  rocksdb::ColumnFamilyOptions bulk = pieces;
+  bulk.disable_auto_compactions = true;  // ingested files are never rewritten
+  bulk.table_factory.reset(rocksdb::NewBlockBasedTableFactory(fast_checksums));
+  bulk_options_ = rocksdb::Options(db_options, bulk);
   std::vector<rocksdb::ColumnFamilyDescriptor> cfs = {
       {rocksdb::kDefaultColumnFamilyName, rocksdb::ColumnFamilyOptions()},
       {"events", rocksdb::ColumnFamilyOptions()},
       {"snapshots", rocksdb::ColumnFamilyOptions()},
       {"pieces", pieces},
       {"idem", rocksdb::ColumnFamilyOptions()},
-      {"meta", rocksdb::ColumnFamilyOptions()}};
+      {"meta", rocksdb::ColumnFamilyOptions()},
+      {"bulk", bulk}};
   std::vector<rocksdb::ColumnFamilyHandle*> handles;
   auto s = rocksdb::DB::Open(db_options, options_.path, cfs, &handles, &db_);
   if (!s.ok()) return absl::UnavailableError(absl::StrCat("open session store ", options_.path, ": ", s.ToString()));
@@ -235,7 +240,15 @@ void RocksStore::DeleteRecords(const SessionKey& key, rocksdb::WriteBatch* batch
 absl::Status RocksStore::ClearLeftovers(const SessionKey& key) {
   rocksdb::WriteBatch b;
   DeleteRecords(key, &b);
-  return Commit(&b, "clear expired session");
+  auto s = Commit(&b, "clear expired session");
+  if (s.ok()) DropBulk(SessionPrefix(key), PrefixEnd(SessionPrefix(key)));
+  return s;
+}
+
+void RocksStore::DropBulk(const std::string& begin, const std::string& end) {
+  const rocksdb::Slice b(begin), e(end);
+  // Best effort: a failure leaves unreferenced files, which no manifest names.
+  (void)rocksdb::DeleteFilesInRange(db_, cf_[kBulk], &b, &e, /*include_end=*/false);
 }
 
 absl::Status RocksStore::Delete(const SessionKey& key) {
@@ -246,7 +259,9 @@ absl::Status RocksStore::Delete(const SessionKey& key) {
   if (auto info = ReadSession(key); !info.ok()) return info.status();
   rocksdb::WriteBatch b;
   DeleteRecords(key, &b);
-  return Commit(&b, "delete session");
+  auto s = Commit(&b, "delete session");
+  if (s.ok()) DropBulk(SessionPrefix(key), PrefixEnd(SessionPrefix(key)));
+  return s;
 }
 
 absl::StatusOr<int> RocksStore::ExpireIdle() {
@@ -272,6 +287,7 @@ absl::StatusOr<int> RocksStore::ExpireIdle() {
     rocksdb::WriteBatch b;
     DeleteRecords(key, &b);
     if (auto s = Commit(&b, "expire session"); !s.ok()) return s;
+    DropBulk(SessionPrefix(key), PrefixEnd(SessionPrefix(key)));
     ++deleted;
   }
   return deleted;
@@ -304,8 +320,9 @@ absl::Status RocksStore::CompactAll() {
   if (auto s = FromRocks(db_->Flush(rocksdb::FlushOptions(), cf_), "flush"); !s.ok()) return s;
   rocksdb::CompactRangeOptions o;
   o.bottommost_level_compaction = rocksdb::BottommostLevelCompaction::kForce;
-  for (auto* cf : cf_) {
-    if (auto s = FromRocks(db_->CompactRange(o, cf, nullptr, nullptr), "compact"); !s.ok()) return s;
+  for (int cf = 0; cf < kNumCf; ++cf) {
+    if (cf == kBulk) continue;  // one file per snapshot, dropped whole; never rewritten
+    if (auto s = FromRocks(db_->CompactRange(o, cf_[cf], nullptr, nullptr), "compact"); !s.ok()) return s;
   }
   return absl::OkStatus();
 }

@@ -2,8 +2,11 @@
 //   sessions   [tenant][session]                  -> session record (records.h)
 //   events     [tenant][session][seq u64]         -> event record
 //   snapshots  [tenant][session][version u64]     -> manifest
-//   pieces     [tenant][session][version][write id][i u32] -> payload piece (integrated
-//              BlobDB: written once at flush, never copied by compaction; never overwritten)
+//   pieces     [tenant][session][version][write id][i u32] -> piece of a small payload
+//              (written with its manifest through the WAL; never overwritten)
+//   bulk       the same keys for large payloads: each snapshot one SST file written by
+//              SstFileWriter and ingested (written once), no compaction (never copied),
+//              removed whole by DeleteFilesInRange
 //   idem       [tenant][session][request id]      -> version u64 + result
 //   meta       "secret"                           -> the key of page-token MACs
 // Private to session_store/.
@@ -32,7 +35,7 @@ int64_t NowUnixMs();
 
 class RocksStore : public SessionStore {
  public:
-  enum Cf { kSessions, kEvents, kSnapshots, kPieces, kIdem, kMeta, kNumCf };
+  enum Cf { kSessions, kEvents, kSnapshots, kPieces, kIdem, kMeta, kBulk, kNumCf };
 
   explicit RocksStore(StoreOptions options) : options_(std::move(options)) {}
   ~RocksStore() override;
@@ -80,8 +83,11 @@ class RocksStore : public SessionStore {
                             std::string* payload, std::vector<uint64_t>* quarantined);
   absl::StatusOr<std::vector<Event>> ReadEvents(const SessionKey& key, uint64_t after, uint64_t upto);
   // Adds to `batch` the deletion of the snapshots retention no longer keeps once `added`
-  // (being published in the batch) is.
-  absl::Status Retain(const SessionKey& key, const Manifest& added, rocksdb::WriteBatch* batch);
+  // (being published in the batch) is; their versions go to *dropped.
+  absl::Status Retain(const SessionKey& key, const Manifest& added, rocksdb::WriteBatch* batch,
+                      std::vector<uint64_t>* dropped);
+  // Removes the bulk files of keys in [begin, end) (after the manifests naming them are gone).
+  void DropBulk(const std::string& begin, const std::string& end);
   void DeleteRecords(const SessionKey& key, rocksdb::WriteBatch* batch);
   // Deletes what an expired session left, before records (snapshot pieces are written outside
   // the final batch) are written under its key.
@@ -92,6 +98,7 @@ class RocksStore : public SessionStore {
   std::unique_ptr<rocksdb::Env> env_;
   rocksdb::DB* db_ = nullptr;
   std::vector<rocksdb::ColumnFamilyHandle*> cf_;
+  rocksdb::Options bulk_options_;  // for SstFileWriter
   std::string secret_;  // 16 bytes
   std::array<std::mutex, 64> session_mu_;
   std::shared_mutex db_mu_;  // shared by calls, exclusive for recovery (which may reopen db_)

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "rocksdb/sst_file_writer.h"
 #include "store_impl.h"
 
 namespace adaptd::session_store {
@@ -81,18 +82,29 @@ absl::Status RocksStore::WritePieces(const SessionKey& key, const std::string& p
     for (uint32_t i = 0; i < m->pieces; ++i) batch->Put(cf_[kPieces], PieceKey(key, *m, i), slice(i));
     return absl::OkStatus();
   }
-  rocksdb::WriteOptions no_wal;
-  no_wal.disableWAL = true;  // durable by the flush below, written once
-  for (uint32_t i = 0; i < m->pieces; ++i) {
-    auto s = WithRecovery([&] { return db_->Put(no_wal, cf_[kPieces], PieceKey(key, *m, i), slice(i)); });
-    if (!s.ok()) return FromRocks(s, "write snapshot piece");
+  // Large: one SST file of the pieces, written once and synced by SstFileWriter, then moved
+  // into the database by ingestion (its own synced MANIFEST edit).
+  m->bulk = true;
+  const std::string file = absl::StrCat(options_.path, "/ingest-", m->write_id, ".sst");
+  rocksdb::SstFileWriter writer(rocksdb::EnvOptions(), bulk_options_, cf_[kBulk], /*invalidate_page_cache=*/false,
+                               rocksdb::Env::IO_TOTAL, /*skip_filters=*/true);
+  rocksdb::Status s = writer.Open(file);
+  for (uint32_t i = 0; s.ok() && i < m->pieces; ++i) s = writer.Put(PieceKey(key, *m, i), slice(i));
+  if (s.ok()) s = writer.Finish();
+  if (s.ok()) {
+    rocksdb::IngestExternalFileOptions ingest;
+    ingest.move_files = true;
+    s = WithRecovery([&] { return db_->IngestExternalFile(cf_[kBulk], {file}, ingest); });
   }
-  rocksdb::FlushOptions flush;
-  flush.wait = true;
-  return FromRocks(WithRecovery([&] { return db_->Flush(flush, cf_[kPieces]); }), "flush snapshot pieces");
+  if (!s.ok()) {
+    std::remove(file.c_str());
+    if (s.IsIOError() || s.IsNoSpace()) needs_recovery_ = true;
+  }
+  return FromRocks(s, "write snapshot pieces");
 }
 
-absl::Status RocksStore::Retain(const SessionKey& key, const Manifest& added, rocksdb::WriteBatch* batch) {
+absl::Status RocksStore::Retain(const SessionKey& key, const Manifest& added, rocksdb::WriteBatch* batch,
+                              std::vector<uint64_t>* dropped) {
   const std::string prefix = SessionPrefix(key), end = PrefixEnd(prefix);
   rocksdb::Slice upper(end);
   rocksdb::ReadOptions ro;
@@ -114,6 +126,7 @@ absl::Status RocksStore::Retain(const SessionKey& key, const Manifest& added, ro
     if (every > 0 && ordinal > 0 && ordinal % every == 0) continue;
     batch->Delete(cf_[kSnapshots], SnapshotKey(key, version));
     batch->DeleteRange(cf_[kPieces], SnapshotKey(key, version), SnapshotKey(key, version + 1));
+    dropped->push_back(version);
   }
   return absl::OkStatus();
 }
@@ -143,6 +156,7 @@ absl::Status RocksStore::WriteSnapshot(const SessionKey& key, const SnapshotInfo
     rocksdb::WriteBatch drop;
     drop.DeleteRange(cf_[kPieces], PieceKey(key, m, 0), PieceKey(key, m, m.pieces));
     (void)Commit(&drop, "drop orphaned snapshot pieces");
+    DropBulk(PieceKey(key, m, 0), PieceKey(key, m, m.pieces));
     return current.ok() ? absl::FailedPreconditionError(absl::StrCat("session ", Name(key), " was rolled back"))
                         : current.status();
   }
@@ -150,8 +164,11 @@ absl::Status RocksStore::WriteSnapshot(const SessionKey& key, const SnapshotInfo
   m.ordinal = current->snapshots_written;
   b.Put(cf_[kSnapshots], SnapshotKey(key, info.version), EncodeManifest(m));
   b.Put(cf_[kSessions], SessionPrefix(key), EncodeSessionRecord(*current));
-  if (auto s = Retain(key, m, &b); !s.ok()) return s;
-  return Commit(&b, "publish snapshot");
+  std::vector<uint64_t> dropped;
+  if (auto s = Retain(key, m, &b, &dropped); !s.ok()) return s;
+  if (auto s = Commit(&b, "publish snapshot"); !s.ok()) return s;
+  for (uint64_t v : dropped) DropBulk(SnapshotKey(key, v), SnapshotKey(key, v + 1));
+  return absl::OkStatus();
 }
 
 absl::Status RocksStore::FindSnapshot(const SessionKey& key, uint64_t version, bool allow_lossy,
@@ -171,7 +188,7 @@ absl::Status RocksStore::FindSnapshot(const SessionKey& key, uint64_t version, b
     pieces.verify_checksums = false;  // the payload's own CRC-32C below checks every byte once
     for (uint32_t i = 0; ok && i < m->pieces; ++i) {
       rocksdb::PinnableSlice piece;
-      ok = m->info.version == v && db_->Get(pieces, cf_[kPieces], PieceKey(key, *m, i), &piece).ok();
+      ok = m->info.version == v && db_->Get(pieces, cf_[m->bulk ? kBulk : kPieces], PieceKey(key, *m, i), &piece).ok();
       bytes.append(piece.data(), piece.size());
     }
     if (ok && bytes.size() == m->info.payload_bytes && Crc32c(bytes) == m->payload_crc) {
@@ -321,7 +338,9 @@ absl::Status RocksStore::Rollback(const SessionKey& key, uint64_t version) {
   info->version = version;
   info->last_used_unix_ms = NowUnixMs();
   b.Put(cf_[kSessions], prefix, EncodeSessionRecord(*info));
-  return Commit(&b, "rollback session");
+  if (auto s = Commit(&b, "rollback session"); !s.ok()) return s;
+  DropBulk(SeqKey(prefix, version + 1), end);
+  return absl::OkStatus();
 }
 
 }  // namespace adaptd::session_store
