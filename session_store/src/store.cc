@@ -1,6 +1,7 @@
 // Opening the database, session records, listing, expiry, deletion, backups; the status
 // mapping. The event log and snapshots are in store_log.cc, export/import in portable.cc.
 #include <chrono>
+#include <filesystem>
 #include <random>
 
 #include "absl/strings/escaping.h"
@@ -80,6 +81,11 @@ absl::Status RocksStore::OpenDb() {
       {"idem", rocksdb::ColumnFamilyOptions()},
       {"meta", rocksdb::ColumnFamilyOptions()},
       {"bulk", bulk}};
+  // A crash between writing a large snapshot's file and ingesting it leaves the file behind.
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(options_.path, ec)) {
+    if (e.path().filename().string().rfind("ingest-", 0) == 0) std::filesystem::remove(e.path(), ec);
+  }
   std::vector<rocksdb::ColumnFamilyHandle*> handles;
   auto s = rocksdb::DB::Open(db_options, options_.path, cfs, &handles, &db_);
   if (!s.ok()) return absl::UnavailableError(absl::StrCat("open session store ", options_.path, ": ", s.ToString()));

@@ -25,13 +25,15 @@
 namespace adaptd::session_store {
 namespace {
 
-constexpr int kSessions = 4;  // 0, 1: events only (Load returns the whole log); 2, 3: snapshots too
+// 0, 1: events only (Load returns the whole log); 2: small snapshots (through the WAL);
+// 3: large ones (above inline_snapshot_bytes: one ingested file each).
+constexpr int kSessions = 4;
 
 SessionKey Key(int i) { return {"crash", "s" + std::to_string(i)}; }
 std::string EventPayload(int i, uint64_t seq) { return "s" + std::to_string(i) + "-e" + std::to_string(seq); }
 std::string SnapshotPayload(int i, uint64_t version) {
   std::string p = "snap-" + std::to_string(i) + "-" + std::to_string(version) + ":";
-  p.resize(64 << 10, static_cast<char>('a' + version % 26));
+  p.resize(i == 3 ? (5 << 20) : (64 << 10), static_cast<char>('a' + version % 26));
   return p;
 }
 
@@ -61,6 +63,8 @@ int Rounds(const char* env, int fallback) {
   }
 }
 
+int large_snapshots_loaded = 0;
+
 // Every acknowledged event is in the store, the log is whole, snapshots hold what was written.
 void Verify(const std::string& dir, const std::string& side, int round) {
   std::map<int, uint64_t> acked;
@@ -82,6 +86,7 @@ void Verify(const std::string& dir, const std::string& side, int round) {
       ASSERT_GE(s, 2);
       ASSERT_EQ(load->snapshot_payload, SnapshotPayload(s, load->snapshot->version)) << "round " << round;
       from = load->snapshot->version + 1;
+      large_snapshots_loaded += s == 3;
     }
     ASSERT_EQ(load->events.size(), load->info.version - from + 1) << "round " << round;
     for (const auto& e : load->events) {
@@ -120,6 +125,7 @@ TEST(CrashTest, KillNineNeverLosesAnAcknowledgedEvent) {
   }
   std::cerr << total_acked << " acknowledged events over " << kills << " kills\n";
   EXPECT_GT(total_acked, static_cast<uint64_t>(kills));  // the children did work
+  EXPECT_GT(large_snapshots_loaded, 0);                  // and large snapshots were written
 }
 
 // Power loss: rounds of appends and snapshots, then everything unsynced is dropped.
