@@ -1,0 +1,63 @@
+// Key checks compare hashes in constant time over every entry, so timing reveals neither which
+// tenant matched nor how much of a key was right.
+#include "auth.h"
+
+#include <openssl/evp.h>
+
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+
+namespace adaptd::server {
+
+std::string ApiKeys::Sha256Hex(const std::string& data) {
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int n = 0;
+  EVP_Digest(data.data(), data.size(), digest, &n, EVP_sha256(), nullptr);
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string hex;
+  for (unsigned int i = 0; i < n; ++i) {
+    hex.push_back(kHex[digest[i] >> 4]);
+    hex.push_back(kHex[digest[i] & 15]);
+  }
+  return hex;
+}
+
+absl::StatusOr<ApiKeys> ApiKeys::Load(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read the API key file ", path));
+  ApiKeys keys;
+  std::string line;
+  for (int n = 1; std::getline(in, line); ++n) {
+    const absl::string_view text = absl::StripAsciiWhitespace(line);
+    if (text.empty() || text[0] == '#') continue;
+    std::vector<std::string> parts = absl::StrSplit(text, absl::ByAnyChar(" \t"), absl::SkipEmpty());
+    bool hex = parts.size() == 2 && parts[1].size() == 64;
+    for (size_t i = 0; hex && i < 64; ++i) hex = absl::ascii_isxdigit(parts[1][i]);
+    if (!hex) return absl::InvalidArgumentError(absl::StrCat(path, ":", n, ": expected \"tenant sha256-hex\""));
+    keys.entries_.push_back({parts[0], absl::AsciiStrToLower(parts[1])});
+  }
+  if (keys.entries_.empty()) return absl::InvalidArgumentError(absl::StrCat(path, ": no API keys"));
+  return keys;
+}
+
+absl::StatusOr<std::string> ApiKeys::Authenticate(const std::string& authorization) const {
+  static constexpr std::string_view kBearer = "Bearer ";
+  if (authorization.size() <= kBearer.size() || authorization.compare(0, kBearer.size(), kBearer) != 0) {
+    return absl::UnauthenticatedError("missing \"authorization: Bearer <api key>\"");
+  }
+  const std::string hash = Sha256Hex(authorization.substr(kBearer.size()));
+  const std::string* tenant = nullptr;
+  for (const auto& e : entries_) {
+    unsigned char diff = 0;
+    for (size_t i = 0; i < hash.size(); ++i) diff |= static_cast<unsigned char>(hash[i] ^ e.hash[i]);
+    if (diff == 0) tenant = &e.tenant;
+  }
+  if (tenant == nullptr) return absl::UnauthenticatedError("unknown API key");
+  return *tenant;
+}
+
+}  // namespace adaptd::server

@@ -1,0 +1,126 @@
+// Session resource methods. Every method: authenticate, validate, call the store, convert.
+#include "service.h"
+
+#include <random>
+
+#include "absl/strings/str_cat.h"
+
+namespace adaptd::server {
+namespace {
+
+// Finishes a unary call with `status` on a default reactor.
+grpc::ServerUnaryReactor* Done(grpc::CallbackServerContext* ctx, const absl::Status& status) {
+  auto* reactor = ctx->DefaultReactor();
+  reactor->Finish(ToGrpc(status));
+  return reactor;
+}
+
+absl::Status ValidateOptions(const v1::SessionOptions& o) {
+  const std::string& rule = o.update_rule();
+  if (!rule.empty() && rule != "inplace" && rule != "off") {
+    return absl::InvalidArgumentError(absl::StrCat("options.update_rule '", rule, "' (inplace or off)"));
+  }
+  const std::string& f = o.chat_format();
+  if (!f.empty() && f != "qwen3" && f != "llama3" && f != "raw") {
+    return absl::InvalidArgumentError(absl::StrCat("options.chat_format '", f, "' (qwen3, llama3 or raw)"));
+  }
+  return absl::OkStatus();
+}
+
+std::string NewSessionId() {
+  static thread_local std::mt19937_64 rng(std::random_device{}());
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string id = "s-";
+  for (int i = 0; i < 24; ++i) id.push_back(kHex[rng() % 16]);
+  return id;
+}
+
+}  // namespace
+
+grpc::Status ToGrpc(const absl::Status& status) {
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
+}
+
+absl::StatusOr<std::string> AdaptdService::Tenant(grpc::CallbackServerContext* ctx) const {
+  const auto& md = ctx->client_metadata();
+  auto it = md.find("authorization");
+  if (it == md.end()) return absl::UnauthenticatedError("missing \"authorization: Bearer <api key>\"");
+  return keys_.Authenticate(std::string(it->second.data(), it->second.size()));
+}
+
+absl::Status AdaptdService::ToSession(const session_store::SessionInfo& info, v1::Session* out) const {
+  v1::Session stored;  // the metadata is the Session as created: options and fingerprint
+  if (!stored.ParseFromString(info.metadata)) return absl::DataLossError("session metadata is unreadable");
+  *out->mutable_options() = stored.options();
+  out->set_model_fingerprint(stored.model_fingerprint());
+  out->set_session_id(info.key.session);
+  out->set_name("sessions/" + info.key.session);
+  out->set_version(info.version);
+  out->set_create_time_unix_ms(info.created_unix_ms);
+  out->set_last_used_unix_ms(info.last_used_unix_ms);
+  return absl::OkStatus();
+}
+
+grpc::ServerUnaryReactor* AdaptdService::CreateSession(grpc::CallbackServerContext* ctx,
+                                                       const v1::CreateSessionRequest* req, v1::Session* resp) {
+  auto tenant = Tenant(ctx);
+  if (!tenant.ok()) return Done(ctx, tenant.status());
+  if (auto s = ValidateOptions(req->options()); !s.ok()) return Done(ctx, s);
+  const std::string id = req->session_id().empty() ? NewSessionId() : req->session_id();
+  v1::Session stored;
+  *stored.mutable_options() = req->options();
+  stored.set_model_fingerprint(model_.fingerprint());
+  const session_store::SessionKey key{*tenant, id};
+  if (auto s = store_.Create(key, stored.SerializeAsString()); !s.ok()) return Done(ctx, s);
+  auto info = store_.Get(key);
+  return Done(ctx, info.ok() ? ToSession(*info, resp) : info.status());
+}
+
+grpc::ServerUnaryReactor* AdaptdService::GetSession(grpc::CallbackServerContext* ctx, const v1::GetSessionRequest* req,
+                                                    v1::Session* resp) {
+  auto tenant = Tenant(ctx);
+  if (!tenant.ok()) return Done(ctx, tenant.status());
+  auto info = store_.Get({*tenant, req->session_id()});
+  return Done(ctx, info.ok() ? ToSession(*info, resp) : info.status());
+}
+
+grpc::ServerUnaryReactor* AdaptdService::ListSessions(grpc::CallbackServerContext* ctx,
+                                                      const v1::ListSessionsRequest* req,
+                                                      v1::ListSessionsResponse* resp) {
+  auto tenant = Tenant(ctx);
+  if (!tenant.ok()) return Done(ctx, tenant.status());
+  if (req->page_size() < 0) return Done(ctx, absl::InvalidArgumentError("page_size must not be negative"));
+  const int size = req->page_size() == 0 ? 50 : std::min(req->page_size(), 1000);  // AIP-158: coerce
+  auto page = store_.List(*tenant, size, req->page_token());
+  if (!page.ok()) return Done(ctx, page.status());
+  for (const auto& info : page->sessions) {
+    if (auto s = ToSession(info, resp->add_sessions()); !s.ok()) return Done(ctx, s);
+  }
+  resp->set_next_page_token(page->next_page_token);
+  return Done(ctx, absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* AdaptdService::DeleteSession(grpc::CallbackServerContext* ctx,
+                                                       const v1::DeleteSessionRequest* req,
+                                                       v1::DeleteSessionResponse*) {
+  auto tenant = Tenant(ctx);
+  if (!tenant.ok()) return Done(ctx, tenant.status());
+  return Done(ctx, store_.Delete({*tenant, req->session_id()}));
+}
+
+grpc::ServerUnaryReactor* AdaptdService::GetServerInfo(grpc::CallbackServerContext* ctx,
+                                                       const v1::GetServerInfoRequest*, v1::ServerInfo* resp) {
+  auto tenant = Tenant(ctx);
+  if (!tenant.ok()) return Done(ctx, tenant.status());
+  const auto& c = model_.config();
+  resp->set_model_name(options_.model_name);
+  resp->set_model_fingerprint(model_.fingerprint());
+  for (int layer : c.ttt.layers) resp->add_ttt_layers(layer);
+  resp->set_ttt_chunk(c.ttt.chunk);
+  resp->set_vocab_size(c.vocab_size);
+  resp->set_replica_id(options_.replica_id);
+  resp->set_chat_format(options_.chat_format);
+  return Done(ctx, absl::OkStatus());
+}
+
+}  // namespace adaptd::server

@@ -1,0 +1,57 @@
+// The Adaptd gRPC service (callback API): authentication, validation at the edge, and the
+// session resource over the session store. Unary methods answer through default reactors.
+//
+// Threading: gRPC calls the methods on its threads; the store and the model are thread-safe.
+#ifndef ADAPTD_SERVER_SERVICE_H_
+#define ADAPTD_SERVER_SERVICE_H_
+
+#include <memory>
+#include <string>
+
+#include "adaptd/engine/model.h"
+#include "adaptd/session_store/store.h"
+#include "adaptd/v1/adaptd.grpc.pb.h"
+#include "auth.h"
+
+namespace adaptd::server {
+
+struct ServiceOptions {
+  std::string model_name;
+  std::string replica_id;
+  std::string chat_format;
+};
+
+class AdaptdService final : public adaptd::v1::Adaptd::CallbackService {
+ public:
+  AdaptdService(const engine::Model& model, session_store::SessionStore& store, ApiKeys keys, ServiceOptions options)
+      : model_(model), store_(store), keys_(std::move(keys)), options_(std::move(options)) {}
+
+  grpc::ServerUnaryReactor* CreateSession(grpc::CallbackServerContext* ctx, const v1::CreateSessionRequest* req,
+                                          v1::Session* resp) override;
+  grpc::ServerUnaryReactor* GetSession(grpc::CallbackServerContext* ctx, const v1::GetSessionRequest* req,
+                                       v1::Session* resp) override;
+  grpc::ServerUnaryReactor* ListSessions(grpc::CallbackServerContext* ctx, const v1::ListSessionsRequest* req,
+                                         v1::ListSessionsResponse* resp) override;
+  grpc::ServerUnaryReactor* DeleteSession(grpc::CallbackServerContext* ctx, const v1::DeleteSessionRequest* req,
+                                          v1::DeleteSessionResponse* resp) override;
+  grpc::ServerUnaryReactor* GetServerInfo(grpc::CallbackServerContext* ctx, const v1::GetServerInfoRequest* req,
+                                          v1::ServerInfo* resp) override;
+
+ private:
+  // The caller's tenant, from the authorization header.
+  absl::StatusOr<std::string> Tenant(grpc::CallbackServerContext* ctx) const;
+  // The Session resource of a stored session.
+  absl::Status ToSession(const session_store::SessionInfo& info, v1::Session* out) const;
+
+  const engine::Model& model_;
+  session_store::SessionStore& store_;
+  ApiKeys keys_;
+  ServiceOptions options_;
+};
+
+// absl::Status -> grpc::Status, the one place codes cross over.
+grpc::Status ToGrpc(const absl::Status& status);
+
+}  // namespace adaptd::server
+
+#endif  // ADAPTD_SERVER_SERVICE_H_
