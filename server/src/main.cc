@@ -73,6 +73,7 @@ int main(int argc, char** argv) {
     return Fail(absl::UnavailableError("cannot listen on " + absl::GetFlag(FLAGS_listen)));
   }
   server->GetHealthCheckService()->SetServingStatus(true);
+  std::signal(SIGPIPE, SIG_IGN);  // a closed log pipe or socket is an error to handle, not a death
   std::signal(SIGTERM, OnSignal);
   std::signal(SIGINT, OnSignal);
   std::cerr << "adaptd: serving " << options.model_name << " on port " << port << std::endl;
