@@ -58,11 +58,13 @@ absl::Status RocksStore::Import(const SessionKey& key, const std::string& blob) 
   SessionInfo info;
   info.key = key;
   size_t at = head + 4;
-  if (!GetString(body, &at, &info.metadata) || at + 16 > body.size()) return corrupt();
+  if (!GetString(body, &at, &info.metadata) || info.metadata.size() > kMaxMetadataBytes || at + 16 > body.size()) {
+    return corrupt();
+  }
   info.version = GetU64(body, at);
   const uint64_t count = GetU64(body, at + 8);
   at += 16;
-  if (count != info.version) return corrupt();
+  if (count != info.version || count > (body.size() - at) / 12) return corrupt();  // an event takes >= 12 bytes
   std::vector<Event> events(count);
   for (uint64_t i = 0; i < count; ++i) {
     if (at + 8 > body.size()) return corrupt();
@@ -91,6 +93,7 @@ absl::Status RocksStore::Import(const SessionKey& key, const std::string& blob) 
     PutU64(&k, e.seq);
     b.Put(cf_[kEvents], k, EncodeEvent(e.payload));
   }
+  info.generation = NewGeneration();
   info.created_unix_ms = info.last_used_unix_ms = NowUnixMs();
   if (m) {
     if (auto s = WritePieces(key, payload, &*m, &b); !s.ok()) return s;
@@ -98,7 +101,9 @@ absl::Status RocksStore::Import(const SessionKey& key, const std::string& blob) 
     b.Put(cf_[kSnapshots], SnapshotKey(key, m->info.version), EncodeManifest(*m));
   }
   b.Put(cf_[kSessions], prefix, EncodeSessionRecord(info));
-  return Commit(&b, "import session");
+  auto s = Commit(&b, "import session");
+  if (!s.ok() && m && m->bulk) DropBulk(PieceKey(key, *m, 0), PieceKey(key, *m, m->pieces));
+  return s;
 }
 
 }  // namespace adaptd::session_store

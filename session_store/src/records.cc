@@ -12,7 +12,7 @@ namespace {
 
 constexpr char kManifestMagic[] = "ADSNAP";  // + format version byte
 constexpr uint8_t kManifestFormat = 1;
-constexpr uint8_t kSessionFormat = 1;
+constexpr uint8_t kSessionFormat = 2;
 
 std::array<uint32_t, 256> Crc32cTable() {
   std::array<uint32_t, 256> t{};
@@ -171,6 +171,7 @@ uint64_t SipHash24(std::string_view key16, std::string_view data) {
 std::string EncodeSessionRecord(const SessionInfo& info) {
   std::string v(1, static_cast<char>(kSessionFormat));
   PutU64(&v, info.version);
+  PutU64(&v, info.generation);
   PutU64(&v, info.snapshots_written);
   PutU64(&v, static_cast<uint64_t>(info.created_unix_ms));
   PutU64(&v, static_cast<uint64_t>(info.last_used_unix_ms));
@@ -180,15 +181,16 @@ std::string EncodeSessionRecord(const SessionInfo& info) {
 }
 
 std::optional<SessionInfo> DecodeSessionRecord(const SessionKey& key, std::string_view v) {
-  if (v.size() < 1 + 32 + 4 + 4 || v[0] != static_cast<char>(kSessionFormat)) return std::nullopt;
+  if (v.size() < 1 + 40 + 4 + 4 || v[0] != static_cast<char>(kSessionFormat)) return std::nullopt;
   if (Crc32c(v.substr(0, v.size() - 4)) != GetU32(v, v.size() - 4)) return std::nullopt;
   SessionInfo info;
   info.key = key;
   info.version = GetU64(v, 1);
-  info.snapshots_written = GetU64(v, 9);
-  info.created_unix_ms = static_cast<int64_t>(GetU64(v, 17));
-  info.last_used_unix_ms = static_cast<int64_t>(GetU64(v, 25));
-  size_t at = 33;
+  info.generation = GetU64(v, 9);
+  info.snapshots_written = GetU64(v, 17);
+  info.created_unix_ms = static_cast<int64_t>(GetU64(v, 25));
+  info.last_used_unix_ms = static_cast<int64_t>(GetU64(v, 33));
+  size_t at = 41;
   if (!GetString(v.substr(0, v.size() - 4), &at, &info.metadata)) return std::nullopt;
   return info;
 }

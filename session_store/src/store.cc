@@ -34,9 +34,10 @@ int64_t NowUnixMs() {
 absl::StatusOr<std::unique_ptr<SessionStore>> SessionStore::Open(const StoreOptions& options) {
   if (options.path.empty()) return absl::InvalidArgumentError("store path is empty");
   if (options.keep_last_snapshots < 1 || options.keep_every_nth_snapshot < 0 || options.max_piece_bytes < 1024 ||
-      options.idle_ttl_seconds < 0) {
+      options.max_piece_bytes > (64u << 20) || options.idle_ttl_seconds < 0 ||
+      options.idle_ttl_seconds > 100ll * 365 * 86400) {
     return absl::InvalidArgumentError("store options: keep_last_snapshots >= 1, keep_every_nth_snapshot >= 0, "
-                                      "max_piece_bytes >= 1024, idle_ttl_seconds >= 0");
+                                      "max_piece_bytes in [1 KiB, 64 MiB], idle_ttl_seconds in [0, 100 years]");
   }
   auto store = std::make_unique<RocksStore>(options);
   if (auto s = store->OpenDb(); !s.ok()) return s;
@@ -174,6 +175,7 @@ absl::Status RocksStore::Create(const SessionKey& key, const std::string& metada
   auto open = Enter();
   if (!open.ok()) return open.status();
   if (auto s = ValidateKey(key); !s.ok()) return s;
+  if (metadata.size() > kMaxMetadataBytes) return absl::InvalidArgumentError("session metadata is over 64 KiB");
   std::lock_guard<std::mutex> lock(LockFor(key));
   auto existing = ReadSession(key);
   if (existing.ok()) return absl::AlreadyExistsError(absl::StrCat("session ", key.tenant, "/", key.session, " exists"));
@@ -183,10 +185,15 @@ absl::Status RocksStore::Create(const SessionKey& key, const std::string& metada
   SessionInfo info;
   info.key = key;
   info.metadata = metadata;
+  info.generation = NewGeneration();
   info.created_unix_ms = info.last_used_unix_ms = NowUnixMs();
   b.Put(cf_[kSessions], SessionPrefix(key), EncodeSessionRecord(info));
-  return Commit(&b, "create session");
+  auto s = Commit(&b, "create session");
+  if (s.ok()) DropBulk(SessionPrefix(key), PrefixEnd(SessionPrefix(key)));  // leftovers
+  return s;
 }
+
+uint64_t RocksStore::NewGeneration() { return ++next_write_id_; }
 
 absl::StatusOr<SessionInfo> RocksStore::Get(const SessionKey& key) {
   auto open = Enter();

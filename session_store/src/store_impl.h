@@ -89,6 +89,7 @@ class RocksStore : public SessionStore {
   // Removes the bulk files of keys in [begin, end) (after the manifests naming them are gone).
   void DropBulk(const std::string& begin, const std::string& end);
   void DeleteRecords(const SessionKey& key, rocksdb::WriteBatch* batch);
+  uint64_t NewGeneration();  // unique across restarts (from the write-id clock)
   // Deletes what an expired session left, before records (snapshot pieces are written outside
   // the final batch) are written under its key.
   absl::Status ClearLeftovers(const SessionKey& key);

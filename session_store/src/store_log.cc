@@ -32,6 +32,9 @@ absl::StatusOr<AppendResult> RocksStore::Append(const SessionKey& key, uint64_t 
   if (!request_id.empty()) {
     if (auto s = ValidateId("request", request_id); !s.ok()) return s;
   }
+  if (event.size() > kMaxEventBytes || result.size() > kMaxResultBytes) {
+    return absl::InvalidArgumentError("event over 16 MiB or result over 1 MiB");
+  }
   std::lock_guard<std::mutex> lock(LockFor(key));
   const std::string prefix = SessionPrefix(key);
   if (!request_id.empty()) {
@@ -70,6 +73,7 @@ std::string RocksStore::PieceKey(const SessionKey& key, const Manifest& m, uint3
 absl::Status RocksStore::WritePieces(const SessionKey& key, const std::string& payload, Manifest* m,
                                      rocksdb::WriteBatch* batch) {
   m->write_id = ++next_write_id_;
+  m->bulk = false;
   m->info.payload_bytes = payload.size();
   m->payload_crc = Crc32c(payload);
   const uint64_t piece = options_.max_piece_bytes;
@@ -123,6 +127,7 @@ absl::Status RocksStore::Retain(const SessionKey& key, const Manifest& added, ro
   const int every = options_.keep_every_nth_snapshot;
   for (size_t i = 0; i + keep_last < all.size(); ++i) {
     const auto [version, ordinal] = all[i];
+    if (version == added.info.version) continue;  // the one being published stays
     if (every > 0 && ordinal > 0 && ordinal % every == 0) continue;
     batch->Delete(cf_[kSnapshots], SnapshotKey(key, version));
     batch->DeleteRange(cf_[kPieces], SnapshotKey(key, version), SnapshotKey(key, version + 1));
@@ -135,14 +140,17 @@ absl::Status RocksStore::WriteSnapshot(const SessionKey& key, const SnapshotInfo
   auto open = Enter();
   if (!open.ok()) return open.status();
   if (auto s = ValidateKey(key); !s.ok()) return s;
-  if (info.fingerprint.size() > 256 || info.encoding.size() > 256) {
-    return absl::InvalidArgumentError("snapshot fingerprint and encoding are at most 256 bytes");
+  if (info.fingerprint.size() > 256 || info.encoding.size() > 256 || payload.size() > kMaxSnapshotBytes) {
+    return absl::InvalidArgumentError("snapshot fingerprint and encoding are at most 256 bytes, payloads 2 GiB");
   }
+  uint64_t generation;
   if (auto current = ReadSession(key); !current.ok()) {
     return current.status();
   } else if (info.version > current->version) {
     return absl::InvalidArgumentError(absl::StrCat("snapshot version ", info.version, " is past session ", Name(key),
                                                    "'s version ", current->version));
+  } else {
+    generation = current->generation;
   }
   Manifest m;
   m.info = info;
@@ -152,13 +160,23 @@ absl::Status RocksStore::WriteSnapshot(const SessionKey& key, const SnapshotInfo
   if (auto s = WritePieces(key, payload, &m, &b); !s.ok()) return s;
   std::lock_guard<std::mutex> lock(LockFor(key));
   auto current = ReadSession(key);
-  if (!current.ok() || current->version < info.version) {
+  if (!current.ok() || current->version < info.version || current->generation != generation) {
     rocksdb::WriteBatch drop;
     drop.DeleteRange(cf_[kPieces], PieceKey(key, m, 0), PieceKey(key, m, m.pieces));
     (void)Commit(&drop, "drop orphaned snapshot pieces");
     DropBulk(PieceKey(key, m, 0), PieceKey(key, m, m.pieces));
-    return current.ok() ? absl::FailedPreconditionError(absl::StrCat("session ", Name(key), " was rolled back"))
+    return current.ok() ? absl::FailedPreconditionError(absl::StrCat("session ", Name(key), "'s history was rewritten "
+                                                                     "while the snapshot was written"))
                         : current.status();
+  }
+  // A snapshot at the same version is replaced: its pieces go with it.
+  std::optional<Manifest> replaced;
+  {
+    std::string old_manifest;
+    if (db_->Get(rocksdb::ReadOptions(), cf_[kSnapshots], SnapshotKey(key, info.version), &old_manifest).ok()) {
+      replaced = DecodeManifest(old_manifest);
+      if (replaced) b.DeleteRange(cf_[kPieces], PieceKey(key, *replaced, 0), PieceKey(key, *replaced, replaced->pieces));
+    }
   }
   current->snapshots_written += 1;
   m.ordinal = current->snapshots_written;
@@ -166,8 +184,12 @@ absl::Status RocksStore::WriteSnapshot(const SessionKey& key, const SnapshotInfo
   b.Put(cf_[kSessions], SessionPrefix(key), EncodeSessionRecord(*current));
   std::vector<uint64_t> dropped;
   if (auto s = Retain(key, m, &b, &dropped); !s.ok()) return s;
-  if (auto s = Commit(&b, "publish snapshot"); !s.ok()) return s;
+  if (auto s = Commit(&b, "publish snapshot"); !s.ok()) {
+    if (m.bulk) DropBulk(PieceKey(key, m, 0), PieceKey(key, m, m.pieces));
+    return s;
+  }
   for (uint64_t v : dropped) DropBulk(SnapshotKey(key, v), SnapshotKey(key, v + 1));
+  if (replaced && replaced->bulk) DropBulk(PieceKey(key, *replaced, 0), PieceKey(key, *replaced, replaced->pieces));
   return absl::OkStatus();
 }
 
@@ -188,7 +210,11 @@ absl::Status RocksStore::FindSnapshot(const SessionKey& key, uint64_t version, b
     pieces.verify_checksums = false;  // the payload's own CRC-32C below checks every byte once
     for (uint32_t i = 0; ok && i < m->pieces; ++i) {
       rocksdb::PinnableSlice piece;
-      ok = m->info.version == v && db_->Get(pieces, cf_[m->bulk ? kBulk : kPieces], PieceKey(key, *m, i), &piece).ok();
+      const auto s = db_->Get(pieces, cf_[m->bulk ? kBulk : kPieces], PieceKey(key, *m, i), &piece);
+      if (!s.ok() && !s.IsNotFound() && !s.IsCorruption()) {
+        return FromRocks(s, "read snapshot of " + Name(key));  // transient: not the snapshot's fault
+      }
+      ok = s.ok() && m->info.version == v;
       bytes.append(piece.data(), piece.size());
     }
     if (ok && bytes.size() == m->info.payload_bytes && Crc32c(bytes) == m->payload_crc) {
@@ -271,6 +297,7 @@ absl::Status RocksStore::Fork(const SessionKey& from, const SessionKey& to, uint
   auto open = Enter();
   if (!open.ok()) return open.status();
   if (auto s = ValidateKey(to); !s.ok()) return s;
+  if (from.tenant != to.tenant) return absl::InvalidArgumentError("a fork stays in its tenant");
   std::mutex* a = &LockFor(from);
   std::mutex* b = &LockFor(to);
   if (a > b) std::swap(a, b);
@@ -300,6 +327,7 @@ absl::Status RocksStore::Fork(const SessionKey& from, const SessionKey& to, uint
   info.key = to;
   info.metadata = src->metadata;
   info.version = version;
+  info.generation = NewGeneration();
   info.created_unix_ms = info.last_used_unix_ms = NowUnixMs();
   if (m) {
     if (auto s = WritePieces(to, payload, &*m, &batch); !s.ok()) return s;
@@ -307,7 +335,9 @@ absl::Status RocksStore::Fork(const SessionKey& from, const SessionKey& to, uint
     batch.Put(cf_[kSnapshots], SnapshotKey(to, m->info.version), EncodeManifest(*m));
   }
   batch.Put(cf_[kSessions], prefix, EncodeSessionRecord(info));
-  return Commit(&batch, "fork session");
+  auto s = Commit(&batch, "fork session");
+  if (!s.ok() && m && m->bulk) DropBulk(PieceKey(to, *m, 0), PieceKey(to, *m, m->pieces));
+  return s;
 }
 
 absl::Status RocksStore::Rollback(const SessionKey& key, uint64_t version) {
@@ -336,6 +366,7 @@ absl::Status RocksStore::Rollback(const SessionKey& key, uint64_t version) {
     if (auto s = FromRocks(it->status(), "read request ids"); !s.ok()) return s;
   }
   info->version = version;
+  info->generation = NewGeneration();
   info->last_used_unix_ms = NowUnixMs();
   b.Put(cf_[kSessions], prefix, EncodeSessionRecord(*info));
   if (auto s = Commit(&b, "rollback session"); !s.ok()) return s;

@@ -45,6 +45,7 @@ struct SessionInfo {
   SessionKey key;
   std::string metadata;          // opaque to the store (the server's options)
   uint64_t version = 0;          // sequence number of the last event (0: none)
+  uint64_t generation = 0;       // changes when the history is rewritten (create, rollback)
   uint64_t snapshots_written = 0;
   int64_t created_unix_ms = 0;
   int64_t last_used_unix_ms = 0;
@@ -82,6 +83,12 @@ struct ListPage {
   std::string next_page_token;  // empty: no more
 };
 
+// Sizes the store accepts (INVALID_ARGUMENT beyond them).
+inline constexpr size_t kMaxMetadataBytes = 64 << 10;
+inline constexpr size_t kMaxEventBytes = 16 << 20;
+inline constexpr size_t kMaxResultBytes = 1 << 20;
+inline constexpr uint64_t kMaxSnapshotBytes = 2ull << 30;
+
 struct StoreOptions {
   std::string path;
   int64_t idle_ttl_seconds = 0;         // 0: sessions never expire
@@ -105,8 +112,8 @@ class SessionStore {
   virtual absl::Status Create(const SessionKey& key, const std::string& metadata) = 0;
   // NOT_FOUND if absent or expired.
   virtual absl::StatusOr<SessionInfo> Get(const SessionKey& key) = 0;
-  // The tenant's sessions in id order, at most page_size (1..1000) per page. INVALID_ARGUMENT
-  // for a page token that was not issued by this store for this tenant.
+  // The tenant's sessions ordered by id length, then bytewise; at most page_size (1..1000) per
+  // page. INVALID_ARGUMENT for a page token that was not issued by this store for this tenant.
   virtual absl::StatusOr<ListPage> List(const std::string& tenant, int page_size, const std::string& page_token) = 0;
 
   // Appends an event at version expected_version + 1. FAILED_PRECONDITION if the session's
@@ -117,7 +124,8 @@ class SessionStore {
                                               const std::string& result = "") = 0;
 
   // Publishes a snapshot of the state at info.version (<= the session's version) and applies
-  // retention. INVALID_ARGUMENT for a version past the session's.
+  // retention. INVALID_ARGUMENT for a version past the session's; FAILED_PRECONDITION if the
+  // session's history was rewritten (rollback, delete and create) while the payload was written.
   virtual absl::Status WriteSnapshot(const SessionKey& key, const SnapshotInfo& info, const std::string& payload) = 0;
 
   // The latest valid snapshot (lossy ones only with allow_lossy_base) and the events after it.
@@ -126,8 +134,9 @@ class SessionStore {
   // The session's published snapshots, oldest first (retention has kept these).
   virtual absl::StatusOr<std::vector<SnapshotInfo>> ListSnapshots(const SessionKey& key) = 0;
 
-  // A new session `to` with `from`'s metadata, events 1..version and its latest snapshot at or
-  // before version, owned by `to` (copies). ALREADY_EXISTS, NOT_FOUND, INVALID_ARGUMENT.
+  // A new session `to` of the same tenant with `from`'s metadata, events 1..version and its
+  // latest snapshot at or before version, owned by `to` (copies). ALREADY_EXISTS, NOT_FOUND,
+  // INVALID_ARGUMENT (another tenant, a version past the end).
   virtual absl::Status Fork(const SessionKey& from, const SessionKey& to, uint64_t version) = 0;
   // Drops events and snapshots after `version` (and their request ids). INVALID_ARGUMENT past
   // the session's version.
