@@ -41,7 +41,7 @@ absl::StatusOr<std::unique_ptr<Bpe>> Bpe::Create(absl::flat_hash_map<std::string
                                                      "') uses or makes a token outside the vocabulary"));
     }
     if (bpe->reserved_.contains(*m)) continue;
-    bpe->merges_.try_emplace(PairKey(*l, *r), rank, *m);  // the first (lowest) rank wins
+    bpe->merges_.insert_or_assign(PairKey(*l, *r), std::make_pair(rank, *m));  // a repeat's later rank wins, as in HF
   }
   const auto& o = bpe->options_;
   if (o.unk_token) {

@@ -68,11 +68,16 @@ absl::StatusOr<ChatRenderer> ChatRenderer::Create(const Tokenizer& tokenizer, Ch
   if (format == ChatFormat::kLlama3) needed = kLlama3Tokens;
   for (const char* s : needed) {
     auto id = tokenizer.TokenId(s);
-    if (!id) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("chat format ", std::string(ChatFormatName(format)), " needs the token ", s, ", which the tokenizer lacks"));
+    // Only a special token is safe as a delimiter: text never becomes one.
+    if (!id || !tokenizer.IsSpecial(*id)) {
+      return absl::FailedPreconditionError(absl::StrCat("chat format ", std::string(ChatFormatName(format)),
+                                                        " needs the special token ", s, ", which the tokenizer lacks"));
     }
     r.special_.push_back(*id);
+  }
+  // Ends of text the model may emit instead of the end of its turn.
+  for (const char* s : {"<|endoftext|>", "<|end_of_text|>", "<|eom_id|>"}) {
+    if (auto id = tokenizer.TokenId(s); id && tokenizer.IsSpecial(*id)) r.extra_stops_.push_back(*id);
   }
   return r;
 }
@@ -154,15 +159,11 @@ std::vector<int32_t> ChatRenderer::AssistantEnd() const {
 }
 
 std::vector<int32_t> ChatRenderer::StopIds() const {
-  switch (format_) {
-    case ChatFormat::kQwen3:
-      return {special_[1]};
-    case ChatFormat::kLlama3:
-      return {special_[3]};
-    case ChatFormat::kRaw:
-      break;
-  }
-  return {};
+  std::vector<int32_t> ids;
+  if (format_ == ChatFormat::kQwen3) ids.push_back(special_[1]);
+  if (format_ == ChatFormat::kLlama3) ids.push_back(special_[3]);
+  ids.insert(ids.end(), extra_stops_.begin(), extra_stops_.end());
+  return ids;
 }
 
 StopStringMatcher::Result StopStringMatcher::Add(std::string_view piece) {

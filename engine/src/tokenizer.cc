@@ -5,6 +5,7 @@
 #include <cstring>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <sstream>
 
 #include "absl/status/status.h"
@@ -43,16 +44,21 @@ std::vector<uint32_t> CodePoints(const std::string& s) {
   return out;
 }
 
-// Bytes of the ByteLevel token string `token`; a token with any character outside the table
-// stands for its own UTF-8 text, whole (as HF's ByteLevel decoder does).
-std::string ByteLevelBytes(const std::string& token, const std::map<uint32_t, uint8_t>& table) {
+// The bytes the ByteLevel token string `token` spells, if every character is in the table.
+std::optional<std::string> ByteLevelSpelling(const std::string& token, const std::map<uint32_t, uint8_t>& table) {
   std::string out;
   for (uint32_t cp : CodePoints(token)) {
     auto it = table.find(cp);
-    if (it == table.end()) return token;
+    if (it == table.end()) return std::nullopt;
     out.push_back(static_cast<char>(it->second));
   }
   return out;
+}
+
+// What HF's ByteLevel decoder makes of `token`: its bytes, or, with any character outside the
+// table, its own UTF-8 text whole.
+std::string ByteLevelBytes(const std::string& token, const std::map<uint32_t, uint8_t>& table) {
+  return ByteLevelSpelling(token, table).value_or(token);
 }
 
 
@@ -69,11 +75,14 @@ absl::StatusOr<std::string> StringPattern(const Json& j, const char* what) {
   return absl::UnimplementedError(absl::StrCat(what, " with pattern ", p.dump(), " (only String patterns)"));
 }
 
-absl::Status ParseNormalizer(const Json& j, std::vector<NormalizerStep>* steps) {
+constexpr int kMaxNesting = 8;  // Sequence in Sequence: no real file nests deeper
+
+absl::Status ParseNormalizer(const Json& j, std::vector<NormalizerStep>* steps, int depth = 0) {
   if (j.is_null()) return absl::OkStatus();
+  if (depth > kMaxNesting) return absl::InvalidArgumentError("normalizer Sequences nest too deep");
   const std::string type = TypeOf(j);
   if (type == "Sequence") {
-    for (const auto& n : j.at("normalizers")) RETURN_IF_ERROR(ParseNormalizer(n, steps));
+    for (const auto& n : j.at("normalizers")) RETURN_IF_ERROR(ParseNormalizer(n, steps, depth + 1));
   } else if (type == "NFC" || type == "NFKC") {
     steps->push_back({type == "NFC" ? NormalizerStep::kNfc : NormalizerStep::kNfkc, "", ""});
   } else if (type == "Prepend") {
@@ -98,12 +107,13 @@ absl::StatusOr<PreTokenizerStep::Prepend> PrependScheme(const Json& j) {
   return absl::InvalidArgumentError(absl::StrCat("Metaspace prepend_scheme '", s, "'"));
 }
 
-absl::Status ParsePreTokenizer(const Json& j, std::vector<PreTokenizerStep>* steps) {
+absl::Status ParsePreTokenizer(const Json& j, std::vector<PreTokenizerStep>* steps, int depth = 0) {
   if (j.is_null()) return absl::OkStatus();
+  if (depth > kMaxNesting) return absl::InvalidArgumentError("pre-tokenizer Sequences nest too deep");
   const std::string type = TypeOf(j);
   PreTokenizerStep step;
   if (type == "Sequence") {
-    for (const auto& p : j.at("pretokenizers")) RETURN_IF_ERROR(ParsePreTokenizer(p, steps));
+    for (const auto& p : j.at("pretokenizers")) RETURN_IF_ERROR(ParsePreTokenizer(p, steps, depth + 1));
     return absl::OkStatus();
   } else if (type == "Split") {
     const std::string behavior = j.at("behavior").get<std::string>();
@@ -121,6 +131,9 @@ absl::Status ParsePreTokenizer(const Json& j, std::vector<PreTokenizerStep>* ste
   } else if (type == "Metaspace") {
     step.kind = PreTokenizerStep::kMetaspace;
     step.replacement = j.at("replacement").get<std::string>();
+    if (CodePoints(step.replacement).size() != 1) {
+      return absl::InvalidArgumentError("Metaspace replacement must be one character");
+    }
     ASSIGN_OR_RETURN(step.prepend, PrependScheme(j));
     step.split = j.value("split", true);
   } else {
@@ -140,10 +153,11 @@ struct DecoderSpec {
   int strip_leading_spaces = 0;
 };
 
-absl::Status ParseDecoder(const Json& j, DecoderSpec* spec) {
+absl::Status ParseDecoder(const Json& j, DecoderSpec* spec, int depth = 0) {
   const std::string type = TypeOf(j);
+  if (depth > kMaxNesting) return absl::InvalidArgumentError("decoder Sequences nest too deep");
   if (type == "Sequence") {
-    for (const auto& d : j.at("decoders")) RETURN_IF_ERROR(ParseDecoder(d, spec));
+    for (const auto& d : j.at("decoders")) RETURN_IF_ERROR(ParseDecoder(d, spec, depth + 1));
   } else if (type == "ByteLevel") {
     spec->byte_level = true;
   } else if (type == "Metaspace") {
@@ -285,10 +299,16 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& pa
         return absl::InvalidArgumentError(absl::StrCat(path, ": id of '", token, "' is not a valid token id"));
       }
       entries[id.get<int64_t>()] = {token, false};
+      // A ByteLevel token with characters outside the byte table can never come out of text
+      // (HF's pre-tokenizer maps every byte into the table); keying it by its UTF-8 could
+      // shadow the token that does.
+      if (by_bytes && !ByteLevelSpelling(token, table)) continue;
       vocab[symbol(token)] = static_cast<int32_t>(id.get<int64_t>());
     }
     for (const auto& a : j.value("added_tokens", Json::array())) {
-      if (!a.at("id").is_number_integer()) return absl::InvalidArgumentError(path + ": an added token id is not an integer");
+      if (!a.at("id").is_number_integer() || a.at("id").get<int64_t>() < 0 || a.at("id").get<int64_t>() > INT32_MAX) {
+        return absl::InvalidArgumentError(path + ": an added token id is not a valid token id");
+      }
       AddedToken t{static_cast<int32_t>(a.at("id").get<int64_t>()), a.at("content").get<std::string>(),
                    a.value("single_word", false), a.value("lstrip", false), a.value("rstrip", false),
                    a.value("normalized", false), a.value("special", false)};

@@ -77,23 +77,41 @@ std::vector<Section> SplitAddedTokens(std::string_view text, const AddedTokenMat
 
 }  // namespace
 
-void AddedTokenMatcher::Add(std::string pattern, int index) {
+void AddedTokenMatcher::Add(const std::string& pattern, int index) {
   if (pattern.empty()) return;
-  const auto first = static_cast<uint8_t>(pattern[0]);
-  patterns_.emplace_back(std::move(pattern), index);
-  auto& bucket = by_first_byte_[first];
-  bucket.push_back(static_cast<int>(patterns_.size()) - 1);
-  std::stable_sort(bucket.begin(), bucket.end(),
-                   [this](int a, int b) { return patterns_[a].first.size() > patterns_[b].first.size(); });
+  int node = 0;
+  for (char ch : pattern) {
+    const auto b = static_cast<uint8_t>(ch);
+    int child = Child(node, b);
+    if (child < 0) {
+      child = static_cast<int>(nodes_.size());
+      nodes_.emplace_back();
+      auto& next = nodes_[node].next;
+      next.insert(std::lower_bound(next.begin(), next.end(), std::make_pair(b, 0)), {b, child});
+    }
+    node = child;
+  }
+  if (nodes_[node].index < 0) nodes_[node].index = index;  // the first of equal contents wins
+  first_byte_[static_cast<uint8_t>(pattern[0])] = true;
+}
+
+int AddedTokenMatcher::Child(int node, uint8_t byte) const {
+  const auto& next = nodes_[node].next;
+  auto it = std::lower_bound(next.begin(), next.end(), std::make_pair(byte, 0));
+  return it != next.end() && it->first == byte ? it->second : -1;
 }
 
 AddedTokenMatcher::Match AddedTokenMatcher::Find(std::string_view text, size_t from) const {
-  if (patterns_.empty()) return {0, 0, -1};
   for (size_t i = from; i < text.size(); ++i) {
-    for (int p : by_first_byte_[static_cast<uint8_t>(text[i])]) {
-      const std::string& s = patterns_[p].first;
-      if (text.compare(i, s.size(), s) == 0) return {i, i + s.size(), patterns_[p].second};
+    if (!first_byte_[static_cast<uint8_t>(text[i])]) continue;
+    Match best{0, 0, -1};
+    for (size_t j = i, node = 0; j < text.size();) {
+      const int child = Child(static_cast<int>(node), static_cast<uint8_t>(text[j++]));
+      if (child < 0) break;
+      node = static_cast<size_t>(child);
+      if (nodes_[node].index >= 0) best = {i, j, nodes_[node].index};
     }
+    if (best.end != 0) return best;
   }
   return {0, 0, -1};
 }

@@ -42,10 +42,11 @@ struct PreTokenizerStep {
   bool split = true;              // kMetaspace
 };
 
-// Leftmost-longest search for added-token contents in a text.
+// Leftmost-longest search for added-token contents in a text, on a byte trie: O(text length x
+// longest token) however many tokens share a prefix.
 class AddedTokenMatcher {
  public:
-  void Add(std::string pattern, int index);
+  void Add(const std::string& pattern, int index);
   struct Match {
     size_t begin, end;
     int index;
@@ -54,8 +55,13 @@ class AddedTokenMatcher {
   Match Find(std::string_view text, size_t from) const;
 
  private:
-  std::vector<std::pair<std::string, int>> patterns_;
-  std::array<std::vector<int>, 256> by_first_byte_;  // indices into patterns_, longest first
+  struct Node {
+    std::vector<std::pair<uint8_t, int>> next;  // sorted by byte
+    int index = -1;                             // a pattern ends here
+  };
+  int Child(int node, uint8_t byte) const;
+  std::vector<Node> nodes_{1};
+  std::array<bool, 256> first_byte_{};
 };
 
 struct Tokenizer::Pipeline {

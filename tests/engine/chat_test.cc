@@ -144,7 +144,16 @@ TEST(ChatTest, ErrorsAreSpecific) {
   EXPECT_EQ(bad_role.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(bad_role.status().message().find("robot"), std::string::npos);
   EXPECT_EQ(r->Render({{"user", "bad \xFF"}}, true, true).status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(r->StopIds(), std::vector<int32_t>{*qwen->TokenId("<|im_end|>")});
+  EXPECT_EQ(r->StopIds(), (std::vector<int32_t>{*qwen->TokenId("<|im_end|>"), *qwen->TokenId("<|endoftext|>")}));
+  // Role tokens that are not special could come out of user text: refused.
+  const std::string path = ::testing::TempDir() + "/plain_chatml.json";
+  std::ofstream(path) << R"({"model": {"type": "BPE", "vocab": {"a": 0}},
+                             "added_tokens": [{"id": 1, "content": "<|im_start|>", "special": false},
+                                              {"id": 2, "content": "<|im_end|>", "special": false}],
+                             "decoder": {"type": "ByteLevel"}})";
+  auto plain = Tokenizer::Load(path);
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  EXPECT_EQ(ChatRenderer::Create(**plain, ChatFormat::kQwen3).status().code(), absl::StatusCode::kFailedPrecondition);
 }
 
 std::string Feed(StopStringMatcher& m, const std::vector<std::string>& pieces, bool* stopped) {

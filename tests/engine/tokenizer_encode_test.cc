@@ -257,6 +257,17 @@ TEST(EncodeTest, RandomInputsRoundTripOrFailCleanly) {
   }
 }
 
+// A pair merged twice in merges.txt takes its later rank, as HF's merge map does.
+TEST(EncodeTest, RepeatedMergeTakesItsLaterRank) {
+  const std::string path = ::testing::TempDir() + "/repeated_merge.json";
+  std::ofstream(path) << R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "c": 2, "ab": 3, "bc": 4},
+                               "merges": ["b c", "a b", "b c"]},
+                             "decoder": {"type": "ByteLevel"}})";
+  auto tok = Tokenizer::Load(path);
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  EXPECT_EQ(*(*tok)->Encode("abc"), (std::vector<int32_t>{3, 2}));  // HF: ['ab', 'c']
+}
+
 TEST(EncodeTest, RejectsInvalidUtf8) {
   auto tok = Tokenizer::Load(OracleDir() + "/qwen/tokenizer.json");
   ASSERT_TRUE(tok.ok());

@@ -43,7 +43,8 @@ struct ChatOptions {
 
 class ChatRenderer {
  public:
-  // FAILED_PRECONDITION when the tokenizer lacks a special token the format needs.
+  // FAILED_PRECONDITION when the tokenizer lacks a special token the format needs (present
+  // but not special does not count: user text could then produce it).
   static absl::StatusOr<ChatRenderer> Create(const Tokenizer& tokenizer, ChatFormat format, ChatOptions options = {});
 
   // The ids of `messages` appended to a conversation: `first` starts it (Llama-3's
@@ -52,10 +53,10 @@ class ChatRenderer {
   absl::StatusOr<std::vector<int32_t>> Render(absl::Span<const ChatMessage> messages, bool first,
                                               bool generation_prompt) const;
 
-  // The ids that close an assistant turn whose content was generated (the model stops at the
-  // first of them: StopIds()[0] is where it stopped): e.g. <|im_end|> "\n".
+  // The ids that close an assistant turn whose content was generated: e.g. <|im_end|> "\n".
   std::vector<int32_t> AssistantEnd() const;
-  // The tokens at which generation of an assistant turn stops.
+  // The tokens at which generation of an assistant turn stops: the turn's end first, then the
+  // end-of-text tokens the tokenizer has (<|endoftext|>, <|end_of_text|>, <|eom_id|>).
   std::vector<int32_t> StopIds() const;
 
   ChatFormat format() const { return format_; }
@@ -73,6 +74,7 @@ class ChatRenderer {
   // The format's special tokens: Qwen3 <|im_start|>, <|im_end|>; Llama-3 <|begin_of_text|>,
   // <|start_header_id|>, <|end_header_id|>, <|eot_id|>.
   std::vector<int32_t> special_;
+  std::vector<int32_t> extra_stops_;
 };
 
 // Stop strings on streamed text: holds back text that may be the start of a stop string, and
