@@ -16,6 +16,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "adaptd/engine/chat.h"
+#include "adaptd/engine/executor.h"
 #include "adaptd/engine/tokenizer.h"
 #include "service.h"
 
@@ -60,7 +61,9 @@ int main(int argc, char** argv) {
   options.model_name = std::filesystem::path(model_dir).filename().string();
   options.replica_id = absl::GetFlag(FLAGS_replica_id);
   options.chat_format = std::string(engine::ChatFormatName(engine::DetectChatFormat(**tokenizer)));
-  server::AdaptdService service(**model, **store, *std::move(keys), options);
+  auto executor = engine::Executor::Create(**model, {});
+  if (!executor.ok()) return Fail(executor.status());
+  server::AdaptdService service(**model, **tokenizer, **executor, **store, *std::move(keys), options);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();

@@ -105,7 +105,14 @@ grpc::ServerUnaryReactor* AdaptdService::DeleteSession(grpc::CallbackServerConte
                                                        v1::DeleteSessionResponse*) {
   auto tenant = Tenant(ctx);
   if (!tenant.ok()) return Done(ctx, tenant.status());
-  return Done(ctx, store_.Delete({*tenant, req->session_id()}));
+  const session_store::SessionKey key{*tenant, req->session_id()};
+  if (auto s = sessions_.Forget(key); !s.ok()) return Done(ctx, s);  // ABORTED while a turn runs
+  return Done(ctx, store_.Delete(key));
+}
+
+grpc::ServerWriteReactor<v1::ChatResponse>* AdaptdService::Chat(grpc::CallbackServerContext* ctx,
+                                                                const v1::ChatRequest* req) {
+  return StartChat({executor_, sessions_, tokenizer_, worker_, options_.max_new_tokens}, Tenant(ctx), req);
 }
 
 grpc::ServerUnaryReactor* AdaptdService::GetServerInfo(grpc::CallbackServerContext* ctx,
@@ -120,6 +127,7 @@ grpc::ServerUnaryReactor* AdaptdService::GetServerInfo(grpc::CallbackServerConte
   resp->set_vocab_size(c.vocab_size);
   resp->set_replica_id(options_.replica_id);
   resp->set_chat_format(options_.chat_format);
+  resp->set_max_new_tokens(options_.max_new_tokens);
   return Done(ctx, absl::OkStatus());
 }
 

@@ -12,6 +12,7 @@
 #include "adaptd/session_store/store.h"
 #include "adaptd/v1/adaptd.grpc.pb.h"
 #include "auth.h"
+#include "chat_call.h"
 
 namespace adaptd::server {
 
@@ -19,12 +20,20 @@ struct ServiceOptions {
   std::string model_name;
   std::string replica_id;
   std::string chat_format;
+  int max_new_tokens = 4096;
 };
 
 class AdaptdService final : public adaptd::v1::Adaptd::CallbackService {
  public:
-  AdaptdService(const engine::Model& model, session_store::SessionStore& store, ApiKeys keys, ServiceOptions options)
-      : model_(model), store_(store), keys_(std::move(keys)), options_(std::move(options)) {}
+  AdaptdService(const engine::Model& model, const engine::Tokenizer& tokenizer, engine::Executor& executor,
+                session_store::SessionStore& store, ApiKeys keys, ServiceOptions options)
+      : model_(model),
+        tokenizer_(tokenizer),
+        executor_(executor),
+        store_(store),
+        sessions_(model, store),
+        keys_(std::move(keys)),
+        options_(std::move(options)) {}
 
   grpc::ServerUnaryReactor* CreateSession(grpc::CallbackServerContext* ctx, const v1::CreateSessionRequest* req,
                                           v1::Session* resp) override;
@@ -36,6 +45,7 @@ class AdaptdService final : public adaptd::v1::Adaptd::CallbackService {
                                           v1::DeleteSessionResponse* resp) override;
   grpc::ServerUnaryReactor* GetServerInfo(grpc::CallbackServerContext* ctx, const v1::GetServerInfoRequest* req,
                                           v1::ServerInfo* resp) override;
+  grpc::ServerWriteReactor<v1::ChatResponse>* Chat(grpc::CallbackServerContext* ctx, const v1::ChatRequest* req) override;
 
  private:
   // The caller's tenant, from the authorization header.
@@ -44,13 +54,15 @@ class AdaptdService final : public adaptd::v1::Adaptd::CallbackService {
   absl::Status ToSession(const session_store::SessionInfo& info, v1::Session* out) const;
 
   const engine::Model& model_;
+  const engine::Tokenizer& tokenizer_;
+  engine::Executor& executor_;
   session_store::SessionStore& store_;
+  SessionManager sessions_;
   ApiKeys keys_;
   ServiceOptions options_;
+  Worker worker_;  // last: destroyed first, finishing the turns it holds
 };
 
-// absl::Status -> grpc::Status, the one place codes cross over.
-grpc::Status ToGrpc(const absl::Status& status);
 
 }  // namespace adaptd::server
 

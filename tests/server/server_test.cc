@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 #include <grpcpp/grpcpp.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -109,6 +110,43 @@ class ServerTest : public ::testing::Test {
     return s;
   }
 
+  struct Turn {
+    grpc::Status status;
+    std::string text;
+    std::vector<int32_t> ids;
+    v1::Usage usage;
+    std::string finish_reason;
+    int messages = 0;
+  };
+  Turn Chat(const std::string& key, const std::string& session, const std::string& content, int max_new = 12,
+            std::vector<std::string> stops = {}, const std::string& role = "user") {
+    v1::ChatRequest req;
+    req.set_session_id(session);
+    auto* m = req.add_messages();
+    m->set_role(role);
+    m->set_content(content);
+    req.set_max_new_tokens(max_new);
+    for (const auto& s : stops) req.add_stop(s);
+    return Chat(key, req);
+  }
+  Turn Chat(const std::string& key, const v1::ChatRequest& req) {
+    auto ctx = As(key);
+    auto reader = server_->stub().Chat(ctx.get(), req);
+    Turn t;
+    v1::ChatResponse r;
+    while (reader->Read(&r)) {
+      ++t.messages;
+      t.text += r.text();
+      t.ids.insert(t.ids.end(), r.token_ids().begin(), r.token_ids().end());
+      if (r.has_usage()) {
+        t.usage = r.usage();
+        t.finish_reason = r.finish_reason();
+      }
+    }
+    t.status = reader->Finish();
+    return t;
+  }
+
   std::string dir_;
   std::unique_ptr<Server> server_;
 };
@@ -188,6 +226,98 @@ TEST_F(ServerTest, SessionsSurviveKillNineAndSigtermEndsCleanly) {
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
   server_->Start();
   EXPECT_TRUE(Get("key-acme", "durable").ok());
+}
+
+TEST_F(ServerTest, ChatStreamsLearnsAndCommits) {
+  ASSERT_TRUE(Create("key-acme", "talk").ok());
+  auto t1 = Chat("key-acme", "talk", "What does the page allocator do?", 16);
+  ASSERT_TRUE(t1.status.ok()) << t1.status.error_message();
+  EXPECT_GT(t1.messages, 1);  // streamed, then usage
+  EXPECT_FALSE(t1.text.empty());
+  EXPECT_EQ(t1.usage.version(), 1u);
+  EXPECT_EQ(t1.usage.completion_tokens(), static_cast<int64_t>(t1.ids.size()));
+  EXPECT_GT(t1.usage.prompt_tokens(), 10);
+  EXPECT_TRUE(t1.finish_reason == "stop" || t1.finish_reason == "length");
+  // Long turns complete chunks of C = 32 in the 2 TTT layers: the fast weights learn.
+  auto t2 = Chat("key-acme", "talk", std::string(400, 'x') + " The kernel memory allocator hands out pages.", 8);
+  ASSERT_TRUE(t2.status.ok()) << t2.status.error_message();
+  EXPECT_GT(t2.usage.updates_applied(), 0);
+  EXPECT_EQ(t2.usage.version(), 2u);
+  v1::Session s;
+  ASSERT_TRUE(Get("key-acme", "talk", &s).ok());
+  EXPECT_EQ(s.version(), 2u);
+}
+
+TEST_F(ServerTest, ChatErrorsHaveTheirCodes) {
+  ASSERT_TRUE(Create("key-acme", "c").ok());
+  EXPECT_EQ(Chat("", "c", "hi").status.error_code(), StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(Chat("key-globex", "c", "hi").status.error_code(), StatusCode::NOT_FOUND);
+  EXPECT_EQ(Chat("key-acme", "nope", "hi").status.error_code(), StatusCode::NOT_FOUND);
+  EXPECT_EQ(Chat("key-acme", "c", "hi", 12, {}, "robot").status.error_code(), StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(Chat("key-acme", "c", "hi", 1 << 20).status.error_code(), StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(Chat("key-acme", "c", "hi", 12, {std::string(65, 's')}).status.error_code(), StatusCode::INVALID_ARGUMENT);
+  v1::ChatRequest nan;
+  nan.set_session_id("c");
+  nan.add_messages()->set_content("hi");
+  nan.mutable_messages(0)->set_role("user");
+  nan.mutable_sampling()->set_temperature(std::nan(""));
+  EXPECT_EQ(Chat("key-acme", nan).status.error_code(), StatusCode::INVALID_ARGUMENT);
+  v1::ChatRequest empty;
+  empty.set_session_id("c");
+  EXPECT_EQ(Chat("key-acme", empty).status.error_code(), StatusCode::INVALID_ARGUMENT);
+  v1::Session s;
+  ASSERT_TRUE(Get("key-acme", "c", &s).ok());
+  EXPECT_EQ(s.version(), 0u);  // nothing was committed
+}
+
+TEST_F(ServerTest, StopStringsEndTheReplyUnprinted) {
+  ASSERT_TRUE(Create("key-acme", "st").ok());
+  auto free_run = Chat("key-acme", "st", "The kernel memory allocator", 24);
+  ASSERT_TRUE(free_run.status.ok());
+  ASSERT_GE(free_run.text.size(), 6u);
+  const std::string stop = free_run.text.substr(free_run.text.size() / 2, 3);
+  ASSERT_TRUE(Create("key-acme", "st2").ok());
+  auto stopped = Chat("key-acme", "st2", "The kernel memory allocator", 24, {stop});
+  ASSERT_TRUE(stopped.status.ok());
+  EXPECT_EQ(stopped.finish_reason, "stop");
+  EXPECT_EQ(stopped.text, free_run.text.substr(0, free_run.text.find(stop)));
+}
+
+TEST_F(ServerTest, SecondCallOnABusySessionIsAborted) {
+  ASSERT_TRUE(Create("key-acme", "busy").ok());
+  v1::ChatRequest req;
+  req.set_session_id("busy");
+  auto* m = req.add_messages();
+  m->set_role("user");
+  m->set_content("Tell me about pages.");
+  req.set_max_new_tokens(400);
+  auto ctx = As("key-acme");
+  auto reader = server_->stub().Chat(ctx.get(), req);
+  v1::ChatResponse first;
+  ASSERT_TRUE(reader->Read(&first));  // the first turn is running
+  EXPECT_EQ(Chat("key-acme", "busy", "and now?").status.error_code(), StatusCode::ABORTED);
+  while (reader->Read(&first)) {
+  }
+  EXPECT_TRUE(reader->Finish().ok());
+}
+
+// With a snapshot after every turn, a conversation continued after kill -9 generates exactly
+// what the uninterrupted one does.
+TEST_F(ServerTest, ContinuationAfterKillNineIsBitIdentical) {
+  const std::vector<std::string> turns = {"What does the page allocator do?", "And the slab allocator?",
+                                          "How are pages freed?"};
+  ASSERT_TRUE(Create("key-acme", "a").ok());
+  ASSERT_TRUE(Create("key-acme", "b").ok());
+  std::vector<Turn> uninterrupted;
+  for (const auto& t : turns) uninterrupted.push_back(Chat("key-acme", "a", t, 20));
+  for (size_t i = 0; i + 1 < turns.size(); ++i) ASSERT_TRUE(Chat("key-acme", "b", turns[i], 20).status.ok());
+  server_->Kill(SIGKILL);
+  server_->Start();
+  auto resumed = Chat("key-acme", "b", turns.back(), 20);
+  ASSERT_TRUE(resumed.status.ok()) << resumed.status.error_message();
+  EXPECT_EQ(resumed.ids, uninterrupted.back().ids);
+  EXPECT_EQ(resumed.text, uninterrupted.back().text);
+  EXPECT_EQ(resumed.usage.version(), 3u);
 }
 
 }  // namespace

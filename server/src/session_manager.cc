@@ -1,0 +1,151 @@
+// Loading replays the log through Model::Forward: the state equals the one that served the
+// turns within the engine's batching tolerance, and bit-exactly when the latest turn has its
+// snapshot (the policy here: a snapshot after every turn).
+#include "session_manager.h"
+
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+
+namespace adaptd::server {
+namespace {
+
+constexpr char kTurnMagic = 'T';
+// Snapshot payload: "ADS1", flags (1: assistant turn open), the last token (int32), then the
+// engine's session bytes (exact, with the KV window).
+constexpr char kSnapshotMagic[] = "ADS1";
+constexpr size_t kSnapshotHeader = 4 + 1 + 4;
+
+}  // namespace
+
+std::string EncodeTurn(const TurnEvent& turn) {
+  std::string out(1, kTurnMagic);
+  out.push_back(static_cast<char>((turn.learned ? 1 : 0) | (turn.assistant_open ? 2 : 0)));
+  const auto n = static_cast<uint32_t>(turn.tokens.size());
+  out.append(reinterpret_cast<const char*>(&n), 4);
+  out.append(reinterpret_cast<const char*>(turn.tokens.data()), turn.tokens.size() * 4);
+  return out;
+}
+
+absl::StatusOr<TurnEvent> DecodeTurn(const std::string& bytes) {
+  uint32_t n = 0;
+  if (bytes.size() < 6 || bytes[0] != kTurnMagic) return absl::DataLossError("not a turn event");
+  std::memcpy(&n, bytes.data() + 2, 4);
+  if (bytes.size() != 6 + size_t{n} * 4) return absl::DataLossError("turn event of the wrong size");
+  TurnEvent turn;
+  turn.learned = bytes[1] & 1;
+  turn.assistant_open = bytes[1] & 2;
+  turn.tokens.resize(n);
+  std::memcpy(turn.tokens.data(), bytes.data() + 6, size_t{n} * 4);
+  return turn;
+}
+
+absl::StatusOr<std::unique_ptr<LiveSession>> SessionManager::Load(const session_store::SessionKey& key) {
+  auto loaded = store_.Load(key);
+  if (!loaded.ok()) return loaded.status();
+  v1::Session meta;
+  if (!meta.ParseFromString(loaded->info.metadata)) return absl::DataLossError("session metadata is unreadable");
+  if (meta.model_fingerprint() != model_.fingerprint()) {
+    return absl::FailedPreconditionError(absl::StrCat("session ", key.session, " belongs to model ",
+                                                      meta.model_fingerprint(), ", not the served ",
+                                                      model_.fingerprint(), "; migrate it first"));
+  }
+  auto live = std::make_unique<LiveSession>();
+  live->key = key;
+  live->options = meta.options();
+  if (loaded->snapshot) {
+    const std::string& p = loaded->snapshot_payload;
+    if (p.size() < kSnapshotHeader || p.compare(0, 4, kSnapshotMagic) != 0) {
+      return absl::DataLossError(absl::StrCat("session ", key.session, ": snapshot is not the server's format"));
+    }
+    live->assistant_open = p[4] & 1;
+    std::memcpy(&live->last_token, p.data() + 5, 4);
+    auto state = model_.DecodeSession(std::string_view(p).substr(kSnapshotHeader));
+    if (!state.ok()) return state.status();
+    live->state = *std::move(state);
+  } else {
+    engine::SessionOptions o;
+    o.rule = meta.options().update_rule() == "off" ? engine::UpdateRule::kOff : engine::UpdateRule::kInplace;
+    auto state = model_.NewSession(o);
+    if (!state.ok()) return state.status();
+    live->state = *std::move(state);
+  }
+  for (const auto& e : loaded->events) {
+    auto turn = DecodeTurn(e.payload);
+    if (!turn.ok()) return absl::DataLossError(absl::StrCat("session ", key.session, " event ", e.seq, ": ", turn.status().message()));
+    if (!turn->tokens.empty()) {
+      if (auto r = model_.Forward(*live->state, turn->tokens, turn->learned); !r.ok()) return r.status();
+    }
+  }
+  // The last turn (replayed, or recorded in the snapshot's header) decides how the next starts.
+  if (!loaded->events.empty()) {
+    auto last = DecodeTurn(loaded->events.back().payload);
+    if (!last->tokens.empty()) live->last_token = last->tokens.back();
+    live->assistant_open = last->assistant_open;
+  }
+  live->version = loaded->info.version;
+  return live;
+}
+
+absl::StatusOr<LiveSession*> SessionManager::Acquire(const session_store::SessionKey& key) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = sessions_.find({key.tenant, key.session});
+    if (it != sessions_.end()) {
+      if (it->second.busy) return absl::AbortedError("session busy: another call is using it");
+      it->second.busy = true;
+      return it->second.live.get();
+    }
+    sessions_[{key.tenant, key.session}].busy = true;  // reserved while it loads
+  }
+  auto live = Load(key);
+  std::lock_guard<std::mutex> lock(mu_);
+  auto& entry = sessions_[{key.tenant, key.session}];
+  if (!live.ok()) {
+    sessions_.erase({key.tenant, key.session});
+    return live.status();
+  }
+  entry.live = *std::move(live);
+  return entry.live.get();
+}
+
+void SessionManager::Release(const session_store::SessionKey& key) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = sessions_.find({key.tenant, key.session});
+  if (it != sessions_.end()) it->second.busy = false;
+}
+
+absl::Status SessionManager::Forget(const session_store::SessionKey& key) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = sessions_.find({key.tenant, key.session});
+  if (it == sessions_.end()) return absl::OkStatus();
+  if (it->second.busy) return absl::AbortedError("session busy: another call is using it");
+  sessions_.erase(it);
+  return absl::OkStatus();
+}
+
+absl::Status SessionManager::CommitTurn(LiveSession& session, const TurnEvent& turn) {
+  auto r = store_.Append(session.key, session.version, EncodeTurn(turn));
+  if (!r.ok()) return r.status();
+  session.version = r->version;
+  if (!turn.tokens.empty()) session.last_token = turn.tokens.back();
+  session.assistant_open = turn.assistant_open;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::pair<uint64_t, std::string>> SessionManager::EncodeSnapshot(const LiveSession& session) const {
+  auto bytes = model_.EncodeSession(*session.state, {engine::StateEncoding::kExact, /*include_kv=*/true});
+  if (!bytes.ok()) return bytes.status();
+  std::string payload(kSnapshotMagic);
+  payload.push_back(static_cast<char>(session.assistant_open ? 1 : 0));
+  payload.append(reinterpret_cast<const char*>(&session.last_token), 4);
+  payload += *bytes;
+  return std::make_pair(session.version, std::move(payload));
+}
+
+absl::Status SessionManager::WriteSnapshot(const session_store::SessionKey& key, uint64_t version,
+                                           const std::string& payload) {
+  return store_.WriteSnapshot(key, {version, model_.fingerprint(), "server1+exact+kv", false}, payload);
+}
+
+}  // namespace adaptd::server

@@ -1,0 +1,77 @@
+// Sessions in memory: each session's engine state, loaded on demand from the store (latest
+// snapshot, then its later turns replayed), leased to one mutating call at a time, committed
+// turn by turn (event synced before the call is acknowledged, then a snapshot).
+//
+// Threading: all methods are thread-safe. A leased LiveSession belongs to its lessee until
+// Release (the engine thread uses its state while a request runs).
+#ifndef ADAPTD_SERVER_SESSION_MANAGER_H_
+#define ADAPTD_SERVER_SESSION_MANAGER_H_
+
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "adaptd/engine/model.h"
+#include "adaptd/session_store/store.h"
+#include "adaptd/v1/adaptd.pb.h"
+
+namespace adaptd::server {
+
+// One turn as the log keeps it: every token that entered the model (template, prompt,
+// generated, stop), whether they were learned, and whether the turn ended inside the
+// assistant's message (the next turn closes it first).
+struct TurnEvent {
+  std::vector<int32_t> tokens;
+  bool learned = true;
+  bool assistant_open = false;
+};
+std::string EncodeTurn(const TurnEvent& turn);
+absl::StatusOr<TurnEvent> DecodeTurn(const std::string& bytes);
+
+struct LiveSession {
+  session_store::SessionKey key;
+  v1::SessionOptions options;
+  std::unique_ptr<engine::SessionState> state;
+  uint64_t version = 0;
+  int32_t last_token = -1;  // the last token that entered the model
+  bool assistant_open = false;
+};
+
+class SessionManager {
+ public:
+  SessionManager(const engine::Model& model, session_store::SessionStore& store) : model_(model), store_(store) {}
+
+  // The session, loaded if needed, leased to the caller. ABORTED ("session busy") while another
+  // call holds it; NOT_FOUND; FAILED_PRECONDITION for a session of another model.
+  absl::StatusOr<LiveSession*> Acquire(const session_store::SessionKey& key);
+  void Release(const session_store::SessionKey& key);
+
+  // Appends the turn to the log (synced) and advances the version.
+  absl::Status CommitTurn(LiveSession& session, const TurnEvent& turn);
+  // A snapshot of the state with its KV window at the session's version (restores bit-exact):
+  // its bytes, taken while the session is leased, and their version; written later, unleased.
+  absl::StatusOr<std::pair<uint64_t, std::string>> EncodeSnapshot(const LiveSession& session) const;
+  absl::Status WriteSnapshot(const session_store::SessionKey& key, uint64_t version, const std::string& payload);
+  // Drops the session from memory; ABORTED while it is leased.
+  absl::Status Forget(const session_store::SessionKey& key);
+
+ private:
+  using Id = std::pair<std::string, std::string>;
+  struct Entry {
+    std::unique_ptr<LiveSession> live;
+    bool busy = false;
+  };
+  absl::StatusOr<std::unique_ptr<LiveSession>> Load(const session_store::SessionKey& key);
+
+  const engine::Model& model_;
+  session_store::SessionStore& store_;
+  std::mutex mu_;
+  std::map<Id, Entry> sessions_;  // guarded by mu_
+};
+
+}  // namespace adaptd::server
+
+#endif  // ADAPTD_SERVER_SESSION_MANAGER_H_
