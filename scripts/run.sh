@@ -1,9 +1,16 @@
 #!/usr/bin/env bash
-# The main job: the default model continues a prompt through one In-Place TTT session.
-# Usage: scripts/run.sh "prompt" [--max-new N] [--temperature T]
+# The main job: sets up, builds and starts adaptd with the default model
+# (models/adaptd-tiny-ttt), its session store in runs/store and an API key for the tenant
+# "local" (made once: runs/api_key, its hash in runs/keys.txt). Then, from another shell:
+#   ADAPTD_API_KEY=$(cat runs/api_key) build/bin/adaptctl chat my-session
+# Extra arguments go to adaptd (e.g. --listen 0.0.0.0:50051); Ctrl-C stops it gracefully.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh >&2
-prompt=${1:-"The kernel"}
-shift || true
-exec .venv/bin/python -m tools.ttt_reference.generate --model models/adaptd-tiny-ttt --prompt "$prompt" "$@"
+cmake -S . -B build >/dev/null
+cmake --build build -j2 --target adaptd adaptctl >&2
+mkdir -p runs
+[ -s runs/api_key ] || head -c 24 /dev/urandom | base64 | tr -d '/+=\n' > runs/api_key
+echo "local $(tr -d '\n' < runs/api_key | sha256sum | cut -d' ' -f1)" > runs/keys.txt
+echo "run.sh: chat with: ADAPTD_API_KEY=\$(cat runs/api_key) build/bin/adaptctl chat my-session" >&2
+exec build/bin/adaptd --model models/adaptd-tiny-ttt --store runs/store --api_keys runs/keys.txt "$@"

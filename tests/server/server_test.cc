@@ -62,6 +62,7 @@ class Server {
     return status;
   }
   v1::Adaptd::Stub& stub() { return *stub_; }
+  int port() const { return port_; }
 
  private:
   std::string dir_;
@@ -318,6 +319,27 @@ TEST_F(ServerTest, ContinuationAfterKillNineIsBitIdentical) {
   EXPECT_EQ(resumed.ids, uninterrupted.back().ids);
   EXPECT_EQ(resumed.text, uninterrupted.back().text);
   EXPECT_EQ(resumed.usage.version(), 3u);
+}
+
+std::string Shell(const std::string& command) {
+  std::string out;
+  FILE* p = ::popen(command.c_str(), "r");
+  char buf[256];
+  while (size_t n = std::fread(buf, 1, sizeof buf, p)) out.append(buf, n);
+  ::pclose(p);
+  return out;
+}
+
+TEST_F(ServerTest, AdaptctlCreatesChatsAndLists) {
+  const std::string base = std::string(ADAPTCTL_BINARY) + " --target=127.0.0.1:" + std::to_string(server_->port()) + " ";
+  ::setenv("ADAPTD_API_KEY", "key-acme", 1);
+  EXPECT_NE(Shell(base + "chat cli-1 --message='What does the page allocator do?' --max_new_tokens=6 2>&1")
+                .find("version 1"), std::string::npos);
+  EXPECT_NE(Shell(base + "sessions list").find("cli-1\tversion 1"), std::string::npos);
+  EXPECT_NE(Shell(base + "sessions delete cli-1 2>&1; " + base + "sessions get cli-1 2>&1").find("NOT_FOUND"),
+            std::string::npos);
+  ::setenv("ADAPTD_API_KEY", "wrong", 1);
+  EXPECT_NE(Shell(base + "sessions list 2>&1").find("unknown API key"), std::string::npos);
 }
 
 }  // namespace
