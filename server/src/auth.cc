@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 
@@ -38,18 +39,29 @@ absl::StatusOr<ApiKeys> ApiKeys::Load(const std::string& path) {
     bool hex = parts.size() == 2 && parts[1].size() == 64;
     for (size_t i = 0; hex && i < 64; ++i) hex = absl::ascii_isxdigit(parts[1][i]);
     if (!hex) return absl::InvalidArgumentError(absl::StrCat(path, ":", n, ": expected \"tenant sha256-hex\""));
-    keys.entries_.push_back({parts[0], absl::AsciiStrToLower(parts[1])});
+    for (char c : parts[0]) {
+      if (!absl::ascii_isalnum(c) && c != '.' && c != '_' && c != '~' && c != '-') hex = false;
+    }
+    if (!hex || parts[0].size() > 128) {
+      return absl::InvalidArgumentError(absl::StrCat(path, ":", n, ": tenant ids are 1-128 of [A-Za-z0-9._~-]"));
+    }
+    const std::string hash = absl::AsciiStrToLower(parts[1]);
+    for (const auto& e : keys.entries_) {
+      if (e.hash == hash) return absl::InvalidArgumentError(absl::StrCat(path, ":", n, ": a key listed twice"));
+    }
+    keys.entries_.push_back({parts[0], hash});
   }
   if (keys.entries_.empty()) return absl::InvalidArgumentError(absl::StrCat(path, ": no API keys"));
   return keys;
 }
 
 absl::StatusOr<std::string> ApiKeys::Authenticate(const std::string& authorization) const {
-  static constexpr std::string_view kBearer = "Bearer ";
-  if (authorization.size() <= kBearer.size() || authorization.compare(0, kBearer.size(), kBearer) != 0) {
+  // "Bearer" is case-insensitive (RFC 7235); spaces around the key do not count.
+  const absl::string_view text = absl::StripAsciiWhitespace(authorization);
+  if (text.size() <= 7 || !absl::EqualsIgnoreCase(text.substr(0, 7), "bearer ")) {
     return absl::UnauthenticatedError("missing \"authorization: Bearer <api key>\"");
   }
-  const std::string hash = Sha256Hex(authorization.substr(kBearer.size()));
+  const std::string hash = Sha256Hex(std::string(absl::StripAsciiWhitespace(text.substr(7))));
   const std::string* tenant = nullptr;
   for (const auto& e : entries_) {
     unsigned char diff = 0;

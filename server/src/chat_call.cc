@@ -28,19 +28,15 @@ class ChatReactor : public grpc::ServerWriteReactor<v1::ChatResponse> {
     if (!s.ok()) End(ToGrpc(s));
   }
   void OnWriteDone(bool ok) override {
-    std::lock_guard<std::mutex> lock(mu_);
+    std::unique_lock<std::mutex> lock(mu_);
     writing_ = false;
     if (!ok) queue_.clear();  // the client is gone; the turn still completes and commits
     if (!queue_.empty()) queue_.pop_front();
-    WriteNextLocked();
+    Drive(std::move(lock));
   }
-  void OnCancel() override {
+  void OnCancel() override {  // the client left or its deadline passed (a gRPC thread)
     std::lock_guard<std::mutex> lock(mu_);
-    if (request_id_ != 0 && !final_seen_) {
-      const uint64_t id = request_id_;
-      auto* executor = &deps_.executor;
-      deps_.worker.Post([executor, id] { executor->Cancel(id); });
-    }
+    if (request_id_ != 0 && !final_seen_) deps_.executor.Cancel(request_id_);
   }
   void OnDone() override { delete this; }
 
@@ -52,30 +48,35 @@ class ChatReactor : public grpc::ServerWriteReactor<v1::ChatResponse> {
 
   // Queues a message; `last` ends the call with `status` once everything is written.
   void Push(v1::ChatResponse msg, bool last = false, grpc::Status status = grpc::Status::OK) {
-    std::lock_guard<std::mutex> lock(mu_);
+    std::unique_lock<std::mutex> lock(mu_);
     queue_.push_back(std::move(msg));
     if (last) {
       finish_ = true;
       finish_status_ = status;
     }
-    WriteNextLocked();
+    Drive(std::move(lock));
   }
   // Ends the call with `status` once what is queued is written.
   void End(grpc::Status status) {
-    std::lock_guard<std::mutex> lock(mu_);
+    std::unique_lock<std::mutex> lock(mu_);
     finish_ = true;
     finish_status_ = status;
-    WriteNextLocked();
+    Drive(std::move(lock));
   }
-  void WriteNextLocked() {
+  // Starts the next write, or finishes the call. Finish runs after the lock is released: OnDone
+  // may delete this at once, so nothing touches a member after it.
+  void Drive(std::unique_lock<std::mutex> lock) {
     if (writing_) return;
     if (!queue_.empty()) {
       writing_ = true;
       StartWrite(&queue_.front());
-    } else if (finish_ && !finished_) {
-      finished_ = true;
-      Finish(finish_status_);
+      return;
     }
+    if (!finish_ || finished_) return;
+    finished_ = true;
+    const grpc::Status status = finish_status_;
+    lock.unlock();
+    Finish(status);
   }
 
   ChatDeps deps_;
@@ -195,13 +196,15 @@ void ChatReactor::OnResult(const engine::GenerateResult& r) {
 }
 
 void ChatReactor::Complete(absl::Status engine_status) {
-  if (engine_status.code() == absl::StatusCode::kCancelled) engine_status = absl::OkStatus();  // stop string, client gone
+  // Cancelled after generation began (a stop string, the client gone): the prompt and every
+  // emitted token entered the model, so the turn is complete and commits. Cancelled before:
+  // the prompt was fed only in part, which no event describes.
+  if (engine_status.code() == absl::StatusCode::kCancelled && !generated_.empty()) engine_status = absl::OkStatus();
   SessionManager& sessions = deps_.sessions;
   LiveSession* live = live_;
   const session_store::SessionKey key = key_;
-  if (!engine_status.ok()) {  // the session's state is suspect: reload it from the store next time
-    sessions.Release(key);
-    (void)sessions.Forget(key);
+  if (!engine_status.ok()) {  // the state no longer matches the log: reload it next time
+    sessions.ReleaseAndDrop(key);
     End(ToGrpc(engine_status));
     return;
   }
@@ -222,8 +225,7 @@ void ChatReactor::Complete(absl::Status engine_status) {
                                                                          generated_.back()) != stop_ids_.end());
   last.set_finish_reason(stopped ? "stop" : "length");
   if (!committed.ok()) {  // not durable: the client must not believe it was
-    sessions.Release(key);
-    (void)sessions.Forget(key);
+    sessions.ReleaseAndDrop(key);
     End(ToGrpc(committed));
     return;
   }

@@ -58,6 +58,8 @@ absl::Status AdaptdService::ToSession(const session_store::SessionInfo& info, v1
   out->set_version(info.version);
   out->set_create_time_unix_ms(info.created_unix_ms);
   out->set_last_used_unix_ms(info.last_used_unix_ms);
+  auto snapshots = store_.ListSnapshots(info.key);
+  if (snapshots.ok() && !snapshots->empty()) out->set_snapshot_version(snapshots->back().version);
   return absl::OkStatus();
 }
 
@@ -106,8 +108,10 @@ grpc::ServerUnaryReactor* AdaptdService::DeleteSession(grpc::CallbackServerConte
   auto tenant = Tenant(ctx);
   if (!tenant.ok()) return Done(ctx, tenant.status());
   const session_store::SessionKey key{*tenant, req->session_id()};
-  if (auto s = sessions_.Forget(key); !s.ok()) return Done(ctx, s);  // ABORTED while a turn runs
-  return Done(ctx, store_.Delete(key));
+  if (auto s = sessions_.BeginDelete(key); !s.ok()) return Done(ctx, s);  // ABORTED while a turn runs
+  const absl::Status deleted = store_.Delete(key);
+  sessions_.EndDelete(key);
+  return Done(ctx, deleted);
 }
 
 grpc::ServerWriteReactor<v1::ChatResponse>* AdaptdService::Chat(grpc::CallbackServerContext* ctx,

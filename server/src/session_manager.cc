@@ -115,12 +115,16 @@ void SessionManager::Release(const session_store::SessionKey& key) {
   if (it != sessions_.end()) it->second.busy = false;
 }
 
-absl::Status SessionManager::Forget(const session_store::SessionKey& key) {
+void SessionManager::ReleaseAndDrop(const session_store::SessionKey& key) {
   std::lock_guard<std::mutex> lock(mu_);
-  auto it = sessions_.find({key.tenant, key.session});
-  if (it == sessions_.end()) return absl::OkStatus();
-  if (it->second.busy) return absl::AbortedError("session busy: another call is using it");
-  sessions_.erase(it);
+  sessions_.erase({key.tenant, key.session});
+}
+
+absl::Status SessionManager::BeginDelete(const session_store::SessionKey& key) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto& entry = sessions_[{key.tenant, key.session}];
+  if (entry.busy) return absl::AbortedError("session busy: another call is using it");
+  entry.busy = true;
   return absl::OkStatus();
 }
 

@@ -48,6 +48,12 @@ class SessionManager {
   // call holds it; NOT_FOUND; FAILED_PRECONDITION for a session of another model.
   absl::StatusOr<LiveSession*> Acquire(const session_store::SessionKey& key);
   void Release(const session_store::SessionKey& key);
+  // Releases and drops the session from memory in one step (its state no longer matches the log).
+  void ReleaseAndDrop(const session_store::SessionKey& key);
+  // Holds the session against every other call while it is deleted (ABORTED if a call holds
+  // it); EndDelete drops it from memory.
+  absl::Status BeginDelete(const session_store::SessionKey& key);
+  void EndDelete(const session_store::SessionKey& key) { ReleaseAndDrop(key); }
 
   // Appends the turn to the log (synced) and advances the version.
   absl::Status CommitTurn(LiveSession& session, const TurnEvent& turn);
@@ -55,8 +61,6 @@ class SessionManager {
   // its bytes, taken while the session is leased, and their version; written later, unleased.
   absl::StatusOr<std::pair<uint64_t, std::string>> EncodeSnapshot(const LiveSession& session) const;
   absl::Status WriteSnapshot(const session_store::SessionKey& key, uint64_t version, const std::string& payload);
-  // Drops the session from memory; ABORTED while it is leased.
-  absl::Status Forget(const session_store::SessionKey& key);
 
  private:
   using Id = std::pair<std::string, std::string>;

@@ -284,6 +284,36 @@ TEST_F(ServerTest, StopStringsEndTheReplyUnprinted) {
   EXPECT_EQ(stopped.text, free_run.text.substr(0, free_run.text.find(stop)));
 }
 
+// A client that leaves mid-reply: the turn still commits (its tokens entered the model) and the
+// session takes the next turn.
+TEST_F(ServerTest, ClientCancellingMidReplyLeavesAConsistentSession) {
+  ASSERT_TRUE(Create("key-acme", "cx").ok());
+  {
+    v1::ChatRequest req;
+    req.set_session_id("cx");
+    auto* m = req.add_messages();
+    m->set_role("user");
+    m->set_content("Tell me about pages.");
+    req.set_max_new_tokens(400);
+    auto ctx = As("key-acme");
+    auto reader = server_->stub().Chat(ctx.get(), req);
+    v1::ChatResponse first;
+    ASSERT_TRUE(reader->Read(&first));
+    ctx->TryCancel();
+    while (reader->Read(&first)) {
+    }
+    EXPECT_EQ(reader->Finish().error_code(), StatusCode::CANCELLED);
+  }
+  Turn next;
+  for (int i = 0; i < 100; ++i) {  // the cancelled turn releases the session when it has committed
+    next = Chat("key-acme", "cx", "And then?", 8);
+    if (next.status.error_code() != StatusCode::ABORTED) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_TRUE(next.status.ok()) << next.status.error_message();
+  EXPECT_EQ(next.usage.version(), 2u);
+}
+
 TEST_F(ServerTest, SecondCallOnABusySessionIsAborted) {
   ASSERT_TRUE(Create("key-acme", "busy").ok());
   v1::ChatRequest req;
@@ -310,8 +340,16 @@ TEST_F(ServerTest, ContinuationAfterKillNineIsBitIdentical) {
   ASSERT_TRUE(Create("key-acme", "a").ok());
   ASSERT_TRUE(Create("key-acme", "b").ok());
   std::vector<Turn> uninterrupted;
-  for (const auto& t : turns) uninterrupted.push_back(Chat("key-acme", "a", t, 20));
+  for (const auto& t : turns) {
+    uninterrupted.push_back(Chat("key-acme", "a", t, 20));
+    ASSERT_TRUE(uninterrupted.back().status.ok());
+  }
   for (size_t i = 0; i + 1 < turns.size(); ++i) ASSERT_TRUE(Chat("key-acme", "b", turns[i], 20).status.ok());
+  v1::Session b;  // the last turn's snapshot is written just after its acknowledgement
+  for (int i = 0; i < 100 && (Get("key-acme", "b", &b).ok() && b.snapshot_version() < 2); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_EQ(b.snapshot_version(), 2u);
   server_->Kill(SIGKILL);
   server_->Start();
   auto resumed = Chat("key-acme", "b", turns.back(), 20);
