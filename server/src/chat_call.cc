@@ -232,7 +232,7 @@ void ChatReactor::Complete(absl::Status engine_status) {
   // The snapshot's bytes are taken now, the session released, the turn acknowledged, and only
   // then is the snapshot written (a failure leaves the log to replay).
   auto snapshot = sessions.EncodeSnapshot(*live);
-  sessions.Release(key);
+  sessions.Release(key, snapshot.ok() ? snapshot->second.size() : 0);
   Push(std::move(last), true);  // acknowledged; `this` may be gone from here on
   if (snapshot.ok()) (void)sessions.WriteSnapshot(key, snapshot->first, snapshot->second);
 }

@@ -41,11 +41,17 @@ grpc::Status ToGrpc(const absl::Status& status) {
   return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
 }
 
-absl::StatusOr<std::string> AdaptdService::Tenant(grpc::CallbackServerContext* ctx) const {
+absl::StatusOr<std::string> AdaptdService::Tenant(grpc::CallbackServerContext* ctx, const std::string* session_id) const {
   const auto& md = ctx->client_metadata();
   auto it = md.find("authorization");
   if (it == md.end()) return absl::UnauthenticatedError("missing \"authorization: Bearer <api key>\"");
-  return keys_.Authenticate(std::string(it->second.data(), it->second.size()));
+  auto tenant = keys_.Authenticate(std::string(it->second.data(), it->second.size()));
+  if (!tenant.ok() || session_id == nullptr) return tenant;
+  auto route = md.find("x-adaptd-session");
+  if (route != md.end() && std::string(route->second.data(), route->second.size()) != *session_id) {
+    return absl::InvalidArgumentError("the x-adaptd-session header names another session than the request");
+  }
+  return tenant;
 }
 
 absl::Status AdaptdService::ToSession(const session_store::SessionInfo& info, v1::Session* out) const {
@@ -80,7 +86,7 @@ grpc::ServerUnaryReactor* AdaptdService::CreateSession(grpc::CallbackServerConte
 
 grpc::ServerUnaryReactor* AdaptdService::GetSession(grpc::CallbackServerContext* ctx, const v1::GetSessionRequest* req,
                                                     v1::Session* resp) {
-  auto tenant = Tenant(ctx);
+  auto tenant = Tenant(ctx, &req->session_id());
   if (!tenant.ok()) return Done(ctx, tenant.status());
   auto info = store_.Get({*tenant, req->session_id()});
   return Done(ctx, info.ok() ? ToSession(*info, resp) : info.status());
@@ -105,7 +111,7 @@ grpc::ServerUnaryReactor* AdaptdService::ListSessions(grpc::CallbackServerContex
 grpc::ServerUnaryReactor* AdaptdService::DeleteSession(grpc::CallbackServerContext* ctx,
                                                        const v1::DeleteSessionRequest* req,
                                                        v1::DeleteSessionResponse*) {
-  auto tenant = Tenant(ctx);
+  auto tenant = Tenant(ctx, &req->session_id());
   if (!tenant.ok()) return Done(ctx, tenant.status());
   const session_store::SessionKey key{*tenant, req->session_id()};
   if (auto s = sessions_.BeginDelete(key); !s.ok()) return Done(ctx, s);  // ABORTED while a turn runs
@@ -116,7 +122,8 @@ grpc::ServerUnaryReactor* AdaptdService::DeleteSession(grpc::CallbackServerConte
 
 grpc::ServerWriteReactor<v1::ChatResponse>* AdaptdService::Chat(grpc::CallbackServerContext* ctx,
                                                                 const v1::ChatRequest* req) {
-  return StartChat({executor_, sessions_, tokenizer_, worker_, options_.max_new_tokens}, Tenant(ctx), req);
+  return StartChat({executor_, sessions_, tokenizer_, worker_, options_.max_new_tokens}, Tenant(ctx, &req->session_id()),
+                   req);
 }
 
 grpc::ServerUnaryReactor* AdaptdService::GetServerInfo(grpc::CallbackServerContext* ctx,
@@ -132,6 +139,10 @@ grpc::ServerUnaryReactor* AdaptdService::GetServerInfo(grpc::CallbackServerConte
   resp->set_replica_id(options_.replica_id);
   resp->set_chat_format(options_.chat_format);
   resp->set_max_new_tokens(options_.max_new_tokens);
+  const auto stats = sessions_.GetStats();
+  resp->set_sessions_in_memory(static_cast<int64_t>(stats.loaded));
+  resp->set_session_loads(stats.loads);
+  resp->set_session_evictions(stats.evictions);
   return Done(ctx, absl::OkStatus());
 }
 

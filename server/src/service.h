@@ -21,6 +21,7 @@ struct ServiceOptions {
   std::string replica_id;
   std::string chat_format;
   int max_new_tokens = 4096;
+  size_t memory_budget_bytes = size_t{2} << 30;
 };
 
 class AdaptdService final : public adaptd::v1::Adaptd::CallbackService {
@@ -31,7 +32,7 @@ class AdaptdService final : public adaptd::v1::Adaptd::CallbackService {
         tokenizer_(tokenizer),
         executor_(executor),
         store_(store),
-        sessions_(model, store),
+        sessions_(model, store, options.memory_budget_bytes),
         keys_(std::move(keys)),
         options_(std::move(options)) {}
 
@@ -48,8 +49,9 @@ class AdaptdService final : public adaptd::v1::Adaptd::CallbackService {
   grpc::ServerWriteReactor<v1::ChatResponse>* Chat(grpc::CallbackServerContext* ctx, const v1::ChatRequest* req) override;
 
  private:
-  // The caller's tenant, from the authorization header.
-  absl::StatusOr<std::string> Tenant(grpc::CallbackServerContext* ctx) const;
+  // The caller's tenant, from the authorization header; with `session_id`, also checks the
+  // routing header x-adaptd-session (when sent) names that session.
+  absl::StatusOr<std::string> Tenant(grpc::CallbackServerContext* ctx, const std::string* session_id = nullptr) const;
   // The Session resource of a stored session.
   absl::Status ToSession(const session_store::SessionInfo& info, v1::Session* out) const;
 

@@ -3,6 +3,7 @@
 // snapshot (the policy here: a snapshot after every turn).
 #include "session_manager.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -94,6 +95,7 @@ absl::StatusOr<LiveSession*> SessionManager::Acquire(const session_store::Sessio
     if (it != sessions_.end()) {
       if (it->second.busy) return absl::AbortedError("session busy: another call is using it");
       it->second.busy = true;
+      it->second.used = ++clock_;
       return it->second.live.get();
     }
     sessions_[{key.tenant, key.session}].busy = true;  // reserved while it loads
@@ -106,13 +108,47 @@ absl::StatusOr<LiveSession*> SessionManager::Acquire(const session_store::Sessio
     return live.status();
   }
   entry.live = *std::move(live);
+  entry.used = ++clock_;
+  entry.snapshotted = 0;
+  ++stats_.loads;
   return entry.live.get();
 }
 
-void SessionManager::Release(const session_store::SessionKey& key) {
+void SessionManager::Release(const session_store::SessionKey& key, size_t bytes) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = sessions_.find({key.tenant, key.session});
-  if (it != sessions_.end()) it->second.busy = false;
+  if (it == sessions_.end()) return;
+  it->second.busy = false;
+  it->second.used = ++clock_;
+  if (bytes > 0) it->second.bytes = bytes;
+  EvictOverBudgetLocked();
+}
+
+void SessionManager::EvictOverBudgetLocked() {
+  size_t total = 0;
+  for (const auto& [id, e] : sessions_) total += e.bytes;
+  while (total > budget_) {
+    auto victim = sessions_.end();
+    for (auto it = sessions_.begin(); it != sessions_.end(); ++it) {
+      const Entry& e = it->second;
+      const bool recoverable = e.live && e.snapshotted == e.live->version;  // never discard
+      if (!e.busy && recoverable && (victim == sessions_.end() || e.used < victim->second.used)) victim = it;
+    }
+    if (victim == sessions_.end()) return;
+    total -= victim->second.bytes;
+    sessions_.erase(victim);
+    ++stats_.evictions;
+  }
+}
+
+SessionManager::Stats SessionManager::GetStats() {
+  std::lock_guard<std::mutex> lock(mu_);
+  Stats s = stats_;
+  for (const auto& [id, e] : sessions_) {
+    s.loaded += e.live != nullptr;
+    s.bytes += e.bytes;
+  }
+  return s;
 }
 
 void SessionManager::ReleaseAndDrop(const session_store::SessionKey& key) {
@@ -149,7 +185,15 @@ absl::StatusOr<std::pair<uint64_t, std::string>> SessionManager::EncodeSnapshot(
 
 absl::Status SessionManager::WriteSnapshot(const session_store::SessionKey& key, uint64_t version,
                                            const std::string& payload) {
-  return store_.WriteSnapshot(key, {version, model_.fingerprint(), "server1+exact+kv", false}, payload);
+  auto s = store_.WriteSnapshot(key, {version, model_.fingerprint(), "server1+exact+kv", false}, payload);
+  if (!s.ok()) return s;
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = sessions_.find({key.tenant, key.session});
+  if (it != sessions_.end()) {
+    it->second.snapshotted = std::max(it->second.snapshotted, version);
+    EvictOverBudgetLocked();
+  }
+  return s;
 }
 
 }  // namespace adaptd::server

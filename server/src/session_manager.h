@@ -42,12 +42,16 @@ struct LiveSession {
 
 class SessionManager {
  public:
-  SessionManager(const engine::Model& model, session_store::SessionStore& store) : model_(model), store_(store) {}
+  // `memory_budget_bytes`: loaded sessions past it are evicted, least recently used first, once
+  // their latest turn is in a snapshot (an evicted session reloads bit-exactly).
+  SessionManager(const engine::Model& model, session_store::SessionStore& store, size_t memory_budget_bytes)
+      : model_(model), store_(store), budget_(memory_budget_bytes) {}
 
   // The session, loaded if needed, leased to the caller. ABORTED ("session busy") while another
   // call holds it; NOT_FOUND; FAILED_PRECONDITION for a session of another model.
   absl::StatusOr<LiveSession*> Acquire(const session_store::SessionKey& key);
-  void Release(const session_store::SessionKey& key);
+  // `bytes`: the session's size in memory now, when known (its snapshot's size).
+  void Release(const session_store::SessionKey& key, size_t bytes = 0);
   // Releases and drops the session from memory in one step (its state no longer matches the log).
   void ReleaseAndDrop(const session_store::SessionKey& key);
   // Holds the session against every other call while it is deleted (ABORTED if a call holds
@@ -60,20 +64,34 @@ class SessionManager {
   // A snapshot of the state with its KV window at the session's version (restores bit-exact):
   // its bytes, taken while the session is leased, and their version; written later, unleased.
   absl::StatusOr<std::pair<uint64_t, std::string>> EncodeSnapshot(const LiveSession& session) const;
+  // Writes it and, once written, lets the session be evicted (and evicts over the budget).
   absl::Status WriteSnapshot(const session_store::SessionKey& key, uint64_t version, const std::string& payload);
+
+  struct Stats {
+    size_t loaded = 0, bytes = 0;
+    int64_t loads = 0, evictions = 0;
+  };
+  Stats GetStats();
 
  private:
   using Id = std::pair<std::string, std::string>;
   struct Entry {
     std::unique_ptr<LiveSession> live;
     bool busy = false;
+    size_t bytes = 0;
+    uint64_t used = 0;         // LRU clock
+    uint64_t snapshotted = 0;  // the version of its newest written snapshot
   };
   absl::StatusOr<std::unique_ptr<LiveSession>> Load(const session_store::SessionKey& key);
+  void EvictOverBudgetLocked();
 
   const engine::Model& model_;
   session_store::SessionStore& store_;
   std::mutex mu_;
   std::map<Id, Entry> sessions_;  // guarded by mu_
+  const size_t budget_;
+  uint64_t clock_ = 0;            // guarded by mu_
+  Stats stats_;                   // guarded by mu_ (loaded and bytes computed on demand)
 };
 
 }  // namespace adaptd::server

@@ -27,7 +27,7 @@ class Server {
   ~Server() { Kill(SIGKILL); }
 
   // Starts adaptd on a free port (it reports the port on stderr) and waits until it answers.
-  void Start() {
+  void Start(const std::string& extra_args = "--replica_id=r0") {
     int fds[2];
     ASSERT_EQ(::pipe(fds), 0);
     pid_ = ::fork();
@@ -36,7 +36,7 @@ class Server {
       ::close(fds[0]);
       ::execl(ADAPTD_BINARY, "adaptd", ("--model=" + std::string(ADAPTD_MODEL)).c_str(),
               ("--store=" + dir_ + "/store").c_str(), ("--api_keys=" + dir_ + "/keys.txt").c_str(),
-              "--listen=127.0.0.1:0", static_cast<char*>(nullptr));
+              "--listen=127.0.0.1:0", extra_args.c_str(), static_cast<char*>(nullptr));
       _exit(127);
     }
     ::close(fds[1]);
@@ -366,6 +366,46 @@ std::string Shell(const std::string& command) {
   while (size_t n = std::fread(buf, 1, sizeof buf, p)) out.append(buf, n);
   ::pclose(p);
   return out;
+}
+
+// Under a memory budget every session is evicted once its turn is snapshotted; the next turn
+// reloads it and continues exactly as a session that stayed in memory.
+TEST_F(ServerTest, EvictedSessionsReloadBitIdentical) {
+  const std::vector<std::string> turns = {"What does the page allocator do?", "And the slab allocator?",
+                                          "How are pages freed?"};
+  ASSERT_TRUE(Create("key-acme", "kept").ok());
+  std::vector<Turn> kept;
+  for (const auto& t : turns) kept.push_back(Chat("key-acme", "kept", t, 20));
+  server_->Kill(SIGTERM);
+  server_->Start("--memory_budget_bytes=1");
+  ASSERT_TRUE(Create("key-acme", "evicted").ok());
+  for (size_t i = 0; i < turns.size(); ++i) {
+    auto t = Chat("key-acme", "evicted", turns[i], 20);
+    ASSERT_TRUE(t.status.ok()) << t.status.error_message();
+    EXPECT_EQ(t.ids, kept[i].ids) << "turn " << i;
+    v1::Session s;
+    for (int k = 0; k < 100 && Get("key-acme", "evicted", &s).ok() && s.snapshot_version() < i + 1; ++k) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  }
+  v1::ServerInfo info;
+  ASSERT_TRUE(server_->stub().GetServerInfo(As("key-acme").get(), {}, &info).ok());
+  EXPECT_GE(info.session_evictions(), 2);
+  EXPECT_GE(info.session_loads(), 3);
+  EXPECT_EQ(info.sessions_in_memory(), 0);
+}
+
+TEST_F(ServerTest, RoutingHeaderMustNameTheSession) {
+  ASSERT_TRUE(Create("key-acme", "r1").ok());
+  auto ctx = As("key-acme");
+  ctx->AddMetadata("x-adaptd-session", "someone-else");
+  v1::GetSessionRequest req;
+  req.set_session_id("r1");
+  v1::Session s;
+  EXPECT_EQ(server_->stub().GetSession(ctx.get(), req, &s).error_code(), StatusCode::INVALID_ARGUMENT);
+  auto ok = As("key-acme");
+  ok->AddMetadata("x-adaptd-session", "r1");
+  EXPECT_TRUE(server_->stub().GetSession(ok.get(), req, &s).ok());
 }
 
 TEST_F(ServerTest, AdaptctlCreatesChatsAndLists) {
