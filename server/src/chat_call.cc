@@ -89,6 +89,8 @@ class ChatReactor : public grpc::ServerWriteReactor<v1::ChatResponse> {
   engine::GenerateRequest request_;
   int64_t updates_before_ = 0, rejected_before_ = 0;
   std::vector<int32_t> generated_;   // every emitted token (all entered the model)
+  std::string replied_text_;         // the text sent
+  std::string request_id_text_;      // the client's request id (may be empty)
   bool stop_string_ = false;
 
   std::mutex mu_;
@@ -126,9 +128,21 @@ absl::Status ChatReactor::Start(std::string tenant, const v1::ChatRequest& req) 
   if (auto s = engine::ValidateSamplingParams(sampling); !s.ok()) return s;
 
   key_ = {std::move(tenant), req.session_id()};
+  request_id_text_ = req.request_id();
   auto live = deps_.sessions.Acquire(key_);
   if (!live.ok()) return live.status();
   live_ = *live;
+  if (!request_id_text_.empty()) {  // a retry of a committed turn gets its recorded reply
+    auto seen = deps_.sessions.LookupRequest(key_, request_id_text_);
+    if (!seen.ok() || seen->has_value()) {
+      deps_.sessions.Release(key_);
+      if (!seen.ok()) return seen.status();
+      v1::ChatResponse recorded;
+      if (!recorded.ParseFromString((*seen)->result)) return absl::DataLossError("recorded reply is unreadable");
+      Push(std::move(recorded), true);
+      return absl::OkStatus();
+    }
+  }
   auto fail = [this](absl::Status s) {
     deps_.sessions.Release(key_);
     return s;
@@ -176,6 +190,7 @@ void ChatReactor::OnResult(const engine::GenerateResult& r) {
     msg.add_token_ids(t);
     auto piece = stops_->Add(stream_->Add(t).value_or(""));
     msg.mutable_text()->append(piece.text);
+    replied_text_ += piece.text;
     if (piece.stopped) {
       stop_string_ = true;
       const uint64_t id = r.request_id;
@@ -183,7 +198,11 @@ void ChatReactor::OnResult(const engine::GenerateResult& r) {
       deps_.worker.Post([executor, id] { executor->Cancel(id); });
     }
   }
-  if (r.final && !stop_string_) msg.mutable_text()->append(stops_->Add(stream_->Finish()).text + stops_->Finish());
+  if (r.final && !stop_string_) {
+    const std::string rest = stops_->Add(stream_->Finish()).text + stops_->Finish();
+    msg.mutable_text()->append(rest);
+    replied_text_ += rest;
+  }
   if (!msg.text().empty() || msg.token_ids_size() > 0) Push(std::move(msg));
   if (r.final) {
     {
@@ -213,17 +232,21 @@ void ChatReactor::Complete(absl::Status engine_status) {
   turn.tokens.insert(turn.tokens.end(), generated_.begin(), generated_.end());
   turn.learned = request_.learn;
   turn.assistant_open = renderer_->format() != engine::ChatFormat::kRaw;
-  const absl::Status committed = sessions.CommitTurn(*live, turn);
   v1::ChatResponse last;
   auto* usage = last.mutable_usage();
   usage->set_prompt_tokens(static_cast<int64_t>(request_.prompt.size()));
   usage->set_completion_tokens(static_cast<int64_t>(generated_.size()));
   usage->set_updates_applied(live->state->updates_applied() - updates_before_);
   usage->set_updates_rejected(live->state->updates_rejected() - rejected_before_);
-  usage->set_version(live->version);
+  usage->set_version(live->version + 1);
   const bool stopped = stop_string_ || (!generated_.empty() && std::find(stop_ids_.begin(), stop_ids_.end(),
                                                                          generated_.back()) != stop_ids_.end());
   last.set_finish_reason(stopped ? "stop" : "length");
+  // The reply a retry of this request id gets: everything in one message.
+  v1::ChatResponse record = last;
+  record.set_text(replied_text_);
+  for (int32_t t : generated_) record.add_token_ids(t);
+  const absl::Status committed = sessions.CommitTurn(*live, turn, request_id_text_, record.SerializeAsString());
   if (!committed.ok()) {  // not durable: the client must not believe it was
     sessions.ReleaseAndDrop(key);
     End(ToGrpc(committed));

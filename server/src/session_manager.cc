@@ -164,9 +164,11 @@ absl::Status SessionManager::BeginDelete(const session_store::SessionKey& key) {
   return absl::OkStatus();
 }
 
-absl::Status SessionManager::CommitTurn(LiveSession& session, const TurnEvent& turn) {
-  auto r = store_.Append(session.key, session.version, EncodeTurn(turn));
+absl::Status SessionManager::CommitTurn(LiveSession& session, const TurnEvent& turn, const std::string& request_id,
+                                        const std::string& reply) {
+  auto r = store_.Append(session.key, session.version, EncodeTurn(turn), request_id, reply);
   if (!r.ok()) return r.status();
+  if (r->duplicate) return absl::AbortedError("the request id was committed by another call");
   session.version = r->version;
   if (!turn.tokens.empty()) session.last_token = turn.tokens.back();
   session.assistant_open = turn.assistant_open;

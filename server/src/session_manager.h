@@ -59,8 +59,14 @@ class SessionManager {
   absl::Status BeginDelete(const session_store::SessionKey& key);
   void EndDelete(const session_store::SessionKey& key) { ReleaseAndDrop(key); }
 
-  // Appends the turn to the log (synced) and advances the version.
-  absl::Status CommitTurn(LiveSession& session, const TurnEvent& turn);
+  // Appends the turn to the log (synced) with the request id and the reply a retry gets, and
+  // advances the version.
+  absl::Status CommitTurn(LiveSession& session, const TurnEvent& turn, const std::string& request_id = "",
+                          const std::string& reply = "");
+  absl::StatusOr<std::optional<session_store::AppendResult>> LookupRequest(const session_store::SessionKey& key,
+                                                                           const std::string& request_id) {
+    return store_.LookupRequest(key, request_id);
+  }
   // A snapshot of the state with its KV window at the session's version (restores bit-exact):
   // its bytes, taken while the session is leased, and their version; written later, unleased.
   absl::StatusOr<std::pair<uint64_t, std::string>> EncodeSnapshot(const LiveSession& session) const;

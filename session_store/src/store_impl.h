@@ -46,6 +46,7 @@ class RocksStore : public SessionStore {
   absl::StatusOr<ListPage> List(const std::string& tenant, int page_size, const std::string& page_token) override;
   absl::StatusOr<AppendResult> Append(const SessionKey& key, uint64_t expected_version, const std::string& event,
                                       const std::string& request_id, const std::string& result) override;
+  absl::StatusOr<std::optional<AppendResult>> LookupRequest(const SessionKey& key, const std::string& request_id) override;
   absl::Status WriteSnapshot(const SessionKey& key, const SnapshotInfo& info, const std::string& payload) override;
   absl::StatusOr<LoadResult> Load(const SessionKey& key, bool allow_lossy_base) override;
   absl::StatusOr<std::vector<SnapshotInfo>> ListSnapshots(const SessionKey& key) override;

@@ -63,6 +63,20 @@ absl::StatusOr<AppendResult> RocksStore::Append(const SessionKey& key, uint64_t 
   return AppendResult{info->version, false, result};
 }
 
+absl::StatusOr<std::optional<AppendResult>> RocksStore::LookupRequest(const SessionKey& key,
+                                                                      const std::string& request_id) {
+  auto open = Enter();
+  if (!open.ok()) return open.status();
+  if (auto s = ValidateId("request", request_id); !s.ok()) return s;
+  if (auto info = ReadSession(key); !info.ok()) return info.status();
+  std::string seen;
+  auto s = db_->Get(rocksdb::ReadOptions(), cf_[kIdem], SessionPrefix(key) + request_id, &seen);
+  if (s.IsNotFound()) return std::optional<AppendResult>();
+  if (!s.ok()) return FromRocks(s, "read request id");
+  if (seen.size() < 8) return absl::DataLossError("request id record is corrupt");
+  return std::optional<AppendResult>(AppendResult{GetU64(seen, 0), true, seen.substr(8)});
+}
+
 std::string RocksStore::PieceKey(const SessionKey& key, const Manifest& m, uint32_t i) const {
   std::string k = SnapshotKey(key, m.info.version);
   PutU64(&k, m.write_id);

@@ -395,6 +395,31 @@ TEST_F(ServerTest, EvictedSessionsReloadBitIdentical) {
   EXPECT_EQ(info.sessions_in_memory(), 0);
 }
 
+// A retry with the same request id (the reply was lost) gets the committed reply, not a second turn.
+TEST_F(ServerTest, RetriedRequestIdReturnsTheCommittedTurn) {
+  ASSERT_TRUE(Create("key-acme", "idem").ok());
+  v1::ChatRequest req;
+  req.set_session_id("idem");
+  auto* m = req.add_messages();
+  m->set_role("user");
+  m->set_content("What does the page allocator do?");
+  req.set_max_new_tokens(12);
+  req.set_request_id("0b5c7a2e-retry");
+  auto first = Chat("key-acme", req);
+  ASSERT_TRUE(first.status.ok()) << first.status.error_message();
+  auto again = Chat("key-acme", req);
+  ASSERT_TRUE(again.status.ok()) << again.status.error_message();
+  EXPECT_EQ(again.messages, 1);
+  EXPECT_EQ(again.text, first.text);
+  EXPECT_EQ(again.ids, first.ids);
+  EXPECT_EQ(again.usage.version(), 1u);
+  v1::Session s;
+  ASSERT_TRUE(Get("key-acme", "idem", &s).ok());
+  EXPECT_EQ(s.version(), 1u);
+  req.set_request_id("bad id!");
+  EXPECT_EQ(Chat("key-acme", req).status.error_code(), StatusCode::INVALID_ARGUMENT);
+}
+
 TEST_F(ServerTest, RoutingHeaderMustNameTheSession) {
   ASSERT_TRUE(Create("key-acme", "r1").ok());
   auto ctx = As("key-acme");

@@ -116,6 +116,11 @@ TEST(StoreTest, AppendChecksVersionAndDeduplicatesRequestIds) {
   EXPECT_EQ(again->version, 1u);
   EXPECT_EQ(again->result, "answer 1");
   EXPECT_EQ(store->Get(kA)->version, 1u);
+  auto seen = store->LookupRequest(kA, "req-1");
+  ASSERT_TRUE(seen.ok() && seen->has_value());
+  EXPECT_EQ((*seen)->result, "answer 1");
+  EXPECT_EQ((*seen)->version, 1u);
+  EXPECT_FALSE(store->LookupRequest(kA, "req-2")->has_value());
   EXPECT_EQ(store->Append(kA, 1, "x", "bad id!").status().code(), StatusCode::kInvalidArgument);
   EXPECT_EQ(store->Append({"acme", "ghost"}, 0, "x").status().code(), StatusCode::kNotFound);
 }

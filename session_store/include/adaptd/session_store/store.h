@@ -123,6 +123,11 @@ class SessionStore {
                                               const std::string& event, const std::string& request_id = "",
                                               const std::string& result = "") = 0;
 
+  // What Append recorded for `request_id`, if it has seen it (duplicate = true). NOT_FOUND for
+  // an absent session.
+  virtual absl::StatusOr<std::optional<AppendResult>> LookupRequest(const SessionKey& key,
+                                                                    const std::string& request_id) = 0;
+
   // Publishes a snapshot of the state at info.version (<= the session's version) and applies
   // retention. INVALID_ARGUMENT for a version past the session's; FAILED_PRECONDITION if the
   // session's history was rewritten (rollback, delete and create) while the payload was written.
