@@ -6,6 +6,7 @@
 #include "chat_call.h"
 
 #include <algorithm>
+#include <chrono>
 #include <deque>
 
 #include "absl/strings/str_cat.h"
@@ -91,6 +92,7 @@ class ChatReactor : public grpc::ServerWriteReactor<v1::ChatResponse> {
   std::vector<int32_t> generated_;   // every emitted token (all entered the model)
   std::string replied_text_;         // the text sent
   std::string request_id_text_;      // the client's request id (may be empty)
+  const std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
   bool stop_string_ = false;
 
   std::mutex mu_;
@@ -183,6 +185,9 @@ absl::Status ChatReactor::Start(std::string tenant, const v1::ChatRequest& req) 
 }
 
 void ChatReactor::OnResult(const engine::GenerateResult& r) {
+  if (generated_.empty() && !r.tokens.empty()) {
+    deps_.metrics.FirstToken(std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count());
+  }
   v1::ChatResponse msg;
   for (int32_t t : r.tokens) {
     generated_.push_back(t);
@@ -246,7 +251,12 @@ void ChatReactor::Complete(absl::Status engine_status) {
   v1::ChatResponse record = last;
   record.set_text(replied_text_);
   for (int32_t t : generated_) record.add_token_ids(t);
+  const auto commit_start = std::chrono::steady_clock::now();
   const absl::Status committed = sessions.CommitTurn(*live, turn, request_id_text_, record.SerializeAsString());
+  Metrics& metrics = deps_.metrics;
+  metrics.Commit(std::chrono::duration<double>(std::chrono::steady_clock::now() - commit_start).count());
+  metrics.Tokens(usage->prompt_tokens(), usage->completion_tokens());
+  metrics.Updates(usage->updates_applied(), usage->updates_rejected());
   if (!committed.ok()) {  // not durable: the client must not believe it was
     sessions.ReleaseAndDrop(key);
     End(ToGrpc(committed));
@@ -257,7 +267,13 @@ void ChatReactor::Complete(absl::Status engine_status) {
   auto snapshot = sessions.EncodeSnapshot(*live);
   sessions.Release(key, snapshot.ok() ? snapshot->second.size() : 0);
   Push(std::move(last), true);  // acknowledged; `this` may be gone from here on
-  if (snapshot.ok()) (void)sessions.WriteSnapshot(key, snapshot->first, snapshot->second);
+  if (snapshot.ok()) {
+    const auto t = std::chrono::steady_clock::now();
+    if (sessions.WriteSnapshot(key, snapshot->first, snapshot->second).ok()) {
+      metrics.Snapshot(std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count(),
+                       static_cast<int64_t>(snapshot->second.size()));
+    }
+  }
 }
 
 }  // namespace

@@ -9,6 +9,7 @@
 #include "adaptd/engine/executor.h"
 #include "adaptd/engine/tokenizer.h"
 #include "adaptd/v1/adaptd.grpc.pb.h"
+#include "metrics.h"
 #include "session_manager.h"
 #include "worker.h"
 
@@ -19,6 +20,7 @@ struct ChatDeps {
   SessionManager& sessions;
   const engine::Tokenizer& tokenizer;
   Worker& worker;
+  Metrics& metrics;
   int max_new_tokens;
 };
 

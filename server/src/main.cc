@@ -26,6 +26,7 @@ ABSL_FLAG(std::string, api_keys, "", "file of \"tenant sha256-hex-of-key\" lines
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051", "address:port of the API");
 ABSL_FLAG(std::string, replica_id, "r0", "this replica's id (reported by GetServerInfo)");
 ABSL_FLAG(int, shutdown_grace_seconds, 10, "on SIGTERM: time for calls in flight to finish");
+ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9464", "address:port of /metrics (Prometheus); empty: off");
 ABSL_FLAG(int64_t, memory_budget_bytes, int64_t{2} << 30,
           "sessions in memory past this are evicted (least recently used, once snapshotted)");
 
@@ -67,7 +68,15 @@ int main(int argc, char** argv) {
   options.memory_budget_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_memory_budget_bytes));
   auto executor = engine::Executor::Create(**model, {});
   if (!executor.ok()) return Fail(executor.status());
-  server::AdaptdService service(**model, **tokenizer, **executor, **store, *std::move(keys), options);
+  server::AdaptdService* service_ptr = nullptr;  // the metrics read session counts from it
+  server::Metrics metrics([&service_ptr] { return service_ptr ? service_ptr->SessionCounts() : server::Metrics::SessionCounts{}; });
+  server::AdaptdService service(**model, **tokenizer, **executor, **store, metrics, *std::move(keys), options);
+  service_ptr = &service;
+  if (!absl::GetFlag(FLAGS_metrics_listen).empty()) {
+    auto metrics_port = metrics.Serve(absl::GetFlag(FLAGS_metrics_listen));
+    if (!metrics_port.ok()) return Fail(metrics_port.status());
+    std::cerr << "adaptd: metrics on port " << *metrics_port << std::endl;
+  }
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -75,6 +84,9 @@ int main(int argc, char** argv) {
   int port = 0;
   builder.AddListeningPort(absl::GetFlag(FLAGS_listen), grpc::InsecureServerCredentials(), &port);
   builder.RegisterService(&service);
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
+  interceptors.push_back(std::make_unique<server::MetricsInterceptorFactory>(metrics));
+  builder.experimental().SetInterceptorCreators(std::move(interceptors));
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
     return Fail(absl::UnavailableError("cannot listen on " + absl::GetFlag(FLAGS_listen)));

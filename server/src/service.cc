@@ -122,8 +122,13 @@ grpc::ServerUnaryReactor* AdaptdService::DeleteSession(grpc::CallbackServerConte
 
 grpc::ServerWriteReactor<v1::ChatResponse>* AdaptdService::Chat(grpc::CallbackServerContext* ctx,
                                                                 const v1::ChatRequest* req) {
-  return StartChat({executor_, sessions_, tokenizer_, worker_, options_.max_new_tokens}, Tenant(ctx, &req->session_id()),
-                   req);
+  return StartChat({executor_, sessions_, tokenizer_, worker_, metrics_, options_.max_new_tokens},
+                   Tenant(ctx, &req->session_id()), req);
+}
+
+Metrics::SessionCounts AdaptdService::SessionCounts() {
+  const auto s = sessions_.GetStats();
+  return {static_cast<int64_t>(s.loaded), static_cast<int64_t>(s.bytes), s.loads, s.evictions};
 }
 
 grpc::ServerUnaryReactor* AdaptdService::GetServerInfo(grpc::CallbackServerContext* ctx,

@@ -27,11 +27,12 @@ struct ServiceOptions {
 class AdaptdService final : public adaptd::v1::Adaptd::CallbackService {
  public:
   AdaptdService(const engine::Model& model, const engine::Tokenizer& tokenizer, engine::Executor& executor,
-                session_store::SessionStore& store, ApiKeys keys, ServiceOptions options)
+                session_store::SessionStore& store, Metrics& metrics, ApiKeys keys, ServiceOptions options)
       : model_(model),
         tokenizer_(tokenizer),
         executor_(executor),
         store_(store),
+        metrics_(metrics),
         sessions_(model, store, options.memory_budget_bytes),
         keys_(std::move(keys)),
         options_(std::move(options)) {}
@@ -48,6 +49,8 @@ class AdaptdService final : public adaptd::v1::Adaptd::CallbackService {
                                           v1::ServerInfo* resp) override;
   grpc::ServerWriteReactor<v1::ChatResponse>* Chat(grpc::CallbackServerContext* ctx, const v1::ChatRequest* req) override;
 
+  Metrics::SessionCounts SessionCounts();
+
  private:
   // The caller's tenant, from the authorization header; with `session_id`, also checks the
   // routing header x-adaptd-session (when sent) names that session.
@@ -59,6 +62,7 @@ class AdaptdService final : public adaptd::v1::Adaptd::CallbackService {
   const engine::Tokenizer& tokenizer_;
   engine::Executor& executor_;
   session_store::SessionStore& store_;
+  Metrics& metrics_;
   SessionManager sessions_;
   ApiKeys keys_;
   ServiceOptions options_;

@@ -1,6 +1,9 @@
 // The real adaptd binary on 127.0.0.1 (ctest label `integration`): authentication, the session
 // resource methods with their error codes, server info, restarts (kill -9 and SIGTERM).
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -9,6 +12,8 @@
 
 #include <cmath>
 #include <filesystem>
+#include <set>
+#include <sstream>
 #include <fstream>
 #include <random>
 #include <thread>
@@ -30,24 +35,31 @@ class Server {
   void Start(const std::string& extra_args = "--replica_id=r0") {
     int fds[2];
     ASSERT_EQ(::pipe(fds), 0);
+    port_ = metrics_port_ = 0;
     pid_ = ::fork();
     if (pid_ == 0) {
       ::dup2(fds[1], STDERR_FILENO);
       ::close(fds[0]);
       ::execl(ADAPTD_BINARY, "adaptd", ("--model=" + std::string(ADAPTD_MODEL)).c_str(),
               ("--store=" + dir_ + "/store").c_str(), ("--api_keys=" + dir_ + "/keys.txt").c_str(),
-              "--listen=127.0.0.1:0", extra_args.c_str(), static_cast<char*>(nullptr));
+              "--listen=127.0.0.1:0", "--metrics_listen=127.0.0.1:0", extra_args.c_str(), static_cast<char*>(nullptr));
       _exit(127);
     }
     ::close(fds[1]);
-    std::string log;
+    std::string log, line;
     char c;
-    while (log.find(" on port ") == std::string::npos || log.back() != '\n') {
+    while (port_ <= 0) {  // "adaptd: metrics on port N", then "adaptd: serving M on port P"
       ASSERT_EQ(::read(fds[0], &c, 1), 1) << "adaptd exited: " << log;
       log.push_back(c);
+      if (c != '\n') {
+        line.push_back(c);
+        continue;
+      }
+      const size_t at = line.find(" on port ");
+      if (at != std::string::npos) (line.find("metrics") != std::string::npos ? metrics_port_ : port_) = std::stoi(line.substr(at + 9));
+      line.clear();
     }
     ::close(fds[0]);
-    port_ = std::stoi(log.substr(log.find(" on port ") + 9));
     channel_ = grpc::CreateChannel("127.0.0.1:" + std::to_string(port_), grpc::InsecureChannelCredentials());
     ASSERT_TRUE(channel_->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(30)));
     stub_ = v1::Adaptd::NewStub(channel_);
@@ -63,10 +75,11 @@ class Server {
   }
   v1::Adaptd::Stub& stub() { return *stub_; }
   int port() const { return port_; }
+  int metrics_port() const { return metrics_port_; }
 
  private:
   std::string dir_;
-  int port_ = 0;
+  int port_ = 0, metrics_port_ = 0;
   pid_t pid_ = -1;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Adaptd::Stub> stub_;
@@ -359,6 +372,32 @@ TEST_F(ServerTest, ContinuationAfterKillNineIsBitIdentical) {
   EXPECT_EQ(resumed.usage.version(), 3u);
 }
 
+// The body of GET http://127.0.0.1:port/path.
+std::string HttpGet(int port, const std::string& path) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  std::string out;
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0) {
+    const std::string req = "GET " + path + " HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
+    if (::write(fd, req.data(), req.size()) == static_cast<ssize_t>(req.size())) {
+      char buf[4096];
+      for (ssize_t n; (n = ::read(fd, buf, sizeof buf)) > 0;) out.append(buf, n);
+    }
+  }
+  ::close(fd);
+  return out;
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
 std::string Shell(const std::string& command) {
   std::string out;
   FILE* p = ::popen(command.c_str(), "r");
@@ -431,6 +470,34 @@ TEST_F(ServerTest, RoutingHeaderMustNameTheSession) {
   auto ok = As("key-acme");
   ok->AddMetadata("x-adaptd-session", "r1");
   EXPECT_TRUE(server_->stub().GetSession(ok.get(), req, &s).ok());
+}
+
+// /metrics serves exactly the names of server/metrics.txt, with the calls counted.
+TEST_F(ServerTest, MetricsMatchTheNamesFile) {
+  ASSERT_TRUE(Create("key-acme", "m").ok());
+  auto turn = Chat("key-acme", "m", std::string(200, 'x') + " pages", 8);
+  ASSERT_TRUE(turn.status.ok());
+  ASSERT_GT(turn.usage.updates_applied(), 0);
+  EXPECT_EQ(Get("key-globex", "m").error_code(), StatusCode::NOT_FOUND);
+  v1::Session s;
+  for (int k = 0; k < 100 && Get("key-acme", "m", &s).ok() && s.snapshot_version() < 1; ++k) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  const std::string body = HttpGet(server_->metrics_port(), "/metrics");
+  std::set<std::string> served, expected;
+  std::istringstream lines(body);
+  for (std::string line; std::getline(lines, line);) {
+    if (line.rfind("# TYPE adaptd_", 0) == 0) served.insert(line.substr(7, line.find(' ', 7) - 7));  // not exposer_*
+  }
+  std::istringstream names(ReadFile(ADAPTD_METRICS_FILE));
+  for (std::string line; std::getline(names, line);) {
+    if (!line.empty() && line[0] != '#') expected.insert(line.substr(0, line.find(' ')));
+  }
+  EXPECT_EQ(served, expected) << body.substr(0, 2000);
+  EXPECT_NE(body.find("adaptd_requests_total{code=\"OK\",method=\"Chat\"} 1"), std::string::npos) << body;
+  EXPECT_NE(body.find("adaptd_requests_total{code=\"NOT_FOUND\",method=\"GetSession\"} 1"), std::string::npos);
+  EXPECT_NE(body.find("adaptd_ttt_updates_total " + std::to_string(turn.usage.updates_applied()) + "\n"),
+            std::string::npos);
 }
 
 TEST_F(ServerTest, AdaptctlCreatesChatsAndLists) {

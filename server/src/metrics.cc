@@ -1,0 +1,146 @@
+// Counters and histograms live in a registry; the session counts come from the session manager
+// at scrape time through a small Collectable.
+#include "metrics.h"
+
+#include <prometheus/gauge.h>
+
+#include <chrono>
+
+#include "absl/strings/str_cat.h"
+
+namespace adaptd::server {
+namespace {
+
+using prometheus::BuildCounter;
+using prometheus::BuildHistogram;
+
+const prometheus::Histogram::BucketBoundaries& LatencyBuckets() {
+  static const prometheus::Histogram::BucketBoundaries b = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                                           0.25,  0.5,    1,     2.5,  5,     10,   30};
+  return b;
+}
+
+class SessionCollectable : public prometheus::Collectable {
+ public:
+  explicit SessionCollectable(std::function<Metrics::SessionCounts()> counts) : counts_(std::move(counts)) {}
+  std::vector<prometheus::MetricFamily> Collect() const override {
+    const auto c = counts_();
+    auto one = [](const char* name, const char* help, prometheus::MetricType type, double v) {
+      prometheus::MetricFamily f{name, help, type, {}};
+      prometheus::ClientMetric m;
+      if (type == prometheus::MetricType::Gauge) m.gauge.value = v;
+      if (type == prometheus::MetricType::Counter) m.counter.value = v;
+      f.metric.push_back(m);
+      return f;
+    };
+    using T = prometheus::MetricType;
+    return {one("adaptd_sessions_in_memory", "Sessions loaded in memory", T::Gauge, c.in_memory),
+            one("adaptd_session_memory_bytes", "Bytes of the sessions in memory (their state and KV)", T::Gauge,
+                c.memory_bytes),
+            one("adaptd_session_loads_total", "Sessions loaded from the store (snapshot and replay)", T::Counter,
+                c.loads),
+            one("adaptd_session_evictions_total", "Sessions evicted from memory", T::Counter, c.evictions)};
+  }
+
+ private:
+  std::function<Metrics::SessionCounts()> counts_;
+};
+
+}  // namespace
+
+Metrics::Metrics(std::function<SessionCounts()> session_counts)
+    : registry_(std::make_shared<prometheus::Registry>()),
+      sessions_(std::make_shared<SessionCollectable>(std::move(session_counts))),
+      requests_(BuildCounter().Name("adaptd_requests_total").Help("Requests by method and status code").Register(*registry_)),
+      durations_(BuildHistogram().Name("adaptd_request_duration_seconds").Help("Request latency").Register(*registry_)),
+      ttft_(BuildHistogram()
+                .Name("adaptd_time_to_first_token_seconds")
+                .Help("From a Chat request to its first streamed token")
+                .Register(*registry_)
+                .Add({}, LatencyBuckets())),
+      tokens_(BuildCounter().Name("adaptd_tokens_total").Help("Tokens by kind: prompt, completion").Register(*registry_)),
+      prompt_tokens_(tokens_.Add({{"kind", "prompt"}})),
+      completion_tokens_(tokens_.Add({{"kind", "completion"}})),
+      updates_(BuildCounter().Name("adaptd_ttt_updates_total").Help("In-Place TTT chunk updates applied").Register(*registry_).Add({})),
+      rejected_(BuildCounter()
+                    .Name("adaptd_ttt_updates_rejected_total")
+                    .Help("Chunk updates refused by the safety checks")
+                    .Register(*registry_)
+                    .Add({})),
+      commit_(BuildHistogram()
+                  .Name("adaptd_turn_commit_seconds")
+                  .Help("Appending a turn to the log, synced")
+                  .Register(*registry_)
+                  .Add({}, LatencyBuckets())),
+      snapshot_(BuildHistogram()
+                    .Name("adaptd_snapshot_write_seconds")
+                    .Help("Writing a session snapshot")
+                    .Register(*registry_)
+                    .Add({}, LatencyBuckets())),
+      snapshot_bytes_(BuildCounter().Name("adaptd_snapshot_bytes_total").Help("Snapshot bytes written").Register(*registry_).Add({})) {}
+
+absl::StatusOr<int> Metrics::Serve(const std::string& address) {
+  try {
+    exposer_ = std::make_unique<prometheus::Exposer>(address);
+  } catch (const std::exception& e) {
+    return absl::UnavailableError(absl::StrCat("metrics: cannot listen on ", address, ": ", e.what()));
+  }
+  exposer_->RegisterCollectable(registry_);
+  exposer_->RegisterCollectable(sessions_);
+  return exposer_->GetListeningPorts().front();
+}
+
+void Metrics::Request(const std::string& method, int code, double seconds) {
+  static const char* kCodes[] = {"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+                                 "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+                                 "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+                                 "UNAUTHENTICATED"};
+  requests_.Add({{"method", method}, {"code", code >= 0 && code <= 16 ? kCodes[code] : "UNKNOWN"}}).Increment();
+  durations_.Add({{"method", method}}, LatencyBuckets()).Observe(seconds);
+}
+
+void Metrics::Tokens(int64_t prompt, int64_t completion) {
+  prompt_tokens_.Increment(static_cast<double>(prompt));
+  completion_tokens_.Increment(static_cast<double>(completion));
+}
+
+void Metrics::Updates(int64_t applied, int64_t rejected) {
+  updates_.Increment(static_cast<double>(applied));
+  rejected_.Increment(static_cast<double>(rejected));
+}
+
+void Metrics::Snapshot(double seconds, int64_t bytes) {
+  snapshot_.Observe(seconds);
+  snapshot_bytes_.Increment(static_cast<double>(bytes));
+}
+
+namespace {
+
+class MetricsInterceptor : public grpc::experimental::Interceptor {
+ public:
+  MetricsInterceptor(Metrics& metrics, const char* method) : metrics_(metrics), method_(method) {
+    const size_t slash = method_.rfind('/');
+    if (slash != std::string::npos) method_ = method_.substr(slash + 1);  // "/adaptd.v1.Adaptd/Chat" -> "Chat"
+  }
+  void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
+    if (methods->QueryInterceptionHookPoint(grpc::experimental::InterceptionHookPoints::PRE_SEND_STATUS)) {
+      const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+      metrics_.Request(method_, static_cast<int>(methods->GetSendStatus().error_code()), seconds);
+    }
+    methods->Proceed();
+  }
+
+ private:
+  Metrics& metrics_;
+  std::string method_;
+  std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
+};
+
+}  // namespace
+
+grpc::experimental::Interceptor* MetricsInterceptorFactory::CreateServerInterceptor(
+    grpc::experimental::ServerRpcInfo* info) {
+  return new MetricsInterceptor(metrics_, info->method());
+}
+
+}  // namespace adaptd::server

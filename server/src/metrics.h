@@ -1,0 +1,68 @@
+// Prometheus metrics (prometheus-cpp), served on their own port. The names are fixed in
+// server/metrics.txt. Never a session or user id as a label.
+//
+// Threading: every method may be called from any thread.
+#ifndef ADAPTD_SERVER_METRICS_H_
+#define ADAPTD_SERVER_METRICS_H_
+
+#include <functional>
+#include <memory>
+#include <string>
+
+#include <prometheus/counter.h>
+#include <prometheus/exposer.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+#include <grpcpp/support/server_interceptor.h>
+
+#include "absl/status/statusor.h"
+
+namespace adaptd::server {
+
+class Metrics {
+ public:
+  struct SessionCounts {
+    int64_t in_memory = 0, memory_bytes = 0, loads = 0, evictions = 0;
+  };
+  // `session_counts` is read at each scrape.
+  explicit Metrics(std::function<SessionCounts()> session_counts);
+  // Serves /metrics on `address` ("host:port"; port 0 picks one). UNAVAILABLE if it cannot bind.
+  absl::StatusOr<int> Serve(const std::string& address);
+
+  void Request(const std::string& method, int code, double seconds);
+  void FirstToken(double seconds) { ttft_.Observe(seconds); }
+  void Tokens(int64_t prompt, int64_t completion);
+  void Updates(int64_t applied, int64_t rejected);
+  void Commit(double seconds) { commit_.Observe(seconds); }
+  void Snapshot(double seconds, int64_t bytes);
+
+ private:
+  std::shared_ptr<prometheus::Registry> registry_;
+  std::shared_ptr<prometheus::Collectable> sessions_;
+  std::unique_ptr<prometheus::Exposer> exposer_;
+  prometheus::Family<prometheus::Counter>& requests_;
+  prometheus::Family<prometheus::Histogram>& durations_;
+  prometheus::Histogram& ttft_;
+  prometheus::Family<prometheus::Counter>& tokens_;
+  prometheus::Counter& prompt_tokens_;
+  prometheus::Counter& completion_tokens_;
+  prometheus::Counter& updates_;
+  prometheus::Counter& rejected_;
+  prometheus::Histogram& commit_;
+  prometheus::Histogram& snapshot_;
+  prometheus::Counter& snapshot_bytes_;
+};
+
+// Counts every call by method and status code and times it, from its start to its status.
+class MetricsInterceptorFactory : public grpc::experimental::ServerInterceptorFactoryInterface {
+ public:
+  explicit MetricsInterceptorFactory(Metrics& metrics) : metrics_(metrics) {}
+  grpc::experimental::Interceptor* CreateServerInterceptor(grpc::experimental::ServerRpcInfo* info) override;
+
+ private:
+  Metrics& metrics_;
+};
+
+}  // namespace adaptd::server
+
+#endif  // ADAPTD_SERVER_METRICS_H_
