@@ -178,13 +178,6 @@ absl::Status ParseDecoder(const Json& j, DecoderSpec* spec, int depth = 0) {
   return absl::OkStatus();
 }
 
-std::string ReplaceAll(std::string s, const std::string& from, const std::string& to) {
-  for (size_t at = s.find(from); at != std::string::npos && !from.empty(); at = s.find(from, at + to.size())) {
-    s.replace(at, from.size(), to);
-  }
-  return s;
-}
-
 // <0xXX> -> the byte.
 std::optional<char> ByteToken(const std::string& t) {
   static constexpr char kHex[] = "0123456789ABCDEF";

@@ -9,7 +9,6 @@
 #include "unicode.h"
 
 namespace adaptd::engine {
-namespace {
 
 std::string ReplaceAll(std::string_view s, std::string_view from, std::string_view to) {
   std::string out;
@@ -21,6 +20,8 @@ std::string ReplaceAll(std::string_view s, std::string_view from, std::string_vi
   out.append(s, begin, std::string_view::npos);
   return out;
 }
+
+namespace {
 
 // The code point that ends s[0, end) (valid UTF-8, end > 0).
 uint32_t LastCodePoint(std::string_view s, size_t end) {

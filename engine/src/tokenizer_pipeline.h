@@ -16,6 +16,9 @@
 
 namespace adaptd::engine {
 
+// `s` with every `from` replaced by `to` (an empty `from` replaces nothing).
+std::string ReplaceAll(std::string_view s, std::string_view from, std::string_view to);
+
 struct AddedToken {
   int32_t id = 0;
   std::string content;
