@@ -170,13 +170,22 @@ absl::Status ChatReactor::Start(std::string tenant, const v1::ChatRequest& req) 
   if (!turn.ok()) return fail(turn.status());
   prompt.insert(prompt.end(), turn->begin(), turn->end());
 
+  const int max_new = req.max_new_tokens() == 0 ? kDefaultMaxNewTokens : req.max_new_tokens();
+  if (static_cast<int64_t>(prompt.size()) + max_new > live_->max_context_tokens) {
+    return fail(absl::InvalidArgumentError(absl::StrCat("the turn (", prompt.size(), " prompt tokens + max_new_tokens ",
+                                                        max_new, ") does not fit the session's context of ",
+                                                        live_->max_context_tokens, " tokens")));
+  }
+  if (auto s = deps_.sessions.FitWindow(*live_, static_cast<int64_t>(prompt.size()), max_new); !s.ok()) {
+    deps_.sessions.ReleaseAndDrop(key_);  // the state may be half rebuilt
+    return s;
+  }
   stream_ = std::make_unique<engine::StreamDecoder>(deps_.tokenizer, /*skip_special=*/true);
   stops_ = std::make_unique<engine::StopStringMatcher>(std::vector<std::string>(req.stop().begin(), req.stop().end()));
   stop_ids_ = renderer_->StopIds();
   updates_before_ = live_->state->updates_applied();
   rejected_before_ = live_->state->updates_rejected();
-  request_ = {live_->state.get(), prompt, !req.dry_run(),
-              req.max_new_tokens() == 0 ? kDefaultMaxNewTokens : req.max_new_tokens(), stop_ids_, sampling};
+  request_ = {live_->state.get(), prompt, !req.dry_run(), max_new, stop_ids_, sampling};
   std::lock_guard<std::mutex> lock(mu_);  // OnCancel reads request_id_
   auto id = deps_.executor.Enqueue(request_, [this](const engine::GenerateResult& r) { OnResult(r); });
   if (!id.ok()) return fail(id.status());
@@ -237,6 +246,8 @@ void ChatReactor::Complete(absl::Status engine_status) {
   turn.tokens.insert(turn.tokens.end(), generated_.begin(), generated_.end());
   turn.learned = request_.learn;
   turn.assistant_open = renderer_->format() != engine::ChatFormat::kRaw;
+  turn.prompt_tokens = static_cast<uint32_t>(request_.prompt.size());
+  turn.max_new_tokens = static_cast<uint32_t>(request_.max_new_tokens);
   v1::ChatResponse last;
   auto* usage = last.mutable_usage();
   usage->set_prompt_tokens(static_cast<int64_t>(request_.prompt.size()));

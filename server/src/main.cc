@@ -26,6 +26,7 @@ ABSL_FLAG(std::string, api_keys, "", "file of \"tenant sha256-hex-of-key\" lines
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051", "address:port of the API");
 ABSL_FLAG(std::string, replica_id, "r0", "this replica's id (reported by GetServerInfo)");
 ABSL_FLAG(int, shutdown_grace_seconds, 10, "on SIGTERM: time for calls in flight to finish");
+ABSL_FLAG(int64_t, max_context_tokens, 1024, "default KV window of a session, in tokens");
 ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9464", "address:port of /metrics (Prometheus); empty: off");
 ABSL_FLAG(int64_t, memory_budget_bytes, int64_t{2} << 30,
           "sessions in memory past this are evicted (least recently used, once snapshotted)");
@@ -66,6 +67,8 @@ int main(int argc, char** argv) {
   options.chat_format = std::string(engine::ChatFormatName(engine::DetectChatFormat(**tokenizer)));
   if (absl::GetFlag(FLAGS_memory_budget_bytes) < 0) return Fail(absl::InvalidArgumentError("--memory_budget_bytes < 0"));
   options.memory_budget_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_memory_budget_bytes));
+  options.max_context_tokens = absl::GetFlag(FLAGS_max_context_tokens);
+  if (options.max_context_tokens < 16) return Fail(absl::InvalidArgumentError("--max_context_tokens < 16"));
   auto executor = engine::Executor::Create(**model, {});
   if (!executor.ok()) return Fail(executor.status());
   server::AdaptdService* service_ptr = nullptr;  // the metrics read session counts from it

@@ -20,6 +20,9 @@ absl::Status ValidateOptions(const v1::SessionOptions& o) {
   if (!rule.empty() && rule != "inplace" && rule != "off") {
     return absl::InvalidArgumentError(absl::StrCat("options.update_rule '", rule, "' (inplace or off)"));
   }
+  if (o.max_context_tokens() < 0 || o.max_context_tokens() > (1 << 20)) {
+    return absl::InvalidArgumentError("options.max_context_tokens must be in [0, 2^20]");
+  }
   const std::string& f = o.chat_format();
   if (!f.empty() && f != "qwen3" && f != "llama3" && f != "raw") {
     return absl::InvalidArgumentError(absl::StrCat("options.chat_format '", f, "' (qwen3, llama3 or raw)"));

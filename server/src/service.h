@@ -22,6 +22,7 @@ struct ServiceOptions {
   std::string chat_format;
   int max_new_tokens = 4096;
   size_t memory_budget_bytes = size_t{2} << 30;
+  int64_t max_context_tokens = 1024;
 };
 
 class AdaptdService final : public adaptd::v1::Adaptd::CallbackService {
@@ -33,7 +34,7 @@ class AdaptdService final : public adaptd::v1::Adaptd::CallbackService {
         executor_(executor),
         store_(store),
         metrics_(metrics),
-        sessions_(model, store, options.memory_budget_bytes),
+        sessions_(model, store, options.memory_budget_bytes, options.max_context_tokens),
         keys_(std::move(keys)),
         options_(std::move(options)) {}
 

@@ -27,6 +27,8 @@ struct TurnEvent {
   std::vector<int32_t> tokens;
   bool learned = true;
   bool assistant_open = false;
+  uint32_t prompt_tokens = 0;  // tokens[0, prompt_tokens) were the prompt
+  uint32_t max_new_tokens = 0;  // the reply's reserved room (the window rule reads it)
 };
 std::string EncodeTurn(const TurnEvent& turn);
 absl::StatusOr<TurnEvent> DecodeTurn(const std::string& bytes);
@@ -38,14 +40,22 @@ struct LiveSession {
   uint64_t version = 0;
   int32_t last_token = -1;  // the last token that entered the model
   bool assistant_open = false;
+  int64_t max_context_tokens = 0;
+  std::vector<std::vector<int32_t>> window;  // the turns whose tokens are in the KV window
 };
 
 class SessionManager {
  public:
   // `memory_budget_bytes`: loaded sessions past it are evicted, least recently used first, once
   // their latest turn is in a snapshot (an evicted session reloads bit-exactly).
-  SessionManager(const engine::Model& model, session_store::SessionStore& store, size_t memory_budget_bytes)
-      : model_(model), store_(store), budget_(memory_budget_bytes) {}
+  SessionManager(const engine::Model& model, session_store::SessionStore& store, size_t memory_budget_bytes,
+                 int64_t default_max_context_tokens)
+      : model_(model), store_(store), budget_(memory_budget_bytes), default_context_(default_max_context_tokens) {}
+
+  // The window rule, before a turn of `prompt_tokens` with room for `max_new_tokens`: drops whole
+  // old turns until it fits and re-reads the rest without learning (positions from 0). A
+  // function of the log alone, so replay repeats it.
+  absl::Status FitWindow(LiveSession& session, int64_t prompt_tokens, int64_t max_new_tokens) const;
 
   // The session, loaded if needed, leased to the caller. ABORTED ("session busy") while another
   // call holds it; NOT_FOUND; FAILED_PRECONDITION for a session of another model.
@@ -96,6 +106,7 @@ class SessionManager {
   std::mutex mu_;
   std::map<Id, Entry> sessions_;  // guarded by mu_
   const size_t budget_;
+  const int64_t default_context_;
   uint64_t clock_ = 0;            // guarded by mu_
   Stats stats_;                   // guarded by mu_ (loaded and bytes computed on demand)
 };

@@ -106,10 +106,11 @@ class ServerTest : public ::testing::Test {
     return ctx;
   }
   grpc::Status Create(const std::string& key, const std::string& id, v1::Session* out = nullptr,
-                      const std::string& rule = "") {
+                      const std::string& rule = "", int max_context_tokens = 0) {
     v1::CreateSessionRequest req;
     req.set_session_id(id);
     req.mutable_options()->set_update_rule(rule);
+    req.mutable_options()->set_max_context_tokens(max_context_tokens);
     v1::Session resp;
     auto s = server_->stub().CreateSession(As(key).get(), req, &resp);
     if (out != nullptr) *out = resp;
@@ -346,12 +347,13 @@ TEST_F(ServerTest, SecondCallOnABusySessionIsAborted) {
 }
 
 // With a snapshot after every turn, a conversation continued after kill -9 generates exactly
-// what the uninterrupted one does.
+// what the uninterrupted one does, window rule included (a 64-token window: the third turn
+// drops the first and re-reads the second).
 TEST_F(ServerTest, ContinuationAfterKillNineIsBitIdentical) {
   const std::vector<std::string> turns = {"What does the page allocator do?", "And the slab allocator?",
                                           "How are pages freed?"};
-  ASSERT_TRUE(Create("key-acme", "a").ok());
-  ASSERT_TRUE(Create("key-acme", "b").ok());
+  ASSERT_TRUE(Create("key-acme", "a", nullptr, "", 64).ok());
+  ASSERT_TRUE(Create("key-acme", "b", nullptr, "", 64).ok());
   std::vector<Turn> uninterrupted;
   for (const auto& t : turns) {
     uninterrupted.push_back(Chat("key-acme", "a", t, 20));
@@ -457,6 +459,19 @@ TEST_F(ServerTest, RetriedRequestIdReturnsTheCommittedTurn) {
   EXPECT_EQ(s.version(), 1u);
   req.set_request_id("bad id!");
   EXPECT_EQ(Chat("key-acme", req).status.error_code(), StatusCode::INVALID_ARGUMENT);
+}
+
+TEST_F(ServerTest, TheWindowBoundsTheContext) {
+  ASSERT_TRUE(Create("key-acme", "w", nullptr, "", 48).ok());
+  for (int i = 0; i < 4; ++i) {  // each turn ~17 prompt + 12 reply tokens: old turns must leave
+    auto t = Chat("key-acme", "w", "What does the page allocator do?", 12);
+    ASSERT_TRUE(t.status.ok()) << "turn " << i << ": " << t.status.error_message();
+  }
+  EXPECT_EQ(Chat("key-acme", "w", std::string(300, 'x'), 12).status.error_code(), StatusCode::INVALID_ARGUMENT);
+  v1::Session s;
+  ASSERT_TRUE(Get("key-acme", "w", &s).ok());
+  EXPECT_EQ(s.version(), 4u);
+  EXPECT_EQ(Create("key-acme", "bad", nullptr, "", -1).error_code(), StatusCode::INVALID_ARGUMENT);
 }
 
 TEST_F(ServerTest, RoutingHeaderMustNameTheSession) {
