@@ -10,6 +10,7 @@
 
 #include "adaptd/engine/tokenizer.h"
 #include "engine/fixtures.h"
+#include "unicode.h"  // engine/src: the engine's own UTF-8 writer
 
 namespace adaptd::engine {
 namespace {
@@ -39,24 +40,6 @@ std::vector<std::vector<int32_t>> ReadIds(const std::string& path) {
     in.read(reinterpret_cast<char*>(out.back().data()), n * sizeof(int32_t));
   }
   return out;
-}
-
-void AppendCodePoint(uint32_t cp, std::string* out) {
-  if (cp < 0x80) {
-    out->push_back(static_cast<char>(cp));
-  } else if (cp < 0x800) {
-    out->push_back(static_cast<char>(0xC0 | (cp >> 6)));
-    out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  } else if (cp < 0x10000) {
-    out->push_back(static_cast<char>(0xE0 | (cp >> 12)));
-    out->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
-    out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  } else {
-    out->push_back(static_cast<char>(0xF0 | (cp >> 18)));
-    out->push_back(static_cast<char>(0x80 | ((cp >> 12) & 0x3F)));
-    out->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
-    out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  }
 }
 
 // "doc 17 at id 5: got [...] want [...]" around the first difference.
@@ -240,7 +223,7 @@ TEST(EncodeTest, RandomInputsRoundTripOrFailCleanly) {
       uint32_t cp = r[0] + rng() % (r[1] - r[0] + 1);
       if (cp >= 0xD800 && cp <= 0xDFFF) cp = 'x';
       if (rng() % 8 == 0) s += std::vector<std::string>{"<|eot_id|>", "<tool>", " ", "\n", "'s", "kernel"}[rng() % 6];
-      AppendCodePoint(cp, &s);
+      unicode::AppendUtf8(cp, &s);
     }
     auto ids = (*llama3)->Encode(s);
     ASSERT_TRUE(ids.ok()) << ids.status();

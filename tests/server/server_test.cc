@@ -133,14 +133,19 @@ class ServerTest : public ::testing::Test {
     std::string finish_reason;
     int messages = 0;
   };
-  Turn Chat(const std::string& key, const std::string& session, const std::string& content, int max_new = 12,
-            std::vector<std::string> stops = {}, const std::string& role = "user") {
+  static v1::ChatRequest Request(const std::string& session, const std::string& content, int max_new = 12,
+                                 const std::string& role = "user") {
     v1::ChatRequest req;
     req.set_session_id(session);
     auto* m = req.add_messages();
     m->set_role(role);
     m->set_content(content);
     req.set_max_new_tokens(max_new);
+    return req;
+  }
+  Turn Chat(const std::string& key, const std::string& session, const std::string& content, int max_new = 12,
+            std::vector<std::string> stops = {}, const std::string& role = "user") {
+    v1::ChatRequest req = Request(session, content, max_new, role);
     for (const auto& s : stops) req.add_stop(s);
     return Chat(key, req);
   }
@@ -303,12 +308,7 @@ TEST_F(ServerTest, StopStringsEndTheReplyUnprinted) {
 TEST_F(ServerTest, ClientCancellingMidReplyLeavesAConsistentSession) {
   ASSERT_TRUE(Create("key-acme", "cx").ok());
   {
-    v1::ChatRequest req;
-    req.set_session_id("cx");
-    auto* m = req.add_messages();
-    m->set_role("user");
-    m->set_content("Tell me about pages.");
-    req.set_max_new_tokens(400);
+    const v1::ChatRequest req = Request("cx", "Tell me about pages.", 400);
     auto ctx = As("key-acme");
     auto reader = server_->stub().Chat(ctx.get(), req);
     v1::ChatResponse first;
@@ -330,12 +330,7 @@ TEST_F(ServerTest, ClientCancellingMidReplyLeavesAConsistentSession) {
 
 TEST_F(ServerTest, SecondCallOnABusySessionIsAborted) {
   ASSERT_TRUE(Create("key-acme", "busy").ok());
-  v1::ChatRequest req;
-  req.set_session_id("busy");
-  auto* m = req.add_messages();
-  m->set_role("user");
-  m->set_content("Tell me about pages.");
-  req.set_max_new_tokens(400);
+  const v1::ChatRequest req = Request("busy", "Tell me about pages.", 400);
   auto ctx = As("key-acme");
   auto reader = server_->stub().Chat(ctx.get(), req);
   v1::ChatResponse first;
@@ -439,12 +434,7 @@ TEST_F(ServerTest, EvictedSessionsReloadBitIdentical) {
 // A retry with the same request id (the reply was lost) gets the committed reply, not a second turn.
 TEST_F(ServerTest, RetriedRequestIdReturnsTheCommittedTurn) {
   ASSERT_TRUE(Create("key-acme", "idem").ok());
-  v1::ChatRequest req;
-  req.set_session_id("idem");
-  auto* m = req.add_messages();
-  m->set_role("user");
-  m->set_content("What does the page allocator do?");
-  req.set_max_new_tokens(12);
+  v1::ChatRequest req = Request("idem", "What does the page allocator do?");
   req.set_request_id("0b5c7a2e-retry");
   auto first = Chat("key-acme", req);
   ASSERT_TRUE(first.status.ok()) << first.status.error_message();
