@@ -1,6 +1,7 @@
 // Session resource methods. Every method: authenticate, validate, call the store, convert.
 #include "service.h"
 
+#include <cmath>
 #include <random>
 
 #include "absl/strings/str_cat.h"
@@ -127,6 +128,43 @@ grpc::ServerWriteReactor<v1::ChatResponse>* AdaptdService::Chat(grpc::CallbackSe
                                                                 const v1::ChatRequest* req) {
   return StartChat({executor_, sessions_, tokenizer_, worker_, metrics_, options_.max_new_tokens},
                    Tenant(ctx, &req->session_id()), req);
+}
+
+grpc::ServerUnaryReactor* AdaptdService::Score(grpc::CallbackServerContext* ctx, const v1::ScoreRequest* req,
+                                               v1::ScoreResponse* resp) {
+  auto tenant = Tenant(ctx, &req->session_id());
+  if (!tenant.ok()) return Done(ctx, tenant.status());
+  if (req->text().size() > (1u << 20)) return Done(ctx, absl::InvalidArgumentError("text: at most 1 MiB"));
+  auto ids = tokenizer_.Encode(req->text());
+  if (!ids.ok()) return Done(ctx, ids.status());
+  if (ids->size() < 2 || ids->size() > 8192) {
+    return Done(ctx, absl::InvalidArgumentError(absl::StrCat("text must be 2 to 8192 tokens, not ", ids->size())));
+  }
+  auto copy = sessions_.CloneState({*tenant, req->session_id()});
+  if (!copy.ok()) return Done(ctx, copy.status());
+  auto* reactor = ctx->DefaultReactor();
+  scorer_.Post([this, reactor, resp, ids = *std::move(ids), state = std::shared_ptr<engine::SessionState>(
+                                                                 std::move(*copy))]() {
+    const int64_t before = state->updates_applied();
+    auto logits = model_.Forward(*state, ids, /*learn=*/true);  // on the copy: the session is untouched
+    if (!logits.ok()) return reactor->Finish(ToGrpc(logits.status()));
+    const int64_t V = model_.config().vocab_size;
+    double total = 0;
+    for (size_t i = 0; i + 1 < ids.size(); ++i) {
+      const float* row = logits->data() + i * V;
+      double m = row[0], sum = 0;
+      for (int64_t v = 1; v < V; ++v) m = std::max<double>(m, row[v]);
+      for (int64_t v = 0; v < V; ++v) sum += std::exp(row[v] - m);
+      const double lp = row[ids[i + 1]] - m - std::log(sum);
+      resp->add_logprobs(static_cast<float>(lp));
+      total -= lp;
+    }
+    for (int32_t id : ids) resp->add_token_ids(id);
+    resp->set_nll(total / static_cast<double>(ids.size() - 1));
+    resp->set_updates_applied(state->updates_applied() - before);
+    reactor->Finish(grpc::Status::OK);
+  });
+  return reactor;
 }
 
 Metrics::SessionCounts AdaptdService::SessionCounts() {

@@ -49,6 +49,8 @@ class AdaptdService final : public adaptd::v1::Adaptd::CallbackService {
   grpc::ServerUnaryReactor* GetServerInfo(grpc::CallbackServerContext* ctx, const v1::GetServerInfoRequest* req,
                                           v1::ServerInfo* resp) override;
   grpc::ServerWriteReactor<v1::ChatResponse>* Chat(grpc::CallbackServerContext* ctx, const v1::ChatRequest* req) override;
+  grpc::ServerUnaryReactor* Score(grpc::CallbackServerContext* ctx, const v1::ScoreRequest* req,
+                                  v1::ScoreResponse* resp) override;
 
   Metrics::SessionCounts SessionCounts();
 
@@ -67,6 +69,7 @@ class AdaptdService final : public adaptd::v1::Adaptd::CallbackService {
   SessionManager sessions_;
   ApiKeys keys_;
   ServiceOptions options_;
+  Worker scorer_;  // dry runs, off the gRPC threads and out of the commits' way
   Worker worker_;  // last: destroyed first, finishing the turns it holds
 };
 

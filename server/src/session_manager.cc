@@ -194,6 +194,14 @@ SessionManager::Stats SessionManager::GetStats() {
   return s;
 }
 
+absl::StatusOr<std::unique_ptr<engine::SessionState>> SessionManager::CloneState(const session_store::SessionKey& key) {
+  auto live = Acquire(key);
+  if (!live.ok()) return live.status();
+  auto copy = model_.Clone(*(*live)->state);
+  Release(key);
+  return copy;
+}
+
 void SessionManager::ReleaseAndDrop(const session_store::SessionKey& key) {
   std::lock_guard<std::mutex> lock(mu_);
   sessions_.erase({key.tenant, key.session});

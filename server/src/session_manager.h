@@ -69,6 +69,9 @@ class SessionManager {
   absl::Status BeginDelete(const session_store::SessionKey& key);
   void EndDelete(const session_store::SessionKey& key) { ReleaseAndDrop(key); }
 
+  // An independent copy of the session's state (ABORTED while a call holds it).
+  absl::StatusOr<std::unique_ptr<engine::SessionState>> CloneState(const session_store::SessionKey& key);
+
   // Appends the turn to the log (synced) with the request id and the reply a retry gets, and
   // advances the version.
   absl::Status CommitTurn(LiveSession& session, const TurnEvent& turn, const std::string& request_id = "",

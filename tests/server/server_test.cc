@@ -464,6 +464,38 @@ TEST_F(ServerTest, TheWindowBoundsTheContext) {
   EXPECT_EQ(Create("key-acme", "bad", nullptr, "", -1).error_code(), StatusCode::INVALID_ARGUMENT);
 }
 
+// Score is a dry run: log-probabilities of the text as the session's continuation, and the
+// session continues exactly as a twin that was never scored.
+TEST_F(ServerTest, ScoreIsADryRun) {
+  ASSERT_TRUE(Create("key-acme", "scored").ok());
+  ASSERT_TRUE(Create("key-acme", "twin").ok());
+  ASSERT_TRUE(Chat("key-acme", "scored", "What does the page allocator do?", 10).status.ok());
+  ASSERT_TRUE(Chat("key-acme", "twin", "What does the page allocator do?", 10).status.ok());
+  v1::ScoreRequest req;
+  req.set_session_id("scored");
+  req.set_text(std::string(120, 'x') + " The kernel memory allocator hands out pages to drivers.");
+  v1::ScoreResponse resp;
+  ASSERT_TRUE(server_->stub().Score(As("key-acme").get(), req, &resp).ok());
+  ASSERT_GT(resp.token_ids_size(), 2);
+  EXPECT_EQ(resp.logprobs_size(), resp.token_ids_size() - 1);
+  double nll = 0;
+  for (float lp : resp.logprobs()) {
+    EXPECT_LE(lp, 0.0f);
+    nll -= lp;
+  }
+  EXPECT_NEAR(resp.nll(), nll / resp.logprobs_size(), 1e-4);
+  EXPECT_GT(resp.updates_applied(), 0);  // the text is long enough to complete chunks
+  auto after_scored = Chat("key-acme", "scored", "And the slab allocator?", 12);
+  auto after_twin = Chat("key-acme", "twin", "And the slab allocator?", 12);
+  ASSERT_TRUE(after_scored.status.ok() && after_twin.status.ok());
+  EXPECT_EQ(after_scored.ids, after_twin.ids);
+  EXPECT_EQ(after_scored.usage.version(), 2u);
+  req.set_text("x");
+  EXPECT_EQ(server_->stub().Score(As("key-acme").get(), req, &resp).error_code(), StatusCode::INVALID_ARGUMENT);
+  req.set_text("long enough text");
+  EXPECT_EQ(server_->stub().Score(As("key-globex").get(), req, &resp).error_code(), StatusCode::NOT_FOUND);
+}
+
 TEST_F(ServerTest, RoutingHeaderMustNameTheSession) {
   ASSERT_TRUE(Create("key-acme", "r1").ok());
   auto ctx = As("key-acme");
