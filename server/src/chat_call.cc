@@ -23,7 +23,8 @@ constexpr size_t kMaxStops = 4, kMaxStopBytes = 64;
 
 class ChatReactor : public grpc::ServerWriteReactor<v1::ChatResponse> {
  public:
-  ChatReactor(ChatDeps deps, absl::StatusOr<std::string> tenant, const v1::ChatRequest* req) : deps_(deps) {
+  ChatReactor(ChatDeps deps, absl::StatusOr<std::string> tenant, const v1::ChatRequest* req, bool raw)
+      : deps_(deps), raw_(raw) {
     absl::Status s = tenant.status();
     if (s.ok()) s = Start(*std::move(tenant), *req);
     if (!s.ok()) End(ToGrpc(s));
@@ -81,6 +82,7 @@ class ChatReactor : public grpc::ServerWriteReactor<v1::ChatResponse> {
   }
 
   ChatDeps deps_;
+  const bool raw_;
   session_store::SessionKey key_;
   LiveSession* live_ = nullptr;
   std::unique_ptr<engine::ChatRenderer> renderer_;
@@ -150,7 +152,7 @@ absl::Status ChatReactor::Start(std::string tenant, const v1::ChatRequest& req) 
     return s;
   };
   engine::ChatFormat format = engine::DetectChatFormat(deps_.tokenizer);
-  if (!live_->options.chat_format().empty()) {
+  if (!live_->options.chat_format().empty() && !raw_) {
     auto f = engine::ParseChatFormat(live_->options.chat_format());
     if (!f.ok()) return fail(f.status());
     format = *f;
@@ -166,8 +168,10 @@ absl::Status ChatReactor::Start(std::string tenant, const v1::ChatRequest& req) 
     const size_t skip = !end.empty() && live_->last_token == end[0] ? 1 : 0;
     prompt.insert(prompt.end(), end.begin() + skip, end.end());
   }
-  auto turn = renderer_->Render(messages, /*first=*/live_->version == 0, /*generation_prompt=*/true);
+  auto turn = raw_ ? deps_.tokenizer.Encode(messages[0].content)
+                   : renderer_->Render(messages, /*first=*/live_->version == 0, /*generation_prompt=*/true);
   if (!turn.ok()) return fail(turn.status());
+  if (turn->empty()) return fail(absl::InvalidArgumentError("the prompt encodes to no tokens"));
   prompt.insert(prompt.end(), turn->begin(), turn->end());
 
   const int max_new = req.max_new_tokens() == 0 ? kDefaultMaxNewTokens : req.max_new_tokens();
@@ -245,7 +249,7 @@ void ChatReactor::Complete(absl::Status engine_status) {
   turn.tokens = request_.prompt;
   turn.tokens.insert(turn.tokens.end(), generated_.begin(), generated_.end());
   turn.learned = request_.learn;
-  turn.assistant_open = renderer_->format() != engine::ChatFormat::kRaw;
+  turn.assistant_open = !raw_ && renderer_->format() != engine::ChatFormat::kRaw;
   turn.prompt_tokens = static_cast<uint32_t>(request_.prompt.size());
   turn.max_new_tokens = static_cast<uint32_t>(request_.max_new_tokens);
   v1::ChatResponse last;
@@ -290,8 +294,8 @@ void ChatReactor::Complete(absl::Status engine_status) {
 }  // namespace
 
 grpc::ServerWriteReactor<v1::ChatResponse>* StartChat(ChatDeps deps, absl::StatusOr<std::string> tenant,
-                                                      const v1::ChatRequest* req) {
-  return new ChatReactor(deps, std::move(tenant), req);
+                                                      const v1::ChatRequest* req, bool raw) {
+  return new ChatReactor(deps, std::move(tenant), req, raw);
 }
 
 }  // namespace adaptd::server

@@ -26,8 +26,9 @@ struct ChatDeps {
 
 // A reactor that runs one turn for `tenant` (or fails the call with its error) and deletes
 // itself when the call is done.
+// With `raw`, the one message's content is fed as plain text (Generate).
 grpc::ServerWriteReactor<v1::ChatResponse>* StartChat(ChatDeps deps, absl::StatusOr<std::string> tenant,
-                                                      const v1::ChatRequest* req);
+                                                      const v1::ChatRequest* req, bool raw = false);
 
 grpc::Status ToGrpc(const absl::Status& status);  // service.cc
 

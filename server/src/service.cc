@@ -130,6 +130,24 @@ grpc::ServerWriteReactor<v1::ChatResponse>* AdaptdService::Chat(grpc::CallbackSe
                    Tenant(ctx, &req->session_id()), req);
 }
 
+grpc::ServerWriteReactor<v1::ChatResponse>* AdaptdService::Generate(grpc::CallbackServerContext* ctx,
+                                                                    const v1::GenerateRequest* req) {
+  // The same turn machinery as Chat, with one raw message (the reactor copies what it needs
+  // from the request while it starts).
+  auto chat = std::make_unique<v1::ChatRequest>();
+  chat->set_session_id(req->session_id());
+  auto* m = chat->add_messages();
+  m->set_role("user");
+  m->set_content(req->prompt());
+  *chat->mutable_sampling() = req->sampling();
+  chat->set_max_new_tokens(req->max_new_tokens());
+  *chat->mutable_stop() = req->stop();
+  chat->set_dry_run(req->dry_run());
+  chat->set_request_id(req->request_id());
+  return StartChat({executor_, sessions_, tokenizer_, worker_, metrics_, options_.max_new_tokens},
+                   Tenant(ctx, &req->session_id()), chat.get(), /*raw=*/true);
+}
+
 grpc::ServerUnaryReactor* AdaptdService::Score(grpc::CallbackServerContext* ctx, const v1::ScoreRequest* req,
                                                v1::ScoreResponse* resp) {
   auto tenant = Tenant(ctx, &req->session_id());

@@ -49,6 +49,8 @@ class AdaptdService final : public adaptd::v1::Adaptd::CallbackService {
   grpc::ServerUnaryReactor* GetServerInfo(grpc::CallbackServerContext* ctx, const v1::GetServerInfoRequest* req,
                                           v1::ServerInfo* resp) override;
   grpc::ServerWriteReactor<v1::ChatResponse>* Chat(grpc::CallbackServerContext* ctx, const v1::ChatRequest* req) override;
+  grpc::ServerWriteReactor<v1::ChatResponse>* Generate(grpc::CallbackServerContext* ctx,
+                                                       const v1::GenerateRequest* req) override;
   grpc::ServerUnaryReactor* Score(grpc::CallbackServerContext* ctx, const v1::ScoreRequest* req,
                                   v1::ScoreResponse* resp) override;
 

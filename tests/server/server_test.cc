@@ -496,6 +496,28 @@ TEST_F(ServerTest, ScoreIsADryRun) {
   EXPECT_EQ(server_->stub().Score(As("key-globex").get(), req, &resp).error_code(), StatusCode::NOT_FOUND);
 }
 
+// Generate on a fresh session continues the prompt exactly as adaptd-generate does (the engine
+// alone; tests/CMakeLists.txt default_model_prompt).
+TEST_F(ServerTest, GenerateContinuesRawText) {
+  ASSERT_TRUE(Create("key-acme", "g").ok());
+  v1::GenerateRequest req;
+  req.set_session_id("g");
+  req.set_prompt("The kernel memory allocator");
+  req.set_max_new_tokens(30);
+  auto ctx = As("key-acme");
+  auto reader = server_->stub().Generate(ctx.get(), req);
+  std::string text;
+  v1::ChatResponse r;
+  uint64_t version = 0;
+  while (reader->Read(&r)) {
+    text += r.text();
+    if (r.has_usage()) version = r.usage().version();
+  }
+  ASSERT_TRUE(reader->Finish().ok());
+  EXPECT_EQ(text.rfind(" of the kernel.  The\nsensation is not to be used", 0), 0u) << text;
+  EXPECT_EQ(version, 1u);
+}
+
 TEST_F(ServerTest, RoutingHeaderMustNameTheSession) {
   ASSERT_TRUE(Create("key-acme", "r1").ok());
   auto ctx = As("key-acme");
