@@ -103,6 +103,16 @@ absl::StatusOr<std::unique_ptr<SessionState>> Model::Clone(const SessionState& s
   }
 }
 
+absl::Status Model::RewindWindow(SessionState& session, int64_t position) const {
+  if (session.impl().poisoned) return Poisoned();
+  if (position < 0 || position > session.impl().position) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("rewind to position ", position, " outside the window [0, ", session.impl().position, "]"));
+  }
+  session.impl().position = position;  // KV rows past it are overwritten by the next tokens
+  return absl::OkStatus();
+}
+
 absl::Status Model::ValidateIds(absl::Span<const int32_t> ids) const {
   if (ids.empty()) return absl::InvalidArgumentError("no tokens to feed");
   for (int32_t id : ids) {

@@ -1,4 +1,4 @@
-// The Chat RPC's reactor (chat_call.cc).
+// The turn calls: Chat, Generate and Ingest (chat_call.cc).
 #ifndef ADAPTD_SERVER_CHAT_CALL_H_
 #define ADAPTD_SERVER_CHAT_CALL_H_
 
@@ -24,11 +24,18 @@ struct ChatDeps {
   int max_new_tokens;
 };
 
-// A reactor that runs one turn for `tenant` (or fails the call with its error) and deletes
-// itself when the call is done.
-// With `raw`, the one message's content is fed as plain text (Generate).
+enum class TurnKind {
+  kChat,    // messages rendered in the session's chat format
+  kRaw,     // the one message's content fed as plain text (Generate)
+  kIngest,  // text or ids learned, no reply
+};
+
+// Reactors that run one turn for `tenant` (or fail the call with its error) and delete
+// themselves when the call is done.
 grpc::ServerWriteReactor<v1::ChatResponse>* StartChat(ChatDeps deps, absl::StatusOr<std::string> tenant,
-                                                      const v1::ChatRequest* req, bool raw = false);
+                                                      const v1::ChatRequest* req, TurnKind kind);
+grpc::ServerUnaryReactor* StartIngest(ChatDeps deps, absl::StatusOr<std::string> tenant,
+                                      const v1::IngestRequest* req, v1::IngestResponse* resp);
 
 grpc::Status ToGrpc(const absl::Status& status);  // service.cc
 

@@ -58,9 +58,10 @@ Metrics::Metrics(std::function<SessionCounts()> session_counts)
                 .Help("From a Chat request to its first streamed token")
                 .Register(*registry_)
                 .Add({}, LatencyBuckets())),
-      tokens_(BuildCounter().Name("adaptd_tokens_total").Help("Tokens by kind: prompt, completion").Register(*registry_)),
+      tokens_(BuildCounter().Name("adaptd_tokens_total").Help("Tokens fed or generated, by kind: prompt, completion, ingest").Register(*registry_)),
       prompt_tokens_(tokens_.Add({{"kind", "prompt"}})),
       completion_tokens_(tokens_.Add({{"kind", "completion"}})),
+      ingest_tokens_(tokens_.Add({{"kind", "ingest"}})),
       updates_(BuildCounter().Name("adaptd_ttt_updates_total").Help("In-Place TTT chunk updates applied").Register(*registry_).Add({})),
       rejected_(BuildCounter()
                     .Name("adaptd_ttt_updates_rejected_total")
@@ -99,9 +100,10 @@ void Metrics::Request(const std::string& method, int code, double seconds) {
   durations_.Add({{"method", method}}, LatencyBuckets()).Observe(seconds);
 }
 
-void Metrics::Tokens(int64_t prompt, int64_t completion) {
+void Metrics::Tokens(int64_t prompt, int64_t completion, int64_t ingest) {
   prompt_tokens_.Increment(static_cast<double>(prompt));
   completion_tokens_.Increment(static_cast<double>(completion));
+  ingest_tokens_.Increment(static_cast<double>(ingest));
 }
 
 void Metrics::Updates(int64_t applied, int64_t rejected) {

@@ -31,7 +31,7 @@ class Metrics {
 
   void Request(const std::string& method, int code, double seconds);
   void FirstToken(double seconds) { ttft_.Observe(seconds); }
-  void Tokens(int64_t prompt, int64_t completion);
+  void Tokens(int64_t prompt, int64_t completion, int64_t ingest = 0);
   void Updates(int64_t applied, int64_t rejected);
   void Commit(double seconds) { commit_.Observe(seconds); }
   void Snapshot(double seconds, int64_t bytes);
@@ -46,6 +46,7 @@ class Metrics {
   prometheus::Family<prometheus::Counter>& tokens_;
   prometheus::Counter& prompt_tokens_;
   prometheus::Counter& completion_tokens_;
+  prometheus::Counter& ingest_tokens_;
   prometheus::Counter& updates_;
   prometheus::Counter& rejected_;
   prometheus::Histogram& commit_;

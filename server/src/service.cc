@@ -9,13 +9,6 @@
 namespace adaptd::server {
 namespace {
 
-// Finishes a unary call with `status` on a default reactor.
-grpc::ServerUnaryReactor* Done(grpc::CallbackServerContext* ctx, const absl::Status& status) {
-  auto* reactor = ctx->DefaultReactor();
-  reactor->Finish(ToGrpc(status));
-  return reactor;
-}
-
 absl::Status ValidateOptions(const v1::SessionOptions& o) {
   const std::string& rule = o.update_rule();
   if (!rule.empty() && rule != "inplace" && rule != "off") {
@@ -31,6 +24,14 @@ absl::Status ValidateOptions(const v1::SessionOptions& o) {
   return absl::OkStatus();
 }
 
+}  // namespace
+
+grpc::ServerUnaryReactor* Done(grpc::CallbackServerContext* ctx, const absl::Status& status) {
+  auto* reactor = ctx->DefaultReactor();
+  reactor->Finish(ToGrpc(status));
+  return reactor;
+}
+
 std::string NewSessionId() {
   static thread_local std::mt19937_64 rng(std::random_device{}());
   static constexpr char kHex[] = "0123456789abcdef";
@@ -38,8 +39,6 @@ std::string NewSessionId() {
   for (int i = 0; i < 24; ++i) id.push_back(kHex[rng() % 16]);
   return id;
 }
-
-}  // namespace
 
 grpc::Status ToGrpc(const absl::Status& status) {
   return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
@@ -71,6 +70,11 @@ absl::Status AdaptdService::ToSession(const session_store::SessionInfo& info, v1
   auto snapshots = store_.ListSnapshots(info.key);
   if (snapshots.ok() && !snapshots->empty()) out->set_snapshot_version(snapshots->back().version);
   return absl::OkStatus();
+}
+
+absl::Status AdaptdService::Describe(const session_store::SessionKey& key, v1::Session* out) const {
+  auto info = store_.Get(key);
+  return info.ok() ? ToSession(*info, out) : info.status();
 }
 
 grpc::ServerUnaryReactor* AdaptdService::CreateSession(grpc::CallbackServerContext* ctx,
@@ -118,16 +122,15 @@ grpc::ServerUnaryReactor* AdaptdService::DeleteSession(grpc::CallbackServerConte
   auto tenant = Tenant(ctx, &req->session_id());
   if (!tenant.ok()) return Done(ctx, tenant.status());
   const session_store::SessionKey key{*tenant, req->session_id()};
-  if (auto s = sessions_.BeginDelete(key); !s.ok()) return Done(ctx, s);  // ABORTED while a turn runs
+  if (auto s = sessions_.Hold(key); !s.ok()) return Done(ctx, s);  // ABORTED while a turn runs
   const absl::Status deleted = store_.Delete(key);
-  sessions_.EndDelete(key);
+  sessions_.ReleaseAndDrop(key);
   return Done(ctx, deleted);
 }
 
 grpc::ServerWriteReactor<v1::ChatResponse>* AdaptdService::Chat(grpc::CallbackServerContext* ctx,
                                                                 const v1::ChatRequest* req) {
-  return StartChat({executor_, sessions_, tokenizer_, worker_, metrics_, options_.max_new_tokens},
-                   Tenant(ctx, &req->session_id()), req);
+  return StartChat(TurnDeps(), Tenant(ctx, &req->session_id()), req, TurnKind::kChat);
 }
 
 grpc::ServerWriteReactor<v1::ChatResponse>* AdaptdService::Generate(grpc::CallbackServerContext* ctx,
@@ -144,8 +147,12 @@ grpc::ServerWriteReactor<v1::ChatResponse>* AdaptdService::Generate(grpc::Callba
   *chat->mutable_stop() = req->stop();
   chat->set_dry_run(req->dry_run());
   chat->set_request_id(req->request_id());
-  return StartChat({executor_, sessions_, tokenizer_, worker_, metrics_, options_.max_new_tokens},
-                   Tenant(ctx, &req->session_id()), chat.get(), /*raw=*/true);
+  return StartChat(TurnDeps(), Tenant(ctx, &req->session_id()), chat.get(), TurnKind::kRaw);
+}
+
+grpc::ServerUnaryReactor* AdaptdService::Ingest(grpc::CallbackServerContext* ctx, const v1::IngestRequest* req,
+                                                v1::IngestResponse* resp) {
+  return StartIngest(TurnDeps(), Tenant(ctx, &req->session_id()), req, resp);
 }
 
 grpc::ServerUnaryReactor* AdaptdService::Score(grpc::CallbackServerContext* ctx, const v1::ScoreRequest* req,

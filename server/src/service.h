@@ -23,7 +23,13 @@ struct ServiceOptions {
   int max_new_tokens = 4096;
   size_t memory_budget_bytes = size_t{2} << 30;
   int64_t max_context_tokens = 1024;
+  size_t max_import_bytes = size_t{256} << 20;
 };
+
+// Finishes a unary call with `status` on a default reactor.
+grpc::ServerUnaryReactor* Done(grpc::CallbackServerContext* ctx, const absl::Status& status);
+// A new session id: "s-" and 24 hex digits.
+std::string NewSessionId();
 
 class AdaptdService final : public adaptd::v1::Adaptd::CallbackService {
  public:
@@ -53,6 +59,22 @@ class AdaptdService final : public adaptd::v1::Adaptd::CallbackService {
                                                        const v1::GenerateRequest* req) override;
   grpc::ServerUnaryReactor* Score(grpc::CallbackServerContext* ctx, const v1::ScoreRequest* req,
                                   v1::ScoreResponse* resp) override;
+  grpc::ServerUnaryReactor* Ingest(grpc::CallbackServerContext* ctx, const v1::IngestRequest* req,
+                                   v1::IngestResponse* resp) override;
+
+  // lifecycle.cc
+  grpc::ServerUnaryReactor* ForkSession(grpc::CallbackServerContext* ctx, const v1::ForkSessionRequest* req,
+                                        v1::Session* resp) override;
+  grpc::ServerUnaryReactor* ResetSession(grpc::CallbackServerContext* ctx, const v1::ResetSessionRequest* req,
+                                         v1::Session* resp) override;
+  grpc::ServerUnaryReactor* RollbackSession(grpc::CallbackServerContext* ctx, const v1::RollbackSessionRequest* req,
+                                            v1::Session* resp) override;
+  grpc::ServerWriteReactor<v1::ExportSessionResponse>* ExportSession(grpc::CallbackServerContext* ctx,
+                                                                     const v1::ExportSessionRequest* req) override;
+  grpc::ServerReadReactor<v1::ImportSessionRequest>* ImportSession(grpc::CallbackServerContext* ctx,
+                                                                   v1::Session* resp) override;
+  grpc::ServerUnaryReactor* MigrateSession(grpc::CallbackServerContext* ctx, const v1::MigrateSessionRequest* req,
+                                           v1::Session* resp) override;
 
   Metrics::SessionCounts SessionCounts();
 
@@ -62,6 +84,9 @@ class AdaptdService final : public adaptd::v1::Adaptd::CallbackService {
   absl::StatusOr<std::string> Tenant(grpc::CallbackServerContext* ctx, const std::string* session_id = nullptr) const;
   // The Session resource of a stored session.
   absl::Status ToSession(const session_store::SessionInfo& info, v1::Session* out) const;
+  // The stored session as a resource (after a change).
+  absl::Status Describe(const session_store::SessionKey& key, v1::Session* out) const;
+  ChatDeps TurnDeps() { return {executor_, sessions_, tokenizer_, worker_, metrics_, options_.max_new_tokens}; }
 
   const engine::Model& model_;
   const engine::Tokenizer& tokenizer_;

@@ -4,6 +4,7 @@
 #include "session_manager.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -17,33 +18,40 @@ constexpr char kTurnMagic = 'T';
 // session bytes (exact, with the KV window).
 constexpr char kSnapshotMagic[] = "ADS2";
 constexpr size_t kSnapshotHeader = 4 + 1 + 4 + 4;
+constexpr char kSnapshotEncoding[] = "server1+exact+kv";
 
 }  // namespace
 
-// Turn event: 'T', flags (1 learned, 2 assistant open), prompt tokens u32, max new tokens u32,
-// token count u32, the tokens (int32, little-endian).
-std::string EncodeTurn(const TurnEvent& turn) {
-  std::string out(1, kTurnMagic);
-  out.push_back(static_cast<char>((turn.learned ? 1 : 0) | (turn.assistant_open ? 2 : 0)));
-  const uint32_t head[3] = {turn.prompt_tokens, turn.max_new_tokens, static_cast<uint32_t>(turn.tokens.size())};
+// Turn event: 'T', flags (1 learned, 2 assistant open, 4 not kept in context), prompt tokens
+// u32, max new tokens u32, token count u32, the tokens (int32, little-endian). Reset: 'R'.
+std::string EncodeEvent(const LogEvent& e) {
+  std::string out(1, static_cast<char>(e.kind));
+  if (e.kind == LogEvent::Kind::kReset) return out;
+  out.push_back(static_cast<char>((e.learned ? 1 : 0) | (e.assistant_open ? 2 : 0) | (e.keep_in_context ? 0 : 4)));
+  const uint32_t head[3] = {e.prompt_tokens, e.max_new_tokens, static_cast<uint32_t>(e.tokens.size())};
   out.append(reinterpret_cast<const char*>(head), sizeof head);
-  out.append(reinterpret_cast<const char*>(turn.tokens.data()), turn.tokens.size() * 4);
+  out.append(reinterpret_cast<const char*>(e.tokens.data()), e.tokens.size() * 4);
   return out;
 }
 
-absl::StatusOr<TurnEvent> DecodeTurn(const std::string& bytes) {
+absl::StatusOr<LogEvent> DecodeEvent(const std::string& bytes) {
+  LogEvent e;
+  if (bytes.size() == 1 && bytes[0] == static_cast<char>(LogEvent::Kind::kReset)) {
+    e.kind = LogEvent::Kind::kReset;
+    return e;
+  }
   uint32_t head[3];
-  if (bytes.size() < 14 || bytes[0] != kTurnMagic) return absl::DataLossError("not a turn event");
+  if (bytes.size() < 14 || bytes[0] != static_cast<char>(LogEvent::Kind::kTurn)) return absl::DataLossError("not an event of the server's");
   std::memcpy(head, bytes.data() + 2, sizeof head);
   if (bytes.size() != 14 + size_t{head[2]} * 4 || head[0] > head[2]) return absl::DataLossError("turn event of the wrong size");
-  TurnEvent turn;
-  turn.learned = bytes[1] & 1;
-  turn.assistant_open = bytes[1] & 2;
-  turn.prompt_tokens = head[0];
-  turn.max_new_tokens = head[1];
-  turn.tokens.resize(head[2]);
-  std::memcpy(turn.tokens.data(), bytes.data() + 14, size_t{head[2]} * 4);
-  return turn;
+  e.learned = bytes[1] & 1;
+  e.assistant_open = bytes[1] & 2;
+  e.keep_in_context = !(bytes[1] & 4);
+  e.prompt_tokens = head[0];
+  e.max_new_tokens = head[1];
+  e.tokens.resize(head[2]);
+  std::memcpy(e.tokens.data(), bytes.data() + 14, size_t{head[2]} * 4);
+  return e;
 }
 
 absl::Status SessionManager::FitWindow(LiveSession& session, int64_t prompt_tokens, int64_t max_new_tokens) const {
@@ -69,12 +77,49 @@ absl::Status SessionManager::FitWindow(LiveSession& session, int64_t prompt_toke
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::unique_ptr<LiveSession>> SessionManager::Load(const session_store::SessionKey& key) {
-  auto loaded = store_.Load(key);
+absl::StatusOr<std::unique_ptr<engine::SessionState>> SessionManager::FreshState(const v1::SessionOptions& options) const {
+  engine::SessionOptions o;
+  o.rule = options.update_rule() == "off" ? engine::UpdateRule::kOff : engine::UpdateRule::kInplace;
+  return model_.NewSession(o);
+}
+
+absl::Status SessionManager::Settle(LiveSession& session, const LogEvent& event) const {
+  if (event.kind == LogEvent::Kind::kReset) {
+    auto state = FreshState(session.options);
+    if (!state.ok()) return state.status();
+    session.state = *std::move(state);
+    session.window.clear();
+    session.last_token = -1;
+    session.assistant_open = false;
+    return absl::OkStatus();
+  }
+  if (!event.keep_in_context) {  // back to the window before it (its tokens are the KV rows)
+    int64_t kept = 0;
+    for (const auto& t : session.window) kept += static_cast<int64_t>(t.size());
+    return model_.RewindWindow(*session.state, kept);
+  }
+  if (!event.tokens.empty()) session.last_token = event.tokens.back();
+  session.assistant_open = event.assistant_open;
+  session.window.push_back(event.tokens);
+  return absl::OkStatus();
+}
+
+absl::Status SessionManager::Replay(LiveSession& session, const LogEvent& event) const {
+  if (event.kind == LogEvent::Kind::kTurn) {
+    if (auto w = FitWindow(session, event.prompt_tokens, event.max_new_tokens); !w.ok()) return w;
+    if (!event.tokens.empty()) {
+      if (auto r = model_.Forward(*session.state, event.tokens, event.learned); !r.ok()) return r.status();
+    }
+  }
+  return Settle(session, event);
+}
+
+absl::StatusOr<std::unique_ptr<LiveSession>> SessionManager::Load(const session_store::SessionKey& key, bool migrate) {
+  auto loaded = store_.Load(key, /*allow_lossy_base=*/false, model_.fingerprint());
   if (!loaded.ok()) return loaded.status();
   v1::Session meta;
   if (!meta.ParseFromString(loaded->info.metadata)) return absl::DataLossError("session metadata is unreadable");
-  if (meta.model_fingerprint() != model_.fingerprint()) {
+  if (meta.model_fingerprint() != model_.fingerprint() && !migrate) {
     return absl::FailedPreconditionError(absl::StrCat("session ", key.session, " belongs to model ",
                                                       meta.model_fingerprint(), ", not the served ",
                                                       model_.fingerprint(), "; migrate it first"));
@@ -106,26 +151,14 @@ absl::StatusOr<std::unique_ptr<LiveSession>> SessionManager::Load(const session_
     if (!state.ok()) return state.status();
     live->state = *std::move(state);
   } else {
-    engine::SessionOptions o;
-    o.rule = meta.options().update_rule() == "off" ? engine::UpdateRule::kOff : engine::UpdateRule::kInplace;
-    auto state = model_.NewSession(o);
+    auto state = FreshState(meta.options());
     if (!state.ok()) return state.status();
     live->state = *std::move(state);
   }
   for (const auto& e : loaded->events) {
-    auto turn = DecodeTurn(e.payload);
-    if (!turn.ok()) return absl::DataLossError(absl::StrCat("session ", key.session, " event ", e.seq, ": ", turn.status().message()));
-    if (auto w = FitWindow(*live, turn->prompt_tokens, turn->max_new_tokens); !w.ok()) return w;
-    if (!turn->tokens.empty()) {
-      if (auto r = model_.Forward(*live->state, turn->tokens, turn->learned); !r.ok()) return r.status();
-    }
-    live->window.push_back(turn->tokens);
-  }
-  // The last turn (replayed, or recorded in the snapshot's header) decides how the next starts.
-  if (!loaded->events.empty()) {
-    auto last = DecodeTurn(loaded->events.back().payload);
-    if (!last->tokens.empty()) live->last_token = last->tokens.back();
-    live->assistant_open = last->assistant_open;
+    auto event = DecodeEvent(e.payload);
+    if (!event.ok()) return absl::DataLossError(absl::StrCat("session ", key.session, " event ", e.seq, ": ", event.status().message()));
+    if (auto s = Replay(*live, *event); !s.ok()) return s;
   }
   live->version = loaded->info.version;
   return live;
@@ -207,7 +240,7 @@ void SessionManager::ReleaseAndDrop(const session_store::SessionKey& key) {
   sessions_.erase({key.tenant, key.session});
 }
 
-absl::Status SessionManager::BeginDelete(const session_store::SessionKey& key) {
+absl::Status SessionManager::Hold(const session_store::SessionKey& key) {
   std::lock_guard<std::mutex> lock(mu_);
   auto& entry = sessions_[{key.tenant, key.session}];
   if (entry.busy) return absl::AbortedError("session busy: another call is using it");
@@ -215,19 +248,63 @@ absl::Status SessionManager::BeginDelete(const session_store::SessionKey& key) {
   return absl::OkStatus();
 }
 
-absl::Status SessionManager::CommitTurn(LiveSession& session, const TurnEvent& turn, const std::string& request_id,
-                                        const std::string& reply) {
-  auto r = store_.Append(session.key, session.version, EncodeTurn(turn), request_id, reply);
-  if (!r.ok()) return r.status();
-  if (r->duplicate) return absl::AbortedError("the request id was committed by another call");
-  session.version = r->version;
-  if (!turn.tokens.empty()) session.last_token = turn.tokens.back();
-  session.assistant_open = turn.assistant_open;
-  session.window.push_back(turn.tokens);
+absl::StatusOr<SessionManager::Committed> SessionManager::Commit(LiveSession& session, const LogEvent& event,
+                                                                 const std::string& request_id,
+                                                                 const std::string& reply) {
+  const session_store::SessionKey key = session.key;
+  auto r = store_.Append(key, session.version, EncodeEvent(event), request_id, reply);
+  if (r.ok() && r->duplicate) r = absl::AbortedError("the request id was committed by another call");
+  if (r.ok()) session.version = r->version;
+  const absl::Status settled = r.ok() ? Settle(session, event) : r.status();
+  if (!settled.ok()) {
+    ReleaseAndDrop(key);
+    return settled;
+  }
+  Committed done{key, session.version, EncodeSnapshot(session)};
+  Release(key, done.snapshot.ok() ? done.snapshot->size() : 0);
+  return done;
+}
+
+absl::Status SessionManager::Migrate(const session_store::SessionKey& key) {
+  auto info = store_.Get(key);
+  if (!info.ok()) return info.status();
+  v1::Session meta;
+  if (!meta.ParseFromString(info->metadata)) return absl::DataLossError("session metadata is unreadable");
+  if (meta.model_fingerprint() == model_.fingerprint()) return absl::OkStatus();  // bound already
+  if (auto s = Hold(key); !s.ok()) return s;
+  auto live = Load(key, /*migrate=*/true);
+  if (!live.ok()) {
+    ReleaseAndDrop(key);
+    if (live.status().code() != absl::StatusCode::kInvalidArgument) return live.status();
+    return absl::FailedPreconditionError(
+        absl::StrCat("the session's log does not fit the served model: ", live.status().message()));
+  }
+  // The snapshot first: should the process die before the metadata is written, the session
+  // is still the old model's and migrating again repeats this.
+  auto snapshot = EncodeSnapshot(**live);
+  absl::Status s = snapshot.status();
+  if (s.ok()) s = store_.WriteSnapshot(key, {(*live)->version, model_.fingerprint(), kSnapshotEncoding, false}, *snapshot);
+  meta.set_model_fingerprint(model_.fingerprint());
+  if (s.ok()) s = store_.SetMetadata(key, meta.SerializeAsString());
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = sessions_.find({key.tenant, key.session});
+  if (it == sessions_.end()) return s;
+  if (!s.ok()) {
+    sessions_.erase(it);
+    return s;
+  }
+  Entry& e = it->second;
+  e.snapshotted = (*live)->version;
+  e.live = *std::move(live);
+  e.busy = false;
+  e.used = ++clock_;
+  e.bytes = snapshot->size();
+  ++stats_.loads;
+  EvictOverBudgetLocked();
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::pair<uint64_t, std::string>> SessionManager::EncodeSnapshot(const LiveSession& session) const {
+absl::StatusOr<std::string> SessionManager::EncodeSnapshot(const LiveSession& session) const {
   auto bytes = model_.EncodeSession(*session.state, {engine::StateEncoding::kExact, /*include_kv=*/true});
   if (!bytes.ok()) return bytes.status();
   std::string payload(kSnapshotMagic);
@@ -241,20 +318,22 @@ absl::StatusOr<std::pair<uint64_t, std::string>> SessionManager::EncodeSnapshot(
     payload.append(reinterpret_cast<const char*>(t.data()), t.size() * 4);
   }
   payload += *bytes;
-  return std::make_pair(session.version, std::move(payload));
+  return payload;
 }
 
-absl::Status SessionManager::WriteSnapshot(const session_store::SessionKey& key, uint64_t version,
-                                           const std::string& payload) {
-  auto s = store_.WriteSnapshot(key, {version, model_.fingerprint(), "server1+exact+kv", false}, payload);
+absl::StatusOr<std::pair<double, size_t>> SessionManager::WriteSnapshot(const Committed& c) {
+  if (!c.snapshot.ok()) return c.snapshot.status();
+  const auto start = std::chrono::steady_clock::now();
+  auto s = store_.WriteSnapshot(c.key, {c.version, model_.fingerprint(), kSnapshotEncoding, false}, *c.snapshot);
   if (!s.ok()) return s;
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   std::lock_guard<std::mutex> lock(mu_);
-  auto it = sessions_.find({key.tenant, key.session});
+  auto it = sessions_.find({c.key.tenant, c.key.session});
   if (it != sessions_.end()) {
-    it->second.snapshotted = std::max(it->second.snapshotted, version);
+    it->second.snapshotted = std::max(it->second.snapshotted, c.version);
     EvictOverBudgetLocked();
   }
-  return s;
+  return std::make_pair(seconds, c.snapshot->size());
 }
 
 }  // namespace adaptd::server

@@ -20,25 +20,30 @@
 
 namespace adaptd::server {
 
-// One turn as the log keeps it: every token that entered the model (template, prompt,
-// generated, stop), whether they were learned, and whether the turn ended inside the
-// assistant's message (the next turn closes it first).
-struct TurnEvent {
+// One event of a session's log. A turn (Chat, Generate, Ingest): every token that entered the
+// model (template, prompt, generated, stop), whether they were learned, whether the turn ended
+// inside the assistant's message (the next turn closes it first), and whether its tokens stay in
+// the KV window (an Ingest with keep_in_context = false leaves none). A reset: the state starts
+// afresh (the history before it stays in the log).
+struct LogEvent {
+  enum class Kind : char { kTurn = 'T', kReset = 'R' };
+  Kind kind = Kind::kTurn;
   std::vector<int32_t> tokens;
   bool learned = true;
   bool assistant_open = false;
-  uint32_t prompt_tokens = 0;  // tokens[0, prompt_tokens) were the prompt
+  bool keep_in_context = true;
+  uint32_t prompt_tokens = 0;   // tokens[0, prompt_tokens) were the prompt
   uint32_t max_new_tokens = 0;  // the reply's reserved room (the window rule reads it)
 };
-std::string EncodeTurn(const TurnEvent& turn);
-absl::StatusOr<TurnEvent> DecodeTurn(const std::string& bytes);
+std::string EncodeEvent(const LogEvent& event);
+absl::StatusOr<LogEvent> DecodeEvent(const std::string& bytes);
 
 struct LiveSession {
   session_store::SessionKey key;
   v1::SessionOptions options;
   std::unique_ptr<engine::SessionState> state;
   uint64_t version = 0;
-  int32_t last_token = -1;  // the last token that entered the model
+  int32_t last_token = -1;  // the last token kept in the context (-1: none since creation or reset)
   bool assistant_open = false;
   int64_t max_context_tokens = 0;
   std::vector<std::vector<int32_t>> window;  // the turns whose tokens are in the KV window
@@ -64,27 +69,37 @@ class SessionManager {
   void Release(const session_store::SessionKey& key, size_t bytes = 0);
   // Releases and drops the session from memory in one step (its state no longer matches the log).
   void ReleaseAndDrop(const session_store::SessionKey& key);
-  // Holds the session against every other call while it is deleted (ABORTED if a call holds
-  // it); EndDelete drops it from memory.
-  absl::Status BeginDelete(const session_store::SessionKey& key);
-  void EndDelete(const session_store::SessionKey& key) { ReleaseAndDrop(key); }
+  // Holds the session against every other call, without loading it, while its records are
+  // rewritten (delete, rollback; ABORTED if a call holds it). ReleaseAndDrop ends the hold.
+  absl::Status Hold(const session_store::SessionKey& key);
 
   // An independent copy of the session's state (ABORTED while a call holds it).
   absl::StatusOr<std::unique_ptr<engine::SessionState>> CloneState(const session_store::SessionKey& key);
 
-  // Appends the turn to the log (synced) with the request id and the reply a retry gets, and
-  // advances the version.
-  absl::Status CommitTurn(LiveSession& session, const TurnEvent& turn, const std::string& request_id = "",
-                          const std::string& reply = "");
+  // Commits an event of the leased session and releases it: appends it to the log (synced) with
+  // the request id and the reply a retry gets, applies it to the session's bookkeeping (a reset:
+  // to its state too), takes the snapshot's bytes and releases the session. The caller then
+  // acknowledges and writes the snapshot. On failure the session is dropped from memory (its
+  // state no longer matches the log) and nothing was acknowledged.
+  struct Committed {
+    session_store::SessionKey key;
+    uint64_t version = 0;
+    absl::StatusOr<std::string> snapshot;
+  };
+  absl::StatusOr<Committed> Commit(LiveSession& session, const LogEvent& event, const std::string& request_id = "",
+                                   const std::string& reply = "");
+  // Rebinds a session of another model to the served one: replays its whole log here, writes a
+  // snapshot and the new fingerprint. OK at once if it is bound already; FAILED_PRECONDITION if
+  // the log does not fit this model (ids outside its vocabulary); ABORTED while a call holds it.
+  absl::Status Migrate(const session_store::SessionKey& key);
   absl::StatusOr<std::optional<session_store::AppendResult>> LookupRequest(const session_store::SessionKey& key,
                                                                            const std::string& request_id) {
     return store_.LookupRequest(key, request_id);
   }
-  // A snapshot of the state with its KV window at the session's version (restores bit-exact):
-  // its bytes, taken while the session is leased, and their version; written later, unleased.
-  absl::StatusOr<std::pair<uint64_t, std::string>> EncodeSnapshot(const LiveSession& session) const;
-  // Writes it and, once written, lets the session be evicted (and evicts over the budget).
-  absl::Status WriteSnapshot(const session_store::SessionKey& key, uint64_t version, const std::string& payload);
+  // Writes a committed event's snapshot (the state with its KV window at that version; it
+  // restores bit-exactly) and, once written, lets the session be evicted (and evicts over the
+  // budget). Returns the seconds it took and the bytes written.
+  absl::StatusOr<std::pair<double, size_t>> WriteSnapshot(const Committed& committed);
 
   struct Stats {
     size_t loaded = 0, bytes = 0;
@@ -101,7 +116,17 @@ class SessionManager {
     uint64_t used = 0;         // LRU clock
     uint64_t snapshotted = 0;  // the version of its newest written snapshot
   };
-  absl::StatusOr<std::unique_ptr<LiveSession>> Load(const session_store::SessionKey& key);
+  // The session from its latest snapshot of this model and the events after it. With `migrate`,
+  // a session bound to another model loads too (from its whole log).
+  absl::StatusOr<std::unique_ptr<LiveSession>> Load(const session_store::SessionKey& key, bool migrate = false);
+  // Feeds one logged event into the session as serving did: the window rule and the tokens,
+  // then Settle.
+  absl::Status Replay(LiveSession& session, const LogEvent& event) const;
+  // What follows an event once its tokens entered: the window, last token and open assistant
+  // reply; an Ingest that keeps no context rewinds the KV window; a reset starts afresh.
+  absl::Status Settle(LiveSession& session, const LogEvent& event) const;
+  absl::StatusOr<std::unique_ptr<engine::SessionState>> FreshState(const v1::SessionOptions& options) const;
+  absl::StatusOr<std::string> EncodeSnapshot(const LiveSession& session) const;
   void EvictOverBudgetLocked();
 
   const engine::Model& model_;

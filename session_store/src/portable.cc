@@ -22,7 +22,7 @@ absl::StatusOr<std::string> RocksStore::Export(const SessionKey& key) {
   std::optional<Manifest> m;
   std::string payload;
   std::vector<uint64_t> quarantined;
-  if (auto s = FindSnapshot(key, info->version, /*allow_lossy=*/false, &m, &payload, &quarantined); !s.ok()) return s;
+  if (auto s = FindSnapshot(key, info->version, /*allow_lossy=*/false, "", &m, &payload, &quarantined); !s.ok()) return s;
   auto events = ReadEvents(key, 0, info->version);
   if (!events.ok()) return events.status();
   std::string blob(kMagic);

@@ -201,6 +201,19 @@ absl::StatusOr<SessionInfo> RocksStore::Get(const SessionKey& key) {
   return ReadSession(key);
 }
 
+absl::Status RocksStore::SetMetadata(const SessionKey& key, const std::string& metadata) {
+  auto open = Enter();
+  if (!open.ok()) return open.status();
+  if (metadata.size() > kMaxMetadataBytes) return absl::InvalidArgumentError("session metadata is over 64 KiB");
+  std::lock_guard<std::mutex> lock(LockFor(key));
+  auto info = ReadSession(key);
+  if (!info.ok()) return info.status();
+  info->metadata = metadata;
+  rocksdb::WriteBatch b;
+  b.Put(cf_[kSessions], SessionPrefix(key), EncodeSessionRecord(*info));
+  return Commit(&b, "set session metadata");
+}
+
 absl::StatusOr<ListPage> RocksStore::List(const std::string& tenant, int page_size, const std::string& page_token) {
   auto open = Enter();
   if (!open.ok()) return open.status();

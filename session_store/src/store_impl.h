@@ -48,7 +48,8 @@ class RocksStore : public SessionStore {
                                       const std::string& request_id, const std::string& result) override;
   absl::StatusOr<std::optional<AppendResult>> LookupRequest(const SessionKey& key, const std::string& request_id) override;
   absl::Status WriteSnapshot(const SessionKey& key, const SnapshotInfo& info, const std::string& payload) override;
-  absl::StatusOr<LoadResult> Load(const SessionKey& key, bool allow_lossy_base) override;
+  absl::Status SetMetadata(const SessionKey& key, const std::string& metadata) override;
+  absl::StatusOr<LoadResult> Load(const SessionKey& key, bool allow_lossy_base, const std::string& fingerprint) override;
   absl::StatusOr<std::vector<SnapshotInfo>> ListSnapshots(const SessionKey& key) override;
   absl::Status Fork(const SessionKey& from, const SessionKey& to, uint64_t version) override;
   absl::Status Rollback(const SessionKey& key, uint64_t version) override;
@@ -79,8 +80,10 @@ class RocksStore : public SessionStore {
   // filled in): into `batch` when small, else written without the WAL and flushed.
   absl::Status WritePieces(const SessionKey& key, const std::string& payload, Manifest* m, rocksdb::WriteBatch* batch);
   std::string PieceKey(const SessionKey& key, const Manifest& m, uint32_t i) const;
-  // The newest valid snapshot at or before `version`: corrupt ones are quarantined.
-  absl::Status FindSnapshot(const SessionKey& key, uint64_t version, bool allow_lossy, std::optional<Manifest>* found,
+  // The newest valid snapshot at or before `version` (of model `fingerprint` unless empty):
+  // corrupt ones are quarantined.
+  absl::Status FindSnapshot(const SessionKey& key, uint64_t version, bool allow_lossy, const std::string& fingerprint,
+                            std::optional<Manifest>* found,
                             std::string* payload, std::vector<uint64_t>* quarantined);
   absl::StatusOr<std::vector<Event>> ReadEvents(const SessionKey& key, uint64_t after, uint64_t upto);
   // Adds to `batch` the deletion of the snapshots retention no longer keeps once `added`

@@ -208,7 +208,7 @@ absl::Status RocksStore::WriteSnapshot(const SessionKey& key, const SnapshotInfo
 }
 
 absl::Status RocksStore::FindSnapshot(const SessionKey& key, uint64_t version, bool allow_lossy,
-                                      std::optional<Manifest>* found, std::string* payload,
+                                      const std::string& fingerprint, std::optional<Manifest>* found, std::string* payload,
                                       std::vector<uint64_t>* quarantined) {
   const std::string prefix = SessionPrefix(key);
   rocksdb::WriteBatch quarantine;
@@ -218,6 +218,7 @@ absl::Status RocksStore::FindSnapshot(const SessionKey& key, uint64_t version, b
     auto m = DecodeManifest(it->value().ToStringView());
     bool ok = m.has_value();
     if (ok && m->info.lossy && !allow_lossy) continue;
+    if (ok && !fingerprint.empty() && m->info.fingerprint != fingerprint) continue;
     std::string bytes;
     if (ok) bytes.reserve(m->info.payload_bytes);
     rocksdb::ReadOptions pieces;
@@ -268,7 +269,7 @@ absl::StatusOr<std::vector<Event>> RocksStore::ReadEvents(const SessionKey& key,
   return events;
 }
 
-absl::StatusOr<LoadResult> RocksStore::Load(const SessionKey& key, bool allow_lossy_base) {
+absl::StatusOr<LoadResult> RocksStore::Load(const SessionKey& key, bool allow_lossy_base, const std::string& fingerprint) {
   auto open = Enter();
   if (!open.ok()) return open.status();
   std::lock_guard<std::mutex> lock(LockFor(key));
@@ -276,7 +277,7 @@ absl::StatusOr<LoadResult> RocksStore::Load(const SessionKey& key, bool allow_lo
   if (!info.ok()) return info.status();
   LoadResult r;
   std::optional<Manifest> m;
-  if (auto s = FindSnapshot(key, info->version, allow_lossy_base, &m, &r.snapshot_payload, &r.quarantined); !s.ok()) {
+  if (auto s = FindSnapshot(key, info->version, allow_lossy_base, fingerprint, &m, &r.snapshot_payload, &r.quarantined); !s.ok()) {
     return s;
   }
   if (m) r.snapshot = m->info;
@@ -330,7 +331,7 @@ absl::Status RocksStore::Fork(const SessionKey& from, const SessionKey& to, uint
   std::optional<Manifest> m;
   std::string payload;
   std::vector<uint64_t> quarantined;
-  if (auto s = FindSnapshot(from, version, /*allow_lossy=*/false, &m, &payload, &quarantined); !s.ok()) return s;
+  if (auto s = FindSnapshot(from, version, /*allow_lossy=*/false, "", &m, &payload, &quarantined); !s.ok()) return s;
   auto events = ReadEvents(from, 0, version);
   if (!events.ok()) return events.status();
   if (auto s = ClearLeftovers(to); !s.ok()) return s;

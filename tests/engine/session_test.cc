@@ -107,6 +107,38 @@ TEST(SessionTest, CloneIsIndependentAndExact) {
   EXPECT_EQ(*x, *y);  // bit-exact
 }
 
+TEST(SessionTest, RewindForgetsTheWindowButKeepsWhatWasLearned) {
+  auto model = LoadModel(kModel);
+  ASSERT_NE(model, nullptr);
+  auto s = model->NewSession().value();
+  Feed(*model, *s, Tokens(13, 5));
+  auto kept = model->Clone(*s).value();  // the same KV window, never saw the document
+  Feed(*model, *s, Tokens(19, 6));       // a document, learned (2 chunks complete)
+  ASSERT_TRUE(model->RewindWindow(*s, 13).ok());
+  EXPECT_EQ(s->position(), 13);
+  EXPECT_EQ(s->n_learned(), 32);
+  EXPECT_NE(W(*model, *s, 0), W(*model, *kept, 0));
+  // The rows past 13 are forgotten: after a second rewind the same input sees the same window.
+  auto x = model->Forward(*s, Tokens(5, 7), /*learn=*/false);
+  ASSERT_TRUE(model->RewindWindow(*s, 13).ok());
+  auto y = model->Forward(*s, Tokens(5, 7), /*learn=*/false);
+  ASSERT_TRUE(x.ok() && y.ok());
+  EXPECT_EQ(*x, *y);
+  EXPECT_EQ(model->RewindWindow(*s, 19).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(model->RewindWindow(*s, -1).code(), absl::StatusCode::kInvalidArgument);
+  // With update rule off the document leaves nothing at all: bit-exact with the kept copy.
+  SessionOptions off;
+  off.rule = UpdateRule::kOff;
+  auto a = model->NewSession(off).value();
+  Feed(*model, *a, Tokens(13, 5));
+  auto b = model->Clone(*a).value();
+  Feed(*model, *a, Tokens(19, 6));
+  ASSERT_TRUE(model->RewindWindow(*a, 13).ok());
+  auto xa = model->Forward(*a, Tokens(5, 7), false), xb = model->Forward(*b, Tokens(5, 7), false);
+  ASSERT_TRUE(xa.ok() && xb.ok());
+  EXPECT_EQ(*xa, *xb);
+}
+
 TEST(SessionTest, RejectsBadOptions) {
   auto model = LoadModel(kModel);
   ASSERT_NE(model, nullptr);

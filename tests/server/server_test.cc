@@ -1,175 +1,15 @@
 // The real adaptd binary on 127.0.0.1 (ctest label `integration`): authentication, the session
-// resource methods with their error codes, server info, restarts (kill -9 and SIGTERM).
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <signal.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
-#include <gtest/gtest.h>
-#include <grpcpp/grpcpp.h>
-
+// resource methods with their error codes, server info, turns, restarts (kill -9 and SIGTERM).
 #include <cmath>
-#include <filesystem>
 #include <set>
-#include <sstream>
-#include <fstream>
-#include <random>
 #include <thread>
 
-#include "adaptd/v1/adaptd.grpc.pb.h"
-#include "auth.h"
+#include "server/harness.h"
 
 namespace adaptd::server {
 namespace {
 
 using grpc::StatusCode;
-
-class Server {
- public:
-  explicit Server(const std::string& dir) : dir_(dir) {}
-  ~Server() { Kill(SIGKILL); }
-
-  // Starts adaptd on a free port (it reports the port on stderr) and waits until it answers.
-  void Start(const std::string& extra_args = "--replica_id=r0") {
-    int fds[2];
-    ASSERT_EQ(::pipe(fds), 0);
-    port_ = metrics_port_ = 0;
-    pid_ = ::fork();
-    if (pid_ == 0) {
-      ::dup2(fds[1], STDERR_FILENO);
-      ::close(fds[0]);
-      ::execl(ADAPTD_BINARY, "adaptd", ("--model=" + std::string(ADAPTD_MODEL)).c_str(),
-              ("--store=" + dir_ + "/store").c_str(), ("--api_keys=" + dir_ + "/keys.txt").c_str(),
-              "--listen=127.0.0.1:0", "--metrics_listen=127.0.0.1:0", extra_args.c_str(), static_cast<char*>(nullptr));
-      _exit(127);
-    }
-    ::close(fds[1]);
-    std::string log, line;
-    char c;
-    while (port_ <= 0) {  // "adaptd: metrics on port N", then "adaptd: serving M on port P"
-      ASSERT_EQ(::read(fds[0], &c, 1), 1) << "adaptd exited: " << log;
-      log.push_back(c);
-      if (c != '\n') {
-        line.push_back(c);
-        continue;
-      }
-      const size_t at = line.find(" on port ");
-      if (at != std::string::npos) (line.find("metrics") != std::string::npos ? metrics_port_ : port_) = std::stoi(line.substr(at + 9));
-      line.clear();
-    }
-    ::close(fds[0]);
-    channel_ = grpc::CreateChannel("127.0.0.1:" + std::to_string(port_), grpc::InsecureChannelCredentials());
-    ASSERT_TRUE(channel_->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(30)));
-    stub_ = v1::Adaptd::NewStub(channel_);
-  }
-  // Sends `sig` and returns the exit status.
-  int Kill(int sig) {
-    if (pid_ <= 0) return -1;
-    ::kill(pid_, sig);
-    int status = 0;
-    ::waitpid(pid_, &status, 0);
-    pid_ = -1;
-    return status;
-  }
-  v1::Adaptd::Stub& stub() { return *stub_; }
-  int port() const { return port_; }
-  int metrics_port() const { return metrics_port_; }
-
- private:
-  std::string dir_;
-  int port_ = 0, metrics_port_ = 0;
-  pid_t pid_ = -1;
-  std::shared_ptr<grpc::Channel> channel_;
-  std::unique_ptr<v1::Adaptd::Stub> stub_;
-};
-
-class ServerTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    dir_ = ::testing::TempDir() + "/adaptd_server_" + std::to_string(std::random_device{}());
-    std::filesystem::create_directories(dir_);
-    std::ofstream(dir_ + "/keys.txt") << "# tenant sha256(key)\nacme " << ApiKeys::Sha256Hex("key-acme")
-                                       << "\nglobex " << ApiKeys::Sha256Hex("key-globex") << "\n";
-    server_ = std::make_unique<Server>(dir_);
-    server_->Start();
-  }
-  void TearDown() override {
-    server_.reset();
-    std::filesystem::remove_all(dir_);
-  }
-  std::unique_ptr<grpc::ClientContext> As(const std::string& key) {
-    auto ctx = std::make_unique<grpc::ClientContext>();
-    if (!key.empty()) ctx->AddMetadata("authorization", "Bearer " + key);
-    ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-    return ctx;
-  }
-  grpc::Status Create(const std::string& key, const std::string& id, v1::Session* out = nullptr,
-                      const std::string& rule = "", int max_context_tokens = 0) {
-    v1::CreateSessionRequest req;
-    req.set_session_id(id);
-    req.mutable_options()->set_update_rule(rule);
-    req.mutable_options()->set_max_context_tokens(max_context_tokens);
-    v1::Session resp;
-    auto s = server_->stub().CreateSession(As(key).get(), req, &resp);
-    if (out != nullptr) *out = resp;
-    return s;
-  }
-  grpc::Status Get(const std::string& key, const std::string& id, v1::Session* out = nullptr) {
-    v1::GetSessionRequest req;
-    req.set_session_id(id);
-    v1::Session resp;
-    auto s = server_->stub().GetSession(As(key).get(), req, &resp);
-    if (out != nullptr) *out = resp;
-    return s;
-  }
-
-  struct Turn {
-    grpc::Status status;
-    std::string text;
-    std::vector<int32_t> ids;
-    v1::Usage usage;
-    std::string finish_reason;
-    int messages = 0;
-  };
-  static v1::ChatRequest Request(const std::string& session, const std::string& content, int max_new = 12,
-                                 const std::string& role = "user") {
-    v1::ChatRequest req;
-    req.set_session_id(session);
-    auto* m = req.add_messages();
-    m->set_role(role);
-    m->set_content(content);
-    req.set_max_new_tokens(max_new);
-    return req;
-  }
-  Turn Chat(const std::string& key, const std::string& session, const std::string& content, int max_new = 12,
-            std::vector<std::string> stops = {}, const std::string& role = "user") {
-    v1::ChatRequest req = Request(session, content, max_new, role);
-    for (const auto& s : stops) req.add_stop(s);
-    return Chat(key, req);
-  }
-  Turn Chat(const std::string& key, const v1::ChatRequest& req) {
-    auto ctx = As(key);
-    auto reader = server_->stub().Chat(ctx.get(), req);
-    Turn t;
-    v1::ChatResponse r;
-    while (reader->Read(&r)) {
-      ++t.messages;
-      t.text += r.text();
-      t.ids.insert(t.ids.end(), r.token_ids().begin(), r.token_ids().end());
-      if (r.has_usage()) {
-        t.usage = r.usage();
-        t.finish_reason = r.finish_reason();
-      }
-    }
-    t.status = reader->Finish();
-    return t;
-  }
-
-  std::string dir_;
-  std::unique_ptr<Server> server_;
-};
 
 TEST_F(ServerTest, AuthenticationIsRequired) {
   EXPECT_EQ(Create("", "s1").error_code(), StatusCode::UNAUTHENTICATED);
@@ -369,41 +209,6 @@ TEST_F(ServerTest, ContinuationAfterKillNineIsBitIdentical) {
   EXPECT_EQ(resumed.usage.version(), 3u);
 }
 
-// The body of GET http://127.0.0.1:port/path.
-std::string HttpGet(int port, const std::string& path) {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  std::string out;
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0) {
-    const std::string req = "GET " + path + " HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
-    if (::write(fd, req.data(), req.size()) == static_cast<ssize_t>(req.size())) {
-      char buf[4096];
-      for (ssize_t n; (n = ::read(fd, buf, sizeof buf)) > 0;) out.append(buf, n);
-    }
-  }
-  ::close(fd);
-  return out;
-}
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-std::string Shell(const std::string& command) {
-  std::string out;
-  FILE* p = ::popen(command.c_str(), "r");
-  char buf[256];
-  while (size_t n = std::fread(buf, 1, sizeof buf, p)) out.append(buf, n);
-  ::pclose(p);
-  return out;
-}
-
 // Under a memory budget every session is evicted once its turn is snapshotted; the next turn
 // reloads it and continues exactly as a session that stayed in memory.
 TEST_F(ServerTest, EvictedSessionsReloadBitIdentical) {
@@ -413,7 +218,7 @@ TEST_F(ServerTest, EvictedSessionsReloadBitIdentical) {
   std::vector<Turn> kept;
   for (const auto& t : turns) kept.push_back(Chat("key-acme", "kept", t, 20));
   server_->Kill(SIGTERM);
-  server_->Start("--memory_budget_bytes=1");
+  server_->Start({"--memory_budget_bytes=1"});
   ASSERT_TRUE(Create("key-acme", "evicted").ok());
   for (size_t i = 0; i < turns.size(); ++i) {
     auto t = Chat("key-acme", "evicted", turns[i], 20);

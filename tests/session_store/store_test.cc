@@ -195,6 +195,24 @@ TEST(StoreTest, LossySnapshotsAreNoReplayBaseUnlessAsked) {
   EXPECT_TRUE(lossy->events.empty());
 }
 
+TEST(StoreTest, LoadForAModelSkipsOtherModelsSnapshots) {
+  auto store = OpenStore(FreshDir("fingerprint"));
+  ASSERT_TRUE(store->Create(kA, "old").ok());
+  AppendUpTo(*store, kA, 3);
+  ASSERT_TRUE(store->WriteSnapshot(kA, {3, "model-a", "f32"}, "a-state").ok());
+  EXPECT_EQ(store->Load(kA, false, "model-a")->snapshot->version, 3u);
+  auto b = store->Load(kA, false, "model-b");  // nothing of model b: the whole log
+  ASSERT_TRUE(b.ok());
+  EXPECT_FALSE(b->snapshot.has_value());
+  EXPECT_EQ(b->events.size(), 3u);
+  ASSERT_TRUE(store->SetMetadata(kA, "new").ok());
+  auto info = store->Get(kA);
+  EXPECT_EQ(info->metadata, "new");
+  EXPECT_EQ(info->version, 3u);  // the history stays
+  EXPECT_EQ(store->SetMetadata({"acme", "nope"}, "x").code(), StatusCode::kNotFound);
+  EXPECT_EQ(store->SetMetadata(kA, std::string(kMaxMetadataBytes + 1, 'm')).code(), StatusCode::kInvalidArgument);
+}
+
 TEST(StoreTest, CorruptSnapshotIsQuarantinedAndAnOlderOneUsed) {
   const std::string dir = FreshDir("corrupt_snapshot");
   StoreOptions o;

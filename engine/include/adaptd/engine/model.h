@@ -95,6 +95,10 @@ class Model {
   absl::StatusOr<std::vector<float>> Forward(SessionState& session, absl::Span<const int32_t> ids,
                                              bool learn = true) const;
 
+  // Forgets the KV window from `position` on (fast weights, N and the tail stay): the next token
+  // fed goes to `position`. An Ingest that leaves no KV behind. INVALID_ARGUMENT outside [0, P].
+  absl::Status RewindWindow(SessionState& session, int64_t position) const;
+
   // INVALID_ARGUMENT for an empty input or an id outside the vocabulary.
   absl::Status ValidateIds(absl::Span<const int32_t> ids) const;
 

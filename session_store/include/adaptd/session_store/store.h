@@ -112,6 +112,8 @@ class SessionStore {
   virtual absl::Status Create(const SessionKey& key, const std::string& metadata) = 0;
   // NOT_FOUND if absent or expired.
   virtual absl::StatusOr<SessionInfo> Get(const SessionKey& key) = 0;
+  // Replaces the session's metadata (synced); its version and history stay.
+  virtual absl::Status SetMetadata(const SessionKey& key, const std::string& metadata) = 0;
   // The tenant's sessions ordered by id length, then bytewise; at most page_size (1..1000) per
   // page. INVALID_ARGUMENT for a page token that was not issued by this store for this tenant.
   virtual absl::StatusOr<ListPage> List(const std::string& tenant, int page_size, const std::string& page_token) = 0;
@@ -133,8 +135,10 @@ class SessionStore {
   // session's history was rewritten (rollback, delete and create) while the payload was written.
   virtual absl::Status WriteSnapshot(const SessionKey& key, const SnapshotInfo& info, const std::string& payload) = 0;
 
-  // The latest valid snapshot (lossy ones only with allow_lossy_base) and the events after it.
-  virtual absl::StatusOr<LoadResult> Load(const SessionKey& key, bool allow_lossy_base = false) = 0;
+  // The latest valid snapshot (lossy ones only with allow_lossy_base; with a `fingerprint`, only
+  // that model's) and the events after it.
+  virtual absl::StatusOr<LoadResult> Load(const SessionKey& key, bool allow_lossy_base = false,
+                                          const std::string& fingerprint = "") = 0;
 
   // The session's published snapshots, oldest first (retention has kept these).
   virtual absl::StatusOr<std::vector<SnapshotInfo>> ListSnapshots(const SessionKey& key) = 0;
