@@ -2,12 +2,20 @@
 //
 //   export ADAPTD_API_KEY=...            (or --key)
 //   adaptctl [--target 127.0.0.1:50051] sessions create [ID] | get ID | list | delete ID
+//   adaptctl sessions fork ID NEW_ID [--version V] | reset ID | rollback ID VERSION | migrate ID
+//   adaptctl sessions export ID FILE | import FILE [ID]
 //   adaptctl chat ID                     interactive: one line per user turn, replies streamed
 //                                        (a new ID starts a session)
 //   adaptctl chat ID --message "text"    one turn
+//   adaptctl ingest ID FILE [--keep_in_context]   learn a file, in pieces, with a progress bar
+//   adaptctl score ID FILE               log-likelihood of FILE as the session's continuation
 //   adaptctl info
+#include <algorithm>
+#include <cmath>
 #include <cstdlib>
+#include <fstream>
 #include <iostream>
+#include <sstream>
 #include <string>
 
 #include <grpcpp/grpcpp.h>
@@ -23,6 +31,9 @@ ABSL_FLAG(std::string, message, "", "chat: send this one message instead of read
 ABSL_FLAG(int, max_new_tokens, 128, "chat: reply length limit");
 ABSL_FLAG(double, temperature, 0.0, "chat: sampling temperature (0: greedy)");
 ABSL_FLAG(std::string, system, "", "chat: a system message for the first turn");
+ABSL_FLAG(uint64_t, version, 0, "sessions fork: the version to fork at (0: the latest)");
+ABSL_FLAG(bool, keep_in_context, false, "ingest: keep the text in the session's context too");
+ABSL_FLAG(int, piece_bytes, 2000, "ingest: bytes per Ingest call (each must fit the session's context)");
 
 namespace {
 
@@ -68,10 +79,87 @@ void PrintSession(const adaptd::v1::Session& s) {
             << "\n";
 }
 
+bool ReadFile(const std::string& path, std::string* out) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  *out = ss.str();
+  if (!in) std::cerr << "adaptctl: cannot read " << path << "\n";
+  return static_cast<bool>(in);
+}
+
+// The session-changing verbs that answer with the Session.
+int Rewrite(Client& c, const std::string& verb, const std::vector<char*>& args) {
+  const std::string id = args.size() > 3 ? args[3] : "";
+  const std::string arg = args.size() > 4 ? args[4] : "";
+  adaptd::v1::Session s;
+  grpc::Status status;
+  if (verb == "fork" && !id.empty() && !arg.empty()) {
+    adaptd::v1::ForkSessionRequest req;
+    req.set_session_id(id);
+    req.set_new_session_id(arg);
+    req.set_version(absl::GetFlag(FLAGS_version));
+    status = c.stub().ForkSession(c.Context(id).get(), req, &s);
+  } else if (verb == "reset" && !id.empty()) {
+    adaptd::v1::ResetSessionRequest req;
+    req.set_session_id(id);
+    status = c.stub().ResetSession(c.Context(id).get(), req, &s);
+  } else if (verb == "rollback" && !id.empty() && !arg.empty()) {
+    adaptd::v1::RollbackSessionRequest req;
+    req.set_session_id(id);
+    req.set_version(std::strtoull(arg.c_str(), nullptr, 10));
+    status = c.stub().RollbackSession(c.Context(id).get(), req, &s);
+  } else if (verb == "migrate" && !id.empty()) {
+    adaptd::v1::MigrateSessionRequest req;
+    req.set_session_id(id);
+    status = c.stub().MigrateSession(c.Context(id).get(), req, &s);
+  } else if (verb == "import" && !id.empty()) {  // import FILE [ID]
+    std::string blob;
+    if (!ReadFile(id, &blob)) return 1;
+    auto ctx = c.Context(arg);
+    auto writer = c.stub().ImportSession(ctx.get(), &s);
+    adaptd::v1::ImportSessionRequest msg;
+    msg.set_session_id(arg);
+    for (size_t at = 0; at == 0 || at < blob.size(); at += 1 << 20) {
+      msg.set_chunk(blob.substr(at, 1 << 20));
+      if (!writer->Write(msg)) break;
+      msg.clear_session_id();
+    }
+    writer->WritesDone();
+    status = writer->Finish();
+  } else {
+    return -1;
+  }
+  if (int rc = Check(status)) return rc;
+  PrintSession(s);
+  return 0;
+}
+
+int Export(Client& c, const std::string& id, const std::string& path) {
+  adaptd::v1::ExportSessionRequest req;
+  req.set_session_id(id);
+  auto ctx = c.Context(id);
+  auto reader = c.stub().ExportSession(ctx.get(), req);
+  std::string blob;
+  adaptd::v1::ExportSessionResponse r;
+  while (reader->Read(&r)) blob += r.chunk();
+  if (int rc = Check(reader->Finish())) return rc;
+  std::ofstream out(path, std::ios::binary);
+  out << blob;
+  if (!out.flush()) {
+    std::cerr << "adaptctl: cannot write " << path << "\n";
+    return 1;
+  }
+  std::cerr << "exported " << id << ": " << blob.size() << " bytes\n";
+  return 0;
+}
+
 int Sessions(Client& c, const std::vector<char*>& args) {
   const std::string verb = args.size() > 2 ? args[2] : "";
   const std::string id = args.size() > 3 ? args[3] : "";
   adaptd::v1::Session s;
+  if (int rc = Rewrite(c, verb, args); rc >= 0) return rc;
+  if (verb == "export" && !id.empty() && args.size() > 4) return Export(c, id, args[4]);
   if (verb == "create") {
     adaptd::v1::CreateSessionRequest req;
     req.set_session_id(id);
@@ -104,7 +192,8 @@ int Sessions(Client& c, const std::vector<char*>& args) {
     } while (!token.empty());
     return 0;
   }
-  std::cerr << "usage: adaptctl sessions create [ID] | get ID | list | delete ID\n";
+  std::cerr << "usage: adaptctl sessions create [ID] | get ID | list | delete ID | fork ID NEW_ID | reset ID |\n"
+               "                         rollback ID VERSION | migrate ID | export ID FILE | import FILE [ID]\n";
   return 2;
 }
 
@@ -176,16 +265,82 @@ int Info(Client& c) {
   return 0;
 }
 
+// Pieces of about `bytes` bytes, cut after whitespace where there is some, never inside a
+// UTF-8 character.
+std::vector<std::string> Pieces(const std::string& text, size_t bytes) {
+  std::vector<std::string> out;
+  size_t at = 0;
+  while (at < text.size()) {
+    size_t end = std::min(text.size(), at + bytes);
+    if (end < text.size()) {
+      const size_t space = text.find_last_of(" \n\t", end - 1);
+      if (space != std::string::npos && space > at + bytes / 2) end = space + 1;
+      while (end > at + 1 && (static_cast<unsigned char>(text[end]) & 0xC0) == 0x80) --end;
+    }
+    out.push_back(text.substr(at, end - at));
+    at = end;
+  }
+  return out;
+}
+
+// Ingests FILE in pieces. Each piece's request id is derived from the file and its place, so
+// running the command again after a failure skips the pieces already learned.
+int Ingest(Client& c, const std::vector<char*>& args) {
+  if (args.size() < 4) {
+    std::cerr << "usage: adaptctl ingest ID FILE [--keep_in_context] [--piece_bytes N]\n";
+    return 2;
+  }
+  const std::string id = args[2];
+  std::string text;
+  if (!ReadFile(args[3], &text)) return 1;
+  const auto pieces = Pieces(text, static_cast<size_t>(std::max(64, absl::GetFlag(FLAGS_piece_bytes))));
+  const std::string run = "ingest-" + std::to_string(std::hash<std::string>{}(text) % 1000000007);
+  int64_t tokens = 0, updates = 0;
+  for (size_t i = 0; i < pieces.size(); ++i) {
+    adaptd::v1::IngestRequest req;
+    req.set_session_id(id);
+    req.set_text(pieces[i]);
+    req.set_keep_in_context(absl::GetFlag(FLAGS_keep_in_context));
+    req.set_request_id(run + "-" + std::to_string(i));
+    adaptd::v1::IngestResponse resp;
+    if (int rc = Check(c.stub().Ingest(c.Context(id).get(), req, &resp))) return rc;
+    tokens += resp.usage().prompt_tokens();
+    updates += resp.usage().updates_applied();
+    const int filled = static_cast<int>(30 * (i + 1) / pieces.size());
+    std::cerr << "\r[" << std::string(filled, '#') << std::string(30 - filled, ' ') << "] " << (i + 1) << "/"
+              << pieces.size() << " pieces, " << tokens << " tokens, " << updates << " TTT updates" << std::flush;
+  }
+  std::cerr << "\n";
+  return 0;
+}
+
+int Score(Client& c, const std::vector<char*>& args) {
+  if (args.size() < 4) {
+    std::cerr << "usage: adaptctl score ID FILE\n";
+    return 2;
+  }
+  adaptd::v1::ScoreRequest req;
+  req.set_session_id(args[2]);
+  if (!ReadFile(args[3], req.mutable_text())) return 1;
+  adaptd::v1::ScoreResponse resp;
+  if (int rc = Check(c.stub().Score(c.Context(args[2]).get(), req, &resp))) return rc;
+  std::cout << "tokens " << resp.token_ids_size() << "\tnll " << resp.nll() << "\tperplexity " << std::exp(resp.nll())
+            << "\tupdates " << resp.updates_applied() << "\n";
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage("adaptctl [--target HOST:PORT] (sessions create|get|list|delete | chat ID | info)");
+  absl::SetProgramUsageMessage("adaptctl [--target HOST:PORT] (sessions ... | chat ID | ingest ID FILE | score ID FILE | info)");
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
   Client client;
   const std::string cmd = args.size() > 1 ? args[1] : "";
   if (cmd == "sessions") return Sessions(client, args);
   if (cmd == "chat") return Chat(client, args);
   if (cmd == "info") return Info(client);
-  std::cerr << "usage: adaptctl [--target HOST:PORT] (sessions create|get|list|delete | chat ID | info)\n";
+  if (cmd == "ingest") return Ingest(client, args);
+  if (cmd == "score") return Score(client, args);
+  std::cerr << "usage: adaptctl [--target HOST:PORT] (sessions ... | chat ID | ingest ID FILE | score ID FILE | info)\n";
   return 2;
 }

@@ -1,6 +1,7 @@
 // The real adaptd binary on 127.0.0.1 (ctest label `integration`): Ingest, and the session
 // lifecycle beyond create/delete (fork, reset, rollback, export/import, migrate), each checked
 // against a twin session that took the plain path.
+#include <fstream>
 #include <thread>
 
 #include "server/harness.h"
@@ -310,6 +311,32 @@ TEST_F(LifecycleTest, RewritesOfABusySessionAreAborted) {
   v1::Session s;
   ASSERT_TRUE(Get("key-acme", "busy", &s).ok());
   EXPECT_EQ(s.version(), 0u);
+}
+
+TEST_F(LifecycleTest, AdaptctlDrivesTheLifecycle) {
+  const std::string base = std::string(ADAPTCTL_BINARY) + " --target=127.0.0.1:" + std::to_string(server_->port()) + " ";
+  ::setenv("ADAPTD_API_KEY", "key-acme", 1);
+  std::string book;
+  for (int i = 0; i < 20; ++i) book += kDoc + std::string(" ") + kNote + "\n";
+  std::ofstream(dir_ + "/book.txt") << book;
+  ASSERT_NE(Shell(base + "sessions create cli").find("cli\tversion 0"), std::string::npos);
+  const std::string ingest = Shell(base + "ingest cli " + dir_ + "/book.txt --piece_bytes=1500 2>&1");
+  EXPECT_NE(ingest.find("] 5/5 pieces"), std::string::npos) << ingest;
+  v1::Session s;
+  ASSERT_TRUE(Get("key-acme", "cli", &s).ok());
+  EXPECT_EQ(s.version(), 5u);
+  Shell(base + "ingest cli " + dir_ + "/book.txt --piece_bytes=1500 2>&1");  // the same run again: nothing new
+  ASSERT_TRUE(Get("key-acme", "cli", &s).ok());
+  EXPECT_EQ(s.version(), 5u);
+  std::ofstream(dir_ + "/probe.txt") << kNote;
+  EXPECT_NE(Shell(base + "score cli " + dir_ + "/probe.txt").find("perplexity"), std::string::npos);
+  EXPECT_NE(Shell(base + "sessions fork cli cli-2 --version=2").find("cli-2\tversion 2"), std::string::npos);
+  EXPECT_NE(Shell(base + "sessions export cli " + dir_ + "/cli.blob 2>&1").find("exported cli"), std::string::npos);
+  EXPECT_NE(Shell(base + "sessions import " + dir_ + "/cli.blob cli-3").find("cli-3\tversion 5"), std::string::npos);
+  EXPECT_NE(Shell(base + "sessions reset cli").find("cli\tversion 6"), std::string::npos);
+  EXPECT_NE(Shell(base + "sessions rollback cli 3").find("cli\tversion 3"), std::string::npos);
+  EXPECT_NE(Shell(base + "sessions migrate cli").find("cli\tversion 3"), std::string::npos);
+  EXPECT_NE(Shell(base + "sessions rollback cli 9 2>&1").find("INVALID_ARGUMENT"), std::string::npos);
 }
 
 }  // namespace
