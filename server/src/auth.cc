@@ -2,6 +2,8 @@
 // tenant matched nor how much of a key was right.
 #include "auth.h"
 
+#include <algorithm>
+
 #include <openssl/evp.h>
 
 #include <fstream>
@@ -13,6 +15,14 @@
 #include "absl/strings/str_split.h"
 
 namespace adaptd::server {
+
+std::vector<std::string> ApiKeys::Tenants() const {
+  std::vector<std::string> out;
+  for (const Entry& e : entries_) {
+    if (std::find(out.begin(), out.end(), e.tenant) == out.end()) out.push_back(e.tenant);
+  }
+  return out;
+}
 
 std::string ApiKeys::Sha256Hex(const std::string& data) {
   unsigned char digest[EVP_MAX_MD_SIZE];

@@ -18,6 +18,8 @@ class ApiKeys {
   absl::StatusOr<std::string> Authenticate(const std::string& authorization) const;
 
   static std::string Sha256Hex(const std::string& data);
+  // Every tenant with a key, once each.
+  std::vector<std::string> Tenants() const;
 
  private:
   struct Entry {

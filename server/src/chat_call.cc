@@ -25,7 +25,9 @@ constexpr size_t kMaxStops = 4, kMaxStopBytes = 64;
 class Turn {
  public:
   Turn(ChatDeps deps, TurnKind kind) : deps_(deps), kind_(kind) {}
-  virtual ~Turn() = default;
+  virtual ~Turn() {
+    if (!slot_tenant_.empty()) deps_.quotas.EndTurn(slot_tenant_);
+  }
 
   absl::Status Start(std::string tenant, const v1::ChatRequest& req);
   absl::Status Start(std::string tenant, const v1::IngestRequest& req);
@@ -58,6 +60,7 @@ class Turn {
 
   ChatDeps deps_;
   const TurnKind kind_;
+  std::string slot_tenant_;  // holds a turn slot (Quotas) while set
   session_store::SessionKey key_;
   LiveSession* live_ = nullptr;
   std::unique_ptr<engine::ChatRenderer> renderer_;
@@ -96,6 +99,9 @@ absl::Status ValidateChat(const v1::ChatRequest& req, int max_new_tokens) {
 
 absl::Status Turn::Lease(std::string tenant, const std::string& session_id, const std::string& request_id,
                          bool* replied) {
+  if (auto s = deps_.quotas.CheckStorage(tenant); !s.ok()) return s;
+  if (auto s = deps_.quotas.BeginTurn(tenant); !s.ok()) return s;
+  slot_tenant_ = tenant;
   key_ = {std::move(tenant), session_id};
   request_id_text_ = request_id;
   *replied = false;

@@ -9,6 +9,7 @@
 #include "adaptd/engine/executor.h"
 #include "adaptd/engine/tokenizer.h"
 #include "adaptd/v1/adaptd.grpc.pb.h"
+#include "quotas.h"
 #include "metrics.h"
 #include "session_manager.h"
 #include "worker.h"
@@ -21,6 +22,7 @@ struct ChatDeps {
   const engine::Tokenizer& tokenizer;
   Worker& worker;
   Metrics& metrics;
+  Quotas& quotas;
   int max_new_tokens;
 };
 

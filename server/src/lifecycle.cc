@@ -4,6 +4,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "logging.h"
 #include "service.h"
 
 namespace adaptd::server {
@@ -93,7 +94,11 @@ grpc::ServerUnaryReactor* AdaptdService::ForkSession(grpc::CallbackServerContext
     if (!info.ok()) return Done(ctx, info.status());
     version = info->version;
   }
-  if (auto s = store_.Fork(from, to, version); !s.ok()) return Done(ctx, s);
+  if (auto s = quotas_.CheckNewSession(*tenant); !s.ok()) return Done(ctx, s);
+  const absl::Status forked = store_.Fork(from, to, version);
+  Audit("fork", from.tenant, from.session, forked, absl::StrCat("to ", to.session, " at version ", version));
+  if (!forked.ok()) return Done(ctx, forked);
+  quotas_.SessionAdded(*tenant);
   return Done(ctx, Describe(to, resp));
 }
 
@@ -107,6 +112,7 @@ grpc::ServerUnaryReactor* AdaptdService::ResetSession(grpc::CallbackServerContex
   LogEvent reset;
   reset.kind = LogEvent::Kind::kReset;
   auto committed = sessions_.Commit(**live, reset);
+  Audit("reset", key.tenant, key.session, committed.status());
   if (!committed.ok()) return Done(ctx, committed.status());
   if (auto written = sessions_.WriteSnapshot(*committed); written.ok()) {
     metrics_.Snapshot(written->first, static_cast<int64_t>(written->second));
@@ -121,6 +127,7 @@ grpc::ServerUnaryReactor* AdaptdService::RollbackSession(grpc::CallbackServerCon
   const session_store::SessionKey key{*tenant, req->session_id()};
   if (auto s = sessions_.Hold(key); !s.ok()) return Done(ctx, s);
   const absl::Status rolled = store_.Rollback(key, req->version());
+  Audit("rollback", key.tenant, key.session, rolled, absl::StrCat("to version ", req->version()));
   sessions_.ReleaseAndDrop(key);  // the next call loads the rolled-back history
   if (!rolled.ok()) return Done(ctx, rolled);
   return Done(ctx, Describe(key, resp));
@@ -130,7 +137,9 @@ grpc::ServerWriteReactor<v1::ExportSessionResponse>* AdaptdService::ExportSessio
     grpc::CallbackServerContext* ctx, const v1::ExportSessionRequest* req) {
   auto tenant = Tenant(ctx, &req->session_id());
   if (!tenant.ok()) return new ExportReactor(tenant.status());
-  return new ExportReactor(store_.Export({*tenant, req->session_id()}));
+  auto blob = store_.Export({*tenant, req->session_id()});
+  Audit("export", *tenant, req->session_id(), blob.status(), blob.ok() ? absl::StrCat(blob->size(), " bytes") : "");
+  return new ExportReactor(std::move(blob));
 }
 
 grpc::ServerReadReactor<v1::ImportSessionRequest>* AdaptdService::ImportSession(grpc::CallbackServerContext* ctx,
@@ -139,7 +148,11 @@ grpc::ServerReadReactor<v1::ImportSessionRequest>* AdaptdService::ImportSession(
   return new ImportReactor(tenant.status(), options_.max_import_bytes,
                            [this, resp, tenant = tenant.value_or("")](const std::string& id, const std::string& blob) {
                              const session_store::SessionKey key{tenant, id.empty() ? NewSessionId() : id};
-                             if (auto s = store_.Import(key, blob); !s.ok()) return s;
+                             if (auto s = quotas_.CheckNewSession(tenant); !s.ok()) return s;
+                             const absl::Status imported = store_.Import(key, blob);
+                             Audit("import", key.tenant, key.session, imported, absl::StrCat(blob.size(), " bytes"));
+                             if (!imported.ok()) return imported;
+                             quotas_.SessionAdded(tenant);
                              return Describe(key, resp);
                            });
 }
@@ -149,7 +162,9 @@ grpc::ServerUnaryReactor* AdaptdService::MigrateSession(grpc::CallbackServerCont
   auto tenant = Tenant(ctx, &req->session_id());
   if (!tenant.ok()) return Done(ctx, tenant.status());
   const session_store::SessionKey key{*tenant, req->session_id()};
-  if (auto s = sessions_.Migrate(key); !s.ok()) return Done(ctx, s);
+  const absl::Status migrated = sessions_.Migrate(key);
+  Audit("migrate", key.tenant, key.session, migrated, absl::StrCat("to model ", model_.fingerprint()));
+  if (!migrated.ok()) return Done(ctx, migrated);
   return Done(ctx, Describe(key, resp));
 }
 

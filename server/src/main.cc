@@ -2,10 +2,14 @@
 // grpc.health.v1 and reflection, and shuts down gracefully on SIGTERM / SIGINT.
 //
 //   adaptd --model models/adaptd-tiny-ttt --store runs/store --api_keys keys.txt
-//          [--listen 127.0.0.1:50051] [--replica_id r0] [--shutdown_grace_seconds 10]
+//          [--listen 127.0.0.1:50051] [--flagfile adaptd.conf] ...   (adaptd --help lists all)
+//
+// A config file is absl's --flagfile: one --flag=value per line.
 #include <csignal>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
+#include <sstream>
 #include <thread>
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
@@ -18,6 +22,7 @@
 #include "adaptd/engine/chat.h"
 #include "adaptd/engine/executor.h"
 #include "adaptd/engine/tokenizer.h"
+#include "logging.h"
 #include "service.h"
 
 ABSL_FLAG(std::string, model, "models/adaptd-tiny-ttt", "checkpoint directory (config.json, safetensors, tokenizer.json)");
@@ -30,6 +35,19 @@ ABSL_FLAG(int64_t, max_context_tokens, 1024, "default KV window of a session, in
 ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9464", "address:port of /metrics (Prometheus); empty: off");
 ABSL_FLAG(int64_t, memory_budget_bytes, int64_t{2} << 30,
           "sessions in memory past this are evicted (least recently used, once snapshotted)");
+ABSL_FLAG(int, max_new_tokens, 4096, "the most tokens one reply may ask for");
+ABSL_FLAG(int, max_message_bytes, 4 << 20, "the largest request message accepted");
+ABSL_FLAG(int64_t, max_import_bytes, int64_t{256} << 20, "the largest session blob ImportSession accepts");
+ABSL_FLAG(double, tenant_requests_per_second, 0, "per-tenant request rate (token bucket); 0: unlimited");
+ABSL_FLAG(double, tenant_burst, 0, "per-tenant burst of requests; 0: twice the rate");
+ABSL_FLAG(int64_t, tenant_max_sessions, 0, "sessions per tenant; 0: unlimited");
+ABSL_FLAG(int64_t, tenant_max_stored_bytes, 0, "stored bytes per tenant (RocksDB's estimate); 0: unlimited");
+ABSL_FLAG(int, max_active_turns, 256, "turns (Chat, Generate, Ingest) in the engine at once; more: RESOURCE_EXHAUSTED");
+ABSL_FLAG(int, max_active_turns_per_tenant, 64, "turns of one tenant in the engine at once");
+ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain: serve the API over TLS (with --tls_key)");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
+ABSL_FLAG(std::string, tls_client_ca, "", "PEM CA bundle: require client certificates it signed (mTLS)");
+ABSL_FLAG(std::string, health_listen, "", "address:port of a plaintext port serving only grpc.health.v1 (probes)");
 
 namespace {
 
@@ -37,8 +55,39 @@ std::atomic<bool> g_stop{false};
 void OnSignal(int) { g_stop = true; }
 
 int Fail(const absl::Status& s) {
-  std::cerr << "adaptd: " << s << "\n";
+  adaptd::server::LogLine("error").Str("error", s.ToString()).Write();
   return 1;
+}
+
+absl::StatusOr<std::string> ReadPem(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  if (!in || ss.str().empty()) return absl::NotFoundError("cannot read " + path);
+  return ss.str();
+}
+
+// Insecure, TLS, or mTLS, from the flags.
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials() {
+  const std::string cert = absl::GetFlag(FLAGS_tls_cert), key = absl::GetFlag(FLAGS_tls_key);
+  const std::string ca = absl::GetFlag(FLAGS_tls_client_ca);
+  if (cert.empty() != key.empty()) return absl::InvalidArgumentError("--tls_cert and --tls_key go together");
+  if (cert.empty()) {
+    if (!ca.empty()) return absl::InvalidArgumentError("--tls_client_ca needs --tls_cert and --tls_key");
+    return grpc::InsecureServerCredentials();
+  }
+  grpc::SslServerCredentialsOptions o(ca.empty() ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
+                                                 : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+  auto cert_pem = ReadPem(cert), key_pem = ReadPem(key);
+  if (!cert_pem.ok()) return cert_pem.status();
+  if (!key_pem.ok()) return key_pem.status();
+  o.pem_key_cert_pairs.push_back({*key_pem, *cert_pem});
+  if (!ca.empty()) {
+    auto ca_pem = ReadPem(ca);
+    if (!ca_pem.ok()) return ca_pem.status();
+    o.pem_root_certs = *ca_pem;
+  }
+  return grpc::SslServerCredentials(o);
 }
 
 }  // namespace
@@ -50,6 +99,21 @@ int main(int argc, char** argv) {
   if (absl::GetFlag(FLAGS_api_keys).empty()) return Fail(absl::InvalidArgumentError("--api_keys is required"));
   auto keys = server::ApiKeys::Load(absl::GetFlag(FLAGS_api_keys));
   if (!keys.ok()) return Fail(keys.status());
+  grpc::EnableDefaultHealthCheckService(true);
+  // The probes' port, first: plaintext, grpc.health.v1 only (reflection is switched on later, for
+  // the API's server), NOT_SERVING while the model loads and while draining.
+  std::unique_ptr<grpc::Server> health;
+  if (!absl::GetFlag(FLAGS_health_listen).empty()) {
+    grpc::ServerBuilder b;
+    int health_port = 0;
+    b.AddListeningPort(absl::GetFlag(FLAGS_health_listen), grpc::InsecureServerCredentials(), &health_port);
+    health = b.BuildAndStart();
+    if (health == nullptr || health_port == 0) {
+      return Fail(absl::UnavailableError("cannot listen on " + absl::GetFlag(FLAGS_health_listen)));
+    }
+    health->GetHealthCheckService()->SetServingStatus(false);  // until the model is loaded
+    server::LogLine("health").Num("port", health_port).Write();
+  }
   const std::string model_dir = absl::GetFlag(FLAGS_model);
   auto model = engine::Model::Load(model_dir);
   if (!model.ok()) return Fail(model.status());
@@ -69,7 +133,24 @@ int main(int argc, char** argv) {
   options.memory_budget_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_memory_budget_bytes));
   options.max_context_tokens = absl::GetFlag(FLAGS_max_context_tokens);
   if (options.max_context_tokens < 16) return Fail(absl::InvalidArgumentError("--max_context_tokens < 16"));
-  auto executor = engine::Executor::Create(**model, {});
+  options.max_new_tokens = absl::GetFlag(FLAGS_max_new_tokens);
+  if (options.max_new_tokens < 1) return Fail(absl::InvalidArgumentError("--max_new_tokens < 1"));
+  if (absl::GetFlag(FLAGS_max_import_bytes) < 1) return Fail(absl::InvalidArgumentError("--max_import_bytes < 1"));
+  options.max_import_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_max_import_bytes));
+  options.quotas.requests_per_second = absl::GetFlag(FLAGS_tenant_requests_per_second);
+  options.quotas.burst = absl::GetFlag(FLAGS_tenant_burst);
+  options.quotas.max_sessions_per_tenant = absl::GetFlag(FLAGS_tenant_max_sessions);
+  options.quotas.max_stored_bytes_per_tenant = absl::GetFlag(FLAGS_tenant_max_stored_bytes);
+  options.quotas.max_active_turns = absl::GetFlag(FLAGS_max_active_turns);
+  options.quotas.max_active_turns_per_tenant = absl::GetFlag(FLAGS_max_active_turns_per_tenant);
+  if (options.quotas.max_active_turns < 1 || options.quotas.max_active_turns_per_tenant < 1) {
+    return Fail(absl::InvalidArgumentError("--max_active_turns and --max_active_turns_per_tenant must be >= 1"));
+  }
+  auto credentials = Credentials();
+  if (!credentials.ok()) return Fail(credentials.status());
+  engine::Executor::Options engine_options;
+  engine_options.max_new_tokens = std::max(engine_options.max_new_tokens, options.max_new_tokens);
+  auto executor = engine::Executor::Create(**model, engine_options);
   if (!executor.ok()) return Fail(executor.status());
   server::AdaptdService* service_ptr = nullptr;  // the metrics read session counts from it
   server::Metrics metrics([&service_ptr] { return service_ptr ? service_ptr->SessionCounts() : server::Metrics::SessionCounts{}; });
@@ -78,30 +159,33 @@ int main(int argc, char** argv) {
   if (!absl::GetFlag(FLAGS_metrics_listen).empty()) {
     auto metrics_port = metrics.Serve(absl::GetFlag(FLAGS_metrics_listen));
     if (!metrics_port.ok()) return Fail(metrics_port.status());
-    std::cerr << "adaptd: metrics on port " << *metrics_port << std::endl;
+    server::LogLine("metrics").Num("port", *metrics_port).Write();
   }
 
-  grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(absl::GetFlag(FLAGS_listen), grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(absl::GetFlag(FLAGS_listen), *credentials, &port);
+  builder.SetMaxReceiveMessageSize(absl::GetFlag(FLAGS_max_message_bytes));
   builder.RegisterService(&service);
   std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
-  interceptors.push_back(std::make_unique<server::MetricsInterceptorFactory>(metrics));
+  interceptors.push_back(std::make_unique<server::CallInterceptorFactory>(metrics, service.keys()));
   builder.experimental().SetInterceptorCreators(std::move(interceptors));
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
     return Fail(absl::UnavailableError("cannot listen on " + absl::GetFlag(FLAGS_listen)));
   }
   server->GetHealthCheckService()->SetServingStatus(true);
+  if (health != nullptr) health->GetHealthCheckService()->SetServingStatus(true);
   std::signal(SIGPIPE, SIG_IGN);  // a closed log pipe or socket is an error to handle, not a death
   std::signal(SIGTERM, OnSignal);
   std::signal(SIGINT, OnSignal);
-  std::cerr << "adaptd: serving " << options.model_name << " on port " << port << std::endl;
+  server::LogLine("serving").Str("model", options.model_name).Str("fingerprint", (*model)->fingerprint()).Num("port", port).Write();
   while (!g_stop) std::this_thread::sleep_for(std::chrono::milliseconds(100));
   server->GetHealthCheckService()->SetServingStatus(false);
+  if (health != nullptr) health->GetHealthCheckService()->SetServingStatus(false);
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(absl::GetFlag(FLAGS_shutdown_grace_seconds)));
-  std::cerr << "adaptd: stopped" << std::endl;
+  if (health != nullptr) health->Shutdown();
+  server::LogLine("stopped").Write();
   return 0;
 }

@@ -116,33 +116,4 @@ void Metrics::Snapshot(double seconds, int64_t bytes) {
   snapshot_bytes_.Increment(static_cast<double>(bytes));
 }
 
-namespace {
-
-class MetricsInterceptor : public grpc::experimental::Interceptor {
- public:
-  MetricsInterceptor(Metrics& metrics, const char* method) : metrics_(metrics), method_(method) {
-    const size_t slash = method_.rfind('/');
-    if (slash != std::string::npos) method_ = method_.substr(slash + 1);  // "/adaptd.v1.Adaptd/Chat" -> "Chat"
-  }
-  void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
-    if (methods->QueryInterceptionHookPoint(grpc::experimental::InterceptionHookPoints::PRE_SEND_STATUS)) {
-      const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
-      metrics_.Request(method_, static_cast<int>(methods->GetSendStatus().error_code()), seconds);
-    }
-    methods->Proceed();
-  }
-
- private:
-  Metrics& metrics_;
-  std::string method_;
-  std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
-};
-
-}  // namespace
-
-grpc::experimental::Interceptor* MetricsInterceptorFactory::CreateServerInterceptor(
-    grpc::experimental::ServerRpcInfo* info) {
-  return new MetricsInterceptor(metrics_, info->method());
-}
-
 }  // namespace adaptd::server

@@ -13,7 +13,6 @@
 #include <prometheus/exposer.h>
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
-#include <grpcpp/support/server_interceptor.h>
 
 #include "absl/status/statusor.h"
 
@@ -52,16 +51,6 @@ class Metrics {
   prometheus::Histogram& commit_;
   prometheus::Histogram& snapshot_;
   prometheus::Counter& snapshot_bytes_;
-};
-
-// Counts every call by method and status code and times it, from its start to its status.
-class MetricsInterceptorFactory : public grpc::experimental::ServerInterceptorFactoryInterface {
- public:
-  explicit MetricsInterceptorFactory(Metrics& metrics) : metrics_(metrics) {}
-  grpc::experimental::Interceptor* CreateServerInterceptor(grpc::experimental::ServerRpcInfo* info) override;
-
- private:
-  Metrics& metrics_;
 };
 
 }  // namespace adaptd::server

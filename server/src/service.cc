@@ -5,6 +5,7 @@
 #include <random>
 
 #include "absl/strings/str_cat.h"
+#include "logging.h"
 
 namespace adaptd::server {
 namespace {
@@ -44,12 +45,14 @@ grpc::Status ToGrpc(const absl::Status& status) {
   return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
 }
 
-absl::StatusOr<std::string> AdaptdService::Tenant(grpc::CallbackServerContext* ctx, const std::string* session_id) const {
+absl::StatusOr<std::string> AdaptdService::Tenant(grpc::CallbackServerContext* ctx, const std::string* session_id) {
   const auto& md = ctx->client_metadata();
   auto it = md.find("authorization");
   if (it == md.end()) return absl::UnauthenticatedError("missing \"authorization: Bearer <api key>\"");
   auto tenant = keys_.Authenticate(std::string(it->second.data(), it->second.size()));
-  if (!tenant.ok() || session_id == nullptr) return tenant;
+  if (!tenant.ok()) return tenant;
+  if (auto s = quotas_.Admit(*tenant); !s.ok()) return s;
+  if (session_id == nullptr) return tenant;
   auto route = md.find("x-adaptd-session");
   if (route != md.end() && std::string(route->second.data(), route->second.size()) != *session_id) {
     return absl::InvalidArgumentError("the x-adaptd-session header names another session than the request");
@@ -87,7 +90,11 @@ grpc::ServerUnaryReactor* AdaptdService::CreateSession(grpc::CallbackServerConte
   *stored.mutable_options() = req->options();
   stored.set_model_fingerprint(model_.fingerprint());
   const session_store::SessionKey key{*tenant, id};
-  if (auto s = store_.Create(key, stored.SerializeAsString()); !s.ok()) return Done(ctx, s);
+  if (auto s = quotas_.CheckNewSession(*tenant); !s.ok()) return Done(ctx, s);
+  const absl::Status created = store_.Create(key, stored.SerializeAsString());
+  Audit("create", key.tenant, key.session, created);
+  if (!created.ok()) return Done(ctx, created);
+  quotas_.SessionAdded(*tenant);
   auto info = store_.Get(key);
   return Done(ctx, info.ok() ? ToSession(*info, resp) : info.status());
 }
@@ -124,7 +131,9 @@ grpc::ServerUnaryReactor* AdaptdService::DeleteSession(grpc::CallbackServerConte
   const session_store::SessionKey key{*tenant, req->session_id()};
   if (auto s = sessions_.Hold(key); !s.ok()) return Done(ctx, s);  // ABORTED while a turn runs
   const absl::Status deleted = store_.Delete(key);
+  Audit("delete", key.tenant, key.session, deleted);
   sessions_.ReleaseAndDrop(key);
+  if (deleted.ok()) quotas_.SessionAdded(*tenant, -1);
   return Done(ctx, deleted);
 }
 

@@ -13,6 +13,7 @@
 #include "adaptd/v1/adaptd.grpc.pb.h"
 #include "auth.h"
 #include "chat_call.h"
+#include "quotas.h"
 
 namespace adaptd::server {
 
@@ -24,6 +25,7 @@ struct ServiceOptions {
   size_t memory_budget_bytes = size_t{2} << 30;
   int64_t max_context_tokens = 1024;
   size_t max_import_bytes = size_t{256} << 20;
+  QuotaOptions quotas;
 };
 
 // Finishes a unary call with `status` on a default reactor.
@@ -42,7 +44,8 @@ class AdaptdService final : public adaptd::v1::Adaptd::CallbackService {
         metrics_(metrics),
         sessions_(model, store, options.memory_budget_bytes, options.max_context_tokens),
         keys_(std::move(keys)),
-        options_(std::move(options)) {}
+        options_(std::move(options)),
+        quotas_(options_.quotas, store, keys_.Tenants()) {}
 
   grpc::ServerUnaryReactor* CreateSession(grpc::CallbackServerContext* ctx, const v1::CreateSessionRequest* req,
                                           v1::Session* resp) override;
@@ -77,16 +80,17 @@ class AdaptdService final : public adaptd::v1::Adaptd::CallbackService {
                                            v1::Session* resp) override;
 
   Metrics::SessionCounts SessionCounts();
+  const ApiKeys& keys() const { return keys_; }
 
  private:
-  // The caller's tenant, from the authorization header; with `session_id`, also checks the
-  // routing header x-adaptd-session (when sent) names that session.
-  absl::StatusOr<std::string> Tenant(grpc::CallbackServerContext* ctx, const std::string* session_id = nullptr) const;
+  // The caller's tenant, from the authorization header, admitted by its rate limit; with
+  // `session_id`, also checks the routing header x-adaptd-session (when sent) names that session.
+  absl::StatusOr<std::string> Tenant(grpc::CallbackServerContext* ctx, const std::string* session_id = nullptr);
   // The Session resource of a stored session.
   absl::Status ToSession(const session_store::SessionInfo& info, v1::Session* out) const;
   // The stored session as a resource (after a change).
   absl::Status Describe(const session_store::SessionKey& key, v1::Session* out) const;
-  ChatDeps TurnDeps() { return {executor_, sessions_, tokenizer_, worker_, metrics_, options_.max_new_tokens}; }
+  ChatDeps TurnDeps() { return {executor_, sessions_, tokenizer_, worker_, metrics_, quotas_, options_.max_new_tokens}; }
 
   const engine::Model& model_;
   const engine::Tokenizer& tokenizer_;
@@ -96,6 +100,7 @@ class AdaptdService final : public adaptd::v1::Adaptd::CallbackService {
   SessionManager sessions_;
   ApiKeys keys_;
   ServiceOptions options_;
+  Quotas quotas_;
   Worker scorer_;  // dry runs, off the gRPC threads and out of the commits' way
   Worker worker_;  // last: destroyed first, finishing the turns it holds
 };

@@ -340,6 +340,24 @@ absl::Status SessionStore::RestoreLatestBackup(const std::string& backup_dir, co
   return FromRocks(engine->RestoreDBFromLatestBackup(db_path, db_path), "restore " + db_path);
 }
 
+absl::StatusOr<uint64_t> RocksStore::ApproximateBytes(const std::string& tenant) {
+  auto open = Enter();
+  if (!open.ok()) return open.status();
+  if (auto s = ValidateId("tenant", tenant); !s.ok()) return s;
+  const std::string begin = TenantPrefix(tenant), end = PrefixEnd(begin);
+  const rocksdb::Range range(begin, end);
+  rocksdb::SizeApproximationOptions o;
+  o.include_memtables = true;
+  o.include_files = true;
+  uint64_t total = 0;
+  for (rocksdb::ColumnFamilyHandle* cf : cf_) {
+    uint64_t bytes = 0;
+    if (auto s = FromRocks(db_->GetApproximateSizes(o, cf, &range, 1, &bytes), "approximate sizes"); !s.ok()) return s;
+    total += bytes;
+  }
+  return total;
+}
+
 absl::Status RocksStore::CompactAll() {
   auto open = Enter();
   if (!open.ok()) return open.status();

@@ -58,6 +58,7 @@ class RocksStore : public SessionStore {
   absl::StatusOr<std::string> Export(const SessionKey& key) override;
   absl::Status Import(const SessionKey& key, const std::string& blob) override;
   absl::Status Backup(const std::string& backup_dir) override;
+  absl::StatusOr<uint64_t> ApproximateBytes(const std::string& tenant) override;
   absl::Status CompactAll() override;
 
  private:

@@ -4,6 +4,7 @@
 #define ADAPTD_TESTS_SERVER_HARNESS_H_
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -18,6 +19,7 @@
 #include <random>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "adaptd/v1/adaptd.grpc.pb.h"
@@ -32,15 +34,19 @@ class Server {
   explicit Server(const std::string& dir) : dir_(dir) {}
   ~Server() { Kill(SIGKILL); }
 
-  // Starts adaptd on a free port (it reports the port on stderr) and waits until it answers.
-  void Start(std::vector<std::string> extra_args = {"--replica_id=r0"}) {
-    int fds[2];
-    ASSERT_EQ(::pipe(fds), 0);
-    port_ = metrics_port_ = 0;
+  // Starts adaptd on free ports and waits until it answers. Its stderr (JSON lines) goes to
+  // log_path(); the ports come from its "serving", "metrics" and "health" lines. `creds` and
+  // `authority` (the TLS name to expect) are for a server started with TLS.
+  void Start(std::vector<std::string> extra_args = {"--replica_id=r0"},
+             std::shared_ptr<grpc::ChannelCredentials> creds = grpc::InsecureChannelCredentials(),
+             const std::string& authority = "") {
+    port_ = metrics_port_ = health_port_ = 0;
+    const std::string log = log_path();
+    const auto log_start = std::filesystem::exists(log) ? std::filesystem::file_size(log) : 0;
     pid_ = ::fork();
     if (pid_ == 0) {
-      ::dup2(fds[1], STDERR_FILENO);
-      ::close(fds[0]);
+      const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+      ::dup2(fd, STDERR_FILENO);
       std::vector<std::string> args = {"adaptd", "--model=" + std::string(ADAPTD_MODEL), "--store=" + dir_ + "/store",
                                        "--api_keys=" + dir_ + "/keys.txt", "--listen=127.0.0.1:0",
                                        "--metrics_listen=127.0.0.1:0"};
@@ -51,24 +57,37 @@ class Server {
       ::execv(ADAPTD_BINARY, argv.data());
       _exit(127);
     }
-    ::close(fds[1]);
-    std::string log, line;
-    char c;
-    while (port_ <= 0) {  // "adaptd: metrics on port N", then "adaptd: serving M on port P"
-      ASSERT_EQ(::read(fds[0], &c, 1), 1) << "adaptd exited: " << log;
-      log.push_back(c);
-      if (c != '\n') {
-        line.push_back(c);
-        continue;
+    for (int i = 0; i < 12000 && port_ <= 0; ++i) {  // up to 2 minutes
+      std::ifstream in(log);
+      in.seekg(static_cast<std::streamoff>(log_start));
+      for (std::string line; std::getline(in, line);) {
+        const size_t at = line.find("\"port\":");
+        if (at == std::string::npos) continue;
+        const int port = std::stoi(line.substr(at + 7));
+        if (line.find("\"msg\":\"serving\"") != std::string::npos) port_ = port;
+        if (line.find("\"msg\":\"metrics\"") != std::string::npos) metrics_port_ = port;
+        if (line.find("\"msg\":\"health\"") != std::string::npos) health_port_ = port;
       }
-      const size_t at = line.find(" on port ");
-      if (at != std::string::npos) (line.find("metrics") != std::string::npos ? metrics_port_ : port_) = std::stoi(line.substr(at + 9));
-      line.clear();
+      int status = 0;
+      if (port_ <= 0 && ::waitpid(pid_, &status, WNOHANG) == pid_) {
+        pid_ = -1;
+        FAIL() << "adaptd exited: " << ReadLog();
+      }
+      if (port_ <= 0) std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }
-    ::close(fds[0]);
-    channel_ = grpc::CreateChannel("127.0.0.1:" + std::to_string(port_), grpc::InsecureChannelCredentials());
+    ASSERT_GT(port_, 0) << "adaptd did not start: " << ReadLog();
+    grpc::ChannelArguments channel_args;
+    if (!authority.empty()) channel_args.SetSslTargetNameOverride(authority);
+    channel_ = grpc::CreateCustomChannel("127.0.0.1:" + std::to_string(port_), creds, channel_args);
     ASSERT_TRUE(channel_->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(30)));
     stub_ = v1::Adaptd::NewStub(channel_);
+  }
+  std::string log_path() const { return dir_ + "/adaptd.log"; }
+  std::string ReadLog() const {
+    std::ifstream in(log_path());
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
   }
   // Sends `sig` and returns the exit status.
   int Kill(int sig) {
@@ -82,10 +101,11 @@ class Server {
   v1::Adaptd::Stub& stub() { return *stub_; }
   int port() const { return port_; }
   int metrics_port() const { return metrics_port_; }
+  int health_port() const { return health_port_; }
 
  private:
   std::string dir_;
-  int port_ = 0, metrics_port_ = 0;
+  int port_ = 0, metrics_port_ = 0, health_port_ = 0;
   pid_t pid_ = -1;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Adaptd::Stub> stub_;

@@ -213,6 +213,18 @@ TEST(StoreTest, LoadForAModelSkipsOtherModelsSnapshots) {
   EXPECT_EQ(store->SetMetadata(kA, std::string(kMaxMetadataBytes + 1, 'm')).code(), StatusCode::kInvalidArgument);
 }
 
+TEST(StoreTest, ApproximateBytesGrowPerTenant) {
+  auto store = OpenStore(FreshDir("bytes"));
+  ASSERT_TRUE(store->Create(kA, "").ok());
+  const uint64_t empty = store->ApproximateBytes("acme").value();
+  AppendUpTo(*store, kA, 2);
+  ASSERT_TRUE(store->WriteSnapshot(kA, {2, "fp", "f32"}, Payload(2, 6 << 20)).ok());  // a bulk one
+  const uint64_t full = store->ApproximateBytes("acme").value();
+  EXPECT_GE(full, empty + (5u << 20));
+  EXPECT_LT(store->ApproximateBytes("globex").value(), 1u << 20);
+  EXPECT_EQ(store->ApproximateBytes("bad/tenant").status().code(), StatusCode::kInvalidArgument);
+}
+
 TEST(StoreTest, CorruptSnapshotIsQuarantinedAndAnOlderOneUsed) {
   const std::string dir = FreshDir("corrupt_snapshot");
   StoreOptions o;

@@ -165,6 +165,9 @@ class SessionStore {
   // Restores the latest backup into db_path (which must not be open).
   static absl::Status RestoreLatestBackup(const std::string& backup_dir, const std::string& db_path);
 
+  // About how many bytes the tenant's records take on disk and in memtables (quotas).
+  virtual absl::StatusOr<uint64_t> ApproximateBytes(const std::string& tenant) = 0;
+
   // Compacts everything (deleted data leaves the files); for operators and tests.
   virtual absl::Status CompactAll() = 0;
 };
