@@ -12,6 +12,8 @@ APT_PACKAGES=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
   librocksdb-dev prometheus-cpp-dev nlohmann-json3-dev libgtest-dev libgmock-dev libbenchmark-dev
   libicu-dev
+  # server tests: TLS certificates, a real Prometheus scraping /metrics (promtool too)
+  openssl prometheus
   # corpus sources (tools/corpus/build_corpus.py)
   python3.11-doc linux-doc-6.1
 )

@@ -87,12 +87,16 @@ absl::Status ValidateChat(const v1::ChatRequest& req, int max_new_tokens) {
   size_t bytes = 0;
   for (const auto& m : req.messages()) bytes += m.content().size();
   if (bytes > kMaxContentBytes) return absl::InvalidArgumentError("messages: at most 1 MiB of content");
+  for (int i = 0; i < req.messages_size(); ++i) {
+    if (auto s = CheckUtf8(absl::StrCat("messages[", i, "].content"), req.messages(i).content()); !s.ok()) return s;
+  }
   if (req.max_new_tokens() < 0 || req.max_new_tokens() > max_new_tokens) {
     return absl::InvalidArgumentError(absl::StrCat("max_new_tokens must be in [0, ", max_new_tokens, "]"));
   }
   if (static_cast<size_t>(req.stop_size()) > kMaxStops) return absl::InvalidArgumentError("stop: at most 4 strings");
   for (const auto& s : req.stop()) {
     if (s.empty() || s.size() > kMaxStopBytes) return absl::InvalidArgumentError("stop: each 1 to 64 bytes");
+    if (auto u = CheckUtf8("stop", s); !u.ok()) return u;
   }
   return absl::OkStatus();
 }
@@ -174,6 +178,7 @@ absl::Status Turn::Start(std::string tenant, const v1::IngestRequest& req) {
   if (req.text().size() > kMaxContentBytes || static_cast<size_t>(req.token_ids_size()) > kMaxContentBytes / 4) {
     return absl::InvalidArgumentError("ingest: at most 1 MiB of text or 256 Ki token ids");
   }
+  if (auto s = CheckUtf8("text", req.text()); !s.ok()) return s;
   bool replied = false;
   if (auto s = Lease(std::move(tenant), req.session_id(), req.request_id(), &replied); !s.ok() || replied) return s;
   keep_in_context_ = req.keep_in_context();

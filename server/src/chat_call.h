@@ -40,6 +40,8 @@ grpc::ServerUnaryReactor* StartIngest(ChatDeps deps, absl::StatusOr<std::string>
                                       const v1::IngestRequest* req, v1::IngestResponse* resp);
 
 grpc::Status ToGrpc(const absl::Status& status);  // service.cc
+// INVALID_ARGUMENT naming `field` unless `text` is valid UTF-8 (service.cc).
+absl::Status CheckUtf8(std::string_view field, const std::string& text);
 
 }  // namespace adaptd::server
 

@@ -83,10 +83,13 @@ namespace {
 
 class CallInterceptor : public grpc::experimental::Interceptor {
  public:
-  CallInterceptor(Metrics& metrics, const ApiKeys& keys, const char* method) : metrics_(metrics), keys_(keys), method_(method) {
+  CallInterceptor(Metrics& metrics, const ApiKeys& keys, std::atomic<int64_t>& in_flight, const char* method)
+      : metrics_(metrics), keys_(keys), in_flight_(in_flight), method_(method) {
+    ++in_flight_;
     const size_t slash = method_.rfind('/');
     if (slash != std::string::npos) method_ = method_.substr(slash + 1);  // "/adaptd.v1.Adaptd/Chat" -> "Chat"
   }
+  ~CallInterceptor() override { --in_flight_; }
   void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
     using grpc::experimental::InterceptionHookPoints;
     if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::POST_RECV_INITIAL_METADATA)) {
@@ -115,6 +118,7 @@ class CallInterceptor : public grpc::experimental::Interceptor {
  private:
   Metrics& metrics_;
   const ApiKeys& keys_;
+  std::atomic<int64_t>& in_flight_;
   std::string method_, tenant_, session_, request_id_;
   std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
 };
@@ -122,7 +126,7 @@ class CallInterceptor : public grpc::experimental::Interceptor {
 }  // namespace
 
 grpc::experimental::Interceptor* CallInterceptorFactory::CreateServerInterceptor(grpc::experimental::ServerRpcInfo* info) {
-  return new CallInterceptor(metrics_, keys_, info->method());
+  return new CallInterceptor(metrics_, keys_, in_flight_, info->method());
 }
 
 }  // namespace adaptd::server

@@ -7,6 +7,7 @@
 #ifndef ADAPTD_SERVER_LOGGING_H_
 #define ADAPTD_SERVER_LOGGING_H_
 
+#include <atomic>
 #include <string>
 #include <string_view>
 
@@ -40,10 +41,13 @@ class CallInterceptorFactory : public grpc::experimental::ServerInterceptorFacto
  public:
   CallInterceptorFactory(Metrics& metrics, const ApiKeys& keys) : metrics_(metrics), keys_(keys) {}
   grpc::experimental::Interceptor* CreateServerInterceptor(grpc::experimental::ServerRpcInfo* info) override;
+  // Calls started and not yet done (the drain on SIGTERM waits for these).
+  int64_t in_flight() const { return in_flight_.load(); }
 
  private:
   Metrics& metrics_;
   const ApiKeys& keys_;
+  std::atomic<int64_t> in_flight_{0};
 };
 
 }  // namespace adaptd::server

@@ -27,6 +27,11 @@ absl::Status ValidateOptions(const v1::SessionOptions& o) {
 
 }  // namespace
 
+absl::Status CheckUtf8(std::string_view field, const std::string& text) {
+  if (engine::Utf8Lossy(text) == text) return absl::OkStatus();
+  return absl::InvalidArgumentError(std::string(field) + " is not valid UTF-8");
+}
+
 grpc::ServerUnaryReactor* Done(grpc::CallbackServerContext* ctx, const absl::Status& status) {
   auto* reactor = ctx->DefaultReactor();
   reactor->Finish(ToGrpc(status));
@@ -169,6 +174,7 @@ grpc::ServerUnaryReactor* AdaptdService::Score(grpc::CallbackServerContext* ctx,
   auto tenant = Tenant(ctx, &req->session_id());
   if (!tenant.ok()) return Done(ctx, tenant.status());
   if (req->text().size() > (1u << 20)) return Done(ctx, absl::InvalidArgumentError("text: at most 1 MiB"));
+  if (auto s = CheckUtf8("text", req->text()); !s.ok()) return Done(ctx, s);
   auto ids = tokenizer_.Encode(req->text());
   if (!ids.ok()) return Done(ctx, ids.status());
   if (ids->size() < 2 || ids->size() > 8192) {

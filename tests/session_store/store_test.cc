@@ -221,6 +221,8 @@ TEST(StoreTest, ApproximateBytesGrowPerTenant) {
   ASSERT_TRUE(store->WriteSnapshot(kA, {2, "fp", "f32"}, Payload(2, 6 << 20)).ok());  // a bulk one
   const uint64_t full = store->ApproximateBytes("acme").value();
   EXPECT_GE(full, empty + (5u << 20));
+  ASSERT_TRUE(store->WriteSnapshot(kA, {1, "fp", "f32"}, Payload(1, 1 << 20)).ok());  // inline: in a memtable
+  EXPECT_GE(store->ApproximateBytes("acme").value(), full + (1u << 19));
   EXPECT_LT(store->ApproximateBytes("globex").value(), 1u << 20);
   EXPECT_EQ(store->ApproximateBytes("bad/tenant").status().code(), StatusCode::kInvalidArgument);
 }
