@@ -25,6 +25,8 @@ PIP_PACKAGES=(
   "safetensors==0.7.0"
   "numpy==2.3.5"
   "pytest==8.4.2"
+  "grpcio==1.76.0"
+  "grpcio-tools==1.76.0"
   "matplotlib==3.10.7"
 )
 
