@@ -65,7 +65,7 @@ absl::StatusOr<std::string> AdaptdService::Tenant(grpc::CallbackServerContext* c
   return tenant;
 }
 
-absl::Status AdaptdService::ToSession(const session_store::SessionInfo& info, v1::Session* out) const {
+absl::Status AdaptdService::ToSession(const session_store::SessionInfo& info, v1::Session* out) {
   v1::Session stored;  // the metadata is the Session as created: options and fingerprint
   if (!stored.ParseFromString(info.metadata)) return absl::DataLossError("session metadata is unreadable");
   *out->mutable_options() = stored.options();
@@ -77,10 +77,11 @@ absl::Status AdaptdService::ToSession(const session_store::SessionInfo& info, v1
   out->set_last_used_unix_ms(info.last_used_unix_ms);
   auto snapshots = store_.ListSnapshots(info.key);
   if (snapshots.ok() && !snapshots->empty()) out->set_snapshot_version(snapshots->back().version);
+  out->set_tier(sessions_.InMemory(info.key) ? "memory" : "store");
   return absl::OkStatus();
 }
 
-absl::Status AdaptdService::Describe(const session_store::SessionKey& key, v1::Session* out) const {
+absl::Status AdaptdService::Describe(const session_store::SessionKey& key, v1::Session* out) {
   auto info = store_.Get(key);
   return info.ok() ? ToSession(*info, out) : info.status();
 }

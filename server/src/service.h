@@ -87,9 +87,9 @@ class AdaptdService final : public adaptd::v1::Adaptd::CallbackService {
   // `session_id`, also checks the routing header x-adaptd-session (when sent) names that session.
   absl::StatusOr<std::string> Tenant(grpc::CallbackServerContext* ctx, const std::string* session_id = nullptr);
   // The Session resource of a stored session.
-  absl::Status ToSession(const session_store::SessionInfo& info, v1::Session* out) const;
+  absl::Status ToSession(const session_store::SessionInfo& info, v1::Session* out);
   // The stored session as a resource (after a change).
-  absl::Status Describe(const session_store::SessionKey& key, v1::Session* out) const;
+  absl::Status Describe(const session_store::SessionKey& key, v1::Session* out);
   ChatDeps TurnDeps() { return {executor_, sessions_, tokenizer_, worker_, metrics_, quotas_, options_.max_new_tokens}; }
 
   const engine::Model& model_;

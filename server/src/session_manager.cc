@@ -217,6 +217,12 @@ void SessionManager::EvictOverBudgetLocked() {
   }
 }
 
+bool SessionManager::InMemory(const session_store::SessionKey& key) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = sessions_.find({key.tenant, key.session});
+  return it != sessions_.end() && it->second.live != nullptr;
+}
+
 SessionManager::Stats SessionManager::GetStats() {
   std::lock_guard<std::mutex> lock(mu_);
   Stats s = stats_;

@@ -101,6 +101,9 @@ class SessionManager {
   // budget). Returns the seconds it took and the bytes written.
   absl::StatusOr<std::pair<double, size_t>> WriteSnapshot(const Committed& committed);
 
+  // Whether the session is loaded in memory (or being loaded).
+  bool InMemory(const session_store::SessionKey& key);
+
   struct Stats {
     size_t loaded = 0, bytes = 0;
     int64_t loads = 0, evictions = 0;

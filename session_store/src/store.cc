@@ -60,6 +60,7 @@ absl::Status RocksStore::OpenDb() {
   db_options.create_if_missing = true;
   db_options.create_missing_column_families = true;
   db_options.max_background_jobs = 2;
+  db_options.db_write_buffer_size = options_.memtable_bytes;
   db_options.avoid_flush_during_shutdown = true;  // the WAL has it: a close is like a crash
   db_options.bgerror_resume_retry_interval = 100000;  // us: recover soon after a fault clears
   if (options_.faults) {

@@ -106,6 +106,7 @@ TEST_F(ServerTest, ChatStreamsLearnsAndCommits) {
   v1::Session s;
   ASSERT_TRUE(Get("key-acme", "talk", &s).ok());
   EXPECT_EQ(s.version(), 2u);
+  EXPECT_EQ(s.tier(), "memory");
 }
 
 TEST_F(ServerTest, ChatErrorsHaveTheirCodes) {
@@ -234,6 +235,11 @@ TEST_F(ServerTest, EvictedSessionsReloadBitIdentical) {
   EXPECT_GE(info.session_evictions(), 2);
   EXPECT_GE(info.session_loads(), 3);
   EXPECT_EQ(info.sessions_in_memory(), 0);
+  v1::Session s;
+  ASSERT_TRUE(Get("key-acme", "evicted", &s).ok());
+  EXPECT_EQ(s.tier(), "store");
+  ASSERT_TRUE(Get("key-acme", "kept", &s).ok());
+  EXPECT_EQ(s.tier(), "store");  // a new process: nothing loaded yet
 }
 
 // A retry with the same request id (the reply was lost) gets the committed reply, not a second turn.

@@ -98,6 +98,9 @@ struct StoreOptions {
   // Payloads up to this size are written with their manifest in one synced batch (through the
   // WAL: written twice, but one fsync); larger ones bypass the WAL and are flushed.
   uint64_t inline_snapshot_bytes = 4 << 20;
+  // Memtables of all column families together (RocksDB flushes past it): the store's share of
+  // the process's memory, beside its block cache.
+  uint64_t memtable_bytes = 64 << 20;
   std::shared_ptr<FaultInjection> faults;  // tests: disk full, I/O errors, power loss
 };
 

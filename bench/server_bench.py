@@ -1,0 +1,137 @@
+"""Server benchmark (not a test): the default model under many sessions and a memory budget that
+forces evictions, measured side by side in one run.
+
+python bench/server_bench.py [--sessions 100] [--turns 20] [--budget_mib 32] [--out runs/bench/server]
+
+1. Starts build/bin/adaptd on a fresh store with --memory_budget_bytes (far below what the
+   sessions take, so they are evicted and reloaded from snapshots), and records its idle RSS.
+2. adaptd-loadgen runs N sessions x M turns concurrently (closed loop): errors, throughput, time
+   to first token and inter-token p50/p99, the server's RSS over time. Then /metrics: evictions
+   and session loads must be > 0; peak RSS is compared with the budget plus the idle RSS.
+3. Resume vs replay, alternating on sessions of that run: a turn on a session in memory (hot),
+   on an evicted one (snapshot load), and on one rolled back to a version with no snapshot left
+   (retention keeps the last two), so it replays its whole log of M - 2 turns.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import pathlib
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "clients/python"), str(ROOT / "build/python")]
+from adaptd_client import Client  # noqa: E402
+
+KEY = "bench-key"
+
+
+def rss_bytes(pid: int) -> int:
+    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return -1
+
+
+def metric(port: int, name: str) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return sum(float(l.split()[-1]) for l in text.splitlines() if l.startswith(name + " ") or l.startswith(name + "{"))
+
+
+def timed_turn(c: Client, session: str) -> float:
+    t = time.perf_counter()
+    turn = c.chat_turn(session, "One more question about memory.", max_new_tokens=8)
+    assert turn.usage is not None
+    return (time.perf_counter() - t) * 1e3
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sessions", type=int, default=100)
+    ap.add_argument("--turns", type=int, default=20)
+    ap.add_argument("--budget_mib", type=int, default=32)
+    ap.add_argument("--samples", type=int, default=7, help="sessions per resume/replay measurement")
+    ap.add_argument("--out", default="runs/bench/server")
+    args = ap.parse_args()
+    out = ROOT / args.out
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    (out / "keys.txt").write_text(f"bench {hashlib.sha256(KEY.encode()).hexdigest()}\n")
+    budget = args.budget_mib << 20
+    log = open(out / "adaptd.log", "w+")
+    server = subprocess.Popen([str(ROOT / "build/bin/adaptd"), f"--model={ROOT / 'models/adaptd-tiny-ttt'}",
+                               f"--store={out / 'store'}", f"--api_keys={out / 'keys.txt'}", "--listen=127.0.0.1:0",
+                               "--metrics_listen=127.0.0.1:0", f"--memory_budget_bytes={budget}",
+                               "--max_active_turns_per_tenant=1000"], stderr=log)
+    ports = {}
+    while "serving" not in ports:
+        assert server.poll() is None, (out / "adaptd.log").read_text()
+        log.seek(0)
+        for line in log:
+            j = json.loads(line)
+            if "port" in j:
+                ports[j["msg"]] = j["port"]
+        time.sleep(0.05)
+    target = f"127.0.0.1:{ports['serving']}"
+    time.sleep(1)
+    idle_rss = rss_bytes(server.pid)
+    try:
+        result = out / "loadgen.json"
+        load = subprocess.run([str(ROOT / "build/bin/adaptd-loadgen"), f"--target={target}", f"--key={KEY}",
+                               f"--sessions={args.sessions}", f"--turns={args.turns}", f"--server_pid={server.pid}",
+                               "--prefix=lg", "--keep", f"--json={result}"], capture_output=True, text=True)
+        print(load.stdout, end="")
+        if load.returncode != 0:
+            print(load.stderr)
+        stats = json.loads(result.read_text())
+        evictions = metric(ports["metrics"], "adaptd_session_evictions_total")
+        loads = metric(ports["metrics"], "adaptd_session_loads_total")
+        in_memory = metric(ports["metrics"], "adaptd_sessions_in_memory")
+        peak = stats["peak_rss_bytes"]
+        print(f"evictions {evictions:.0f}, session loads {loads:.0f}, in memory at the end {in_memory:.0f}")
+        print(f"RSS: idle {idle_rss / 2**20:.0f} MiB, peak {peak / 2**20:.0f} MiB; budget {args.budget_mib} MiB; "
+              f"peak - idle = {(peak - idle_rss) / 2**20:.0f} MiB = budget + {(peak - idle_rss - budget) / 2**20:.0f} MiB")
+
+        # Resume vs replay, alternating: a session in memory, an evicted one (snapshot load), and
+        # one rolled back to a version with no snapshot left (a replay of its whole log).
+        hot, evicted, replayed = [], [], []
+        used = set()
+        with Client(target, KEY) as c:
+            def pick(tier):
+                for s in c.list_sessions(page_size=1000):
+                    if s.tier == tier and s.session_id not in used:
+                        used.add(s.session_id)
+                        return s.session_id
+                raise SystemExit(f"no unused session in tier {tier}")
+            for _ in range(args.samples):
+                hot.append(timed_turn(c, pick("memory")))
+                evicted.append(timed_turn(c, pick("store")))
+                rb = pick("store")
+                c.rollback_session(rb, args.turns - 2)
+                assert c.get_session(rb).snapshot_version == 0
+                replayed.append(timed_turn(c, rb))
+        n = args.samples
+        med = {k: statistics.median(v) for k, v in (("hot", hot), ("evicted", evicted), ("replayed", replayed))}
+        print(f"first turn ms (median of {n}): in memory {med['hot']:.1f}, evicted (snapshot load) "
+              f"{med['evicted']:.1f}, replay of {args.turns - 2} turns {med['replayed']:.1f}")
+        print(f"ratios: snapshot load / in memory {med['evicted'] / med['hot']:.2f}; "
+              f"replay / snapshot load {med['replayed'] / med['evicted']:.2f}")
+        summary = {**stats, "evictions": evictions, "session_loads": loads, "idle_rss_bytes": idle_rss,
+                   "budget_bytes": budget, "turn_ms_median": med}
+        (out / "summary.json").write_text(json.dumps(summary, indent=1))
+        ok = stats["errors"] == 0 and evictions > 0 and loads > 0
+        print("OK" if ok else "FAILED: errors, or no evictions/loads")
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=60)
+
+
+if __name__ == "__main__":
+    main()
