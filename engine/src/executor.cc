@@ -2,6 +2,7 @@
 #include "adaptd/engine/executor.h"
 
 #include <algorithm>
+#include <chrono>
 #include <condition_variable>
 #include <deque>
 #include <mutex>
@@ -191,7 +192,9 @@ void Executor::Impl::Step() {
                        a.req.learn});
     }
   }
+  const auto forward_start = std::chrono::steady_clock::now();
   auto logits = model.ForwardBatch(batch, /*all_logits=*/false);
+  const double forward_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - forward_start).count();
   int64_t prefill = 0, decode = 0;
   for (size_t k = 0; k < plan.pieces.size(); ++k) {
     Active& a = *active[plan.pieces[k].request];
@@ -228,6 +231,7 @@ void Executor::Impl::Step() {
   stats.prefill_tokens += prefill;
   stats.decode_tokens += decode;
   stats.max_batch = std::max<int64_t>(stats.max_batch, plan.pieces.size());
+  stats.forward_seconds += forward_seconds;
 }
 
 void Executor::Impl::Emit(Active& a, int32_t token) {

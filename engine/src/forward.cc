@@ -2,6 +2,7 @@
 // each session's KV cache, SwiGLU MLP, and In-Place TTT in the TTT layers with the shared W0
 // product batched and each session's dW applied to its own rows (architecture.md; paper.md §3-5).
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 
 #include "model_impl.h"
@@ -199,8 +200,10 @@ at::Tensor SessionTttMlp(const Model::Impl& m, const LayerWeights& L, SessionSta
     if (embed_target) st.tail_t.narrow(0, r, n).copy_(t.narrow(0, a, n));
     if (r + n == C) {  // ... then update with the completed chunk (the tail's Z is recomputed)
       at::Tensor zc = r == 0 ? z.narrow(0, a, n) : at::cat({ZOf(L, st.tail_x.narrow(0, 0, r)), z.narrow(0, a, n)});
+      const auto start = std::chrono::steady_clock::now();
       ++(UpdateW(m, L, st, s.options, embed_target ? st.tail_t : st.tail_x, zc) ? s.updates_applied
                                                                                 : s.updates_rejected);
+      s.update_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       r = 0;
     } else {
       r += n;

@@ -185,5 +185,6 @@ int64_t SessionState::n_learned() const { return impl_->n_learned; }
 int64_t SessionState::position() const { return impl_->position; }
 int64_t SessionState::updates_applied() const { return impl_->updates_applied; }
 int64_t SessionState::updates_rejected() const { return impl_->updates_rejected; }
+double SessionState::update_seconds() const { return impl_->update_seconds; }
 
 }  // namespace adaptd::engine

@@ -50,6 +50,7 @@ struct SessionState::Impl {
   int64_t position = 0;   // P
   int64_t updates_applied = 0;  // per layer and chunk
   int64_t updates_rejected = 0;
+  double update_seconds = 0;  // wall time in UpdateW (its norm check syncs a device)
   bool poisoned = false;  // a forward failed mid-pass: the state is inconsistent, refuse it
   std::vector<KvCache> kv;                           // per layer
   std::vector<std::optional<TttLayerState>> ttt;     // per layer; set for TTT layers

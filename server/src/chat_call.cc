@@ -70,6 +70,7 @@ class Turn {
   engine::GenerateRequest request_;
   bool keep_in_context_ = true;
   int64_t updates_before_ = 0, rejected_before_ = 0;
+  double update_seconds_before_ = 0;
   std::vector<int32_t> generated_;   // every emitted token (all entered the model)
   std::string replied_text_;         // the text sent
   std::string request_id_text_;      // the client's request id (may be empty)
@@ -207,6 +208,7 @@ absl::Status Turn::Enqueue(std::vector<int32_t> prompt, int max_new, bool learn,
   }
   updates_before_ = live_->state->updates_applied();
   rejected_before_ = live_->state->updates_rejected();
+  update_seconds_before_ = live_->state->update_seconds();
   request_ = {live_->state.get(), std::move(prompt), learn, max_new, stop_ids_, sampling};
   std::lock_guard<std::mutex> lock(mu_);  // Cancel reads request_id_
   auto id = deps_.executor.Enqueue(request_, [this](const engine::GenerateResult& r) { OnResult(r); });
@@ -276,6 +278,7 @@ void Turn::Complete(absl::Status engine_status) {
   usage->set_updates_applied(live_->state->updates_applied() - updates_before_);
   usage->set_updates_rejected(live_->state->updates_rejected() - rejected_before_);
   usage->set_version(live_->version + 1);
+  usage->set_update_seconds(live_->state->update_seconds() - update_seconds_before_);
   if (kind_ != TurnKind::kIngest) {
     const bool stopped = stop_string_ || (!generated_.empty() && std::find(stop_ids_.begin(), stop_ids_.end(),
                                                                            generated_.back()) != stop_ids_.end());
@@ -294,7 +297,7 @@ void Turn::Complete(absl::Status engine_status) {
   } else {
     metrics.Tokens(usage->prompt_tokens(), usage->completion_tokens());
   }
-  metrics.Updates(usage->updates_applied(), usage->updates_rejected());
+  metrics.Updates(usage->updates_applied(), usage->updates_rejected(), usage->update_seconds());
   if (!committed.ok()) {  // not durable: the client must not believe it was
     End(ToGrpc(committed.status()));
     return;

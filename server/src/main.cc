@@ -170,8 +170,8 @@ int main(int argc, char** argv) {
   engine_options.max_new_tokens = std::max(engine_options.max_new_tokens, options.max_new_tokens);
   auto executor = engine::Executor::Create(**model, engine_options);
   if (!executor.ok()) return Fail(executor.status());
-  server::AdaptdService* service_ptr = nullptr;  // the metrics read session counts from it
-  server::Metrics metrics([&service_ptr] { return service_ptr ? service_ptr->SessionCounts() : server::Metrics::SessionCounts{}; });
+  server::AdaptdService* service_ptr = nullptr;  // the metrics read session and engine counts from it
+  server::Metrics metrics([&service_ptr] { return service_ptr ? service_ptr->Gauges() : server::Metrics::Gauges{}; });
   auto service = std::make_unique<server::AdaptdService>(**model, **tokenizer, **executor, **store, metrics,
                                                          *std::move(keys), options);
   service_ptr = service.get();

@@ -1,5 +1,5 @@
-// Counters and histograms live in a registry; the session counts come from the session manager
-// at scrape time through a small Collectable.
+// Counters and histograms live in a registry; the session manager's and the engine's counts are
+// read at scrape time through a small Collectable.
 #include "metrics.h"
 
 #include <prometheus/gauge.h>
@@ -20,9 +20,9 @@ const prometheus::Histogram::BucketBoundaries& LatencyBuckets() {
   return b;
 }
 
-class SessionCollectable : public prometheus::Collectable {
+class GaugeCollectable : public prometheus::Collectable {
  public:
-  explicit SessionCollectable(std::function<Metrics::SessionCounts()> counts) : counts_(std::move(counts)) {}
+  explicit GaugeCollectable(std::function<Metrics::Gauges()> counts) : counts_(std::move(counts)) {}
   std::vector<prometheus::MetricFamily> Collect() const override {
     const auto c = counts_();
     auto one = [](const char* name, const char* help, prometheus::MetricType type, double v) {
@@ -39,18 +39,23 @@ class SessionCollectable : public prometheus::Collectable {
                 c.memory_bytes),
             one("adaptd_session_loads_total", "Sessions loaded from the store (snapshot and replay)", T::Counter,
                 c.loads),
-            one("adaptd_session_evictions_total", "Sessions evicted from memory", T::Counter, c.evictions)};
+            one("adaptd_session_evictions_total", "Sessions evicted from memory", T::Counter, c.evictions),
+            one("adaptd_forward_seconds_total", "Wall time of the engine's batched forward passes (TTT updates included)",
+                T::Counter, c.forward_seconds),
+            one("adaptd_engine_steps_total", "Batched engine steps", T::Counter, static_cast<double>(c.steps)),
+            one("adaptd_engine_active_requests", "Requests queued or running in the engine", T::Gauge,
+                static_cast<double>(c.active_requests))};
   }
 
  private:
-  std::function<Metrics::SessionCounts()> counts_;
+  std::function<Metrics::Gauges()> counts_;
 };
 
 }  // namespace
 
-Metrics::Metrics(std::function<SessionCounts()> session_counts)
+Metrics::Metrics(std::function<Gauges()> gauges)
     : registry_(std::make_shared<prometheus::Registry>()),
-      sessions_(std::make_shared<SessionCollectable>(std::move(session_counts))),
+      sessions_(std::make_shared<GaugeCollectable>(std::move(gauges))),
       requests_(BuildCounter().Name("adaptd_requests_total").Help("Requests by method and status code").Register(*registry_)),
       durations_(BuildHistogram().Name("adaptd_request_duration_seconds").Help("Request latency").Register(*registry_)),
       ttft_(BuildHistogram()
@@ -68,6 +73,11 @@ Metrics::Metrics(std::function<SessionCounts()> session_counts)
                     .Help("Chunk updates refused by the safety checks")
                     .Register(*registry_)
                     .Add({})),
+      update_seconds_(BuildCounter()
+                          .Name("adaptd_ttt_update_seconds_total")
+                          .Help("Wall time of In-Place TTT chunk updates (the update overhead: / forward seconds)")
+                          .Register(*registry_)
+                          .Add({})),
       commit_(BuildHistogram()
                   .Name("adaptd_turn_commit_seconds")
                   .Help("Appending a turn to the log, synced")
@@ -106,9 +116,10 @@ void Metrics::Tokens(int64_t prompt, int64_t completion, int64_t ingest) {
   ingest_tokens_.Increment(static_cast<double>(ingest));
 }
 
-void Metrics::Updates(int64_t applied, int64_t rejected) {
+void Metrics::Updates(int64_t applied, int64_t rejected, double seconds) {
   updates_.Increment(static_cast<double>(applied));
   rejected_.Increment(static_cast<double>(rejected));
+  update_seconds_.Increment(seconds);
 }
 
 void Metrics::Snapshot(double seconds, int64_t bytes) {

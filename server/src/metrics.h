@@ -20,18 +20,20 @@ namespace adaptd::server {
 
 class Metrics {
  public:
-  struct SessionCounts {
+  // Read at each scrape: the session manager's and the engine's counts.
+  struct Gauges {
     int64_t in_memory = 0, memory_bytes = 0, loads = 0, evictions = 0;
+    double forward_seconds = 0;
+    int64_t steps = 0, active_requests = 0;
   };
-  // `session_counts` is read at each scrape.
-  explicit Metrics(std::function<SessionCounts()> session_counts);
+  explicit Metrics(std::function<Gauges()> gauges);
   // Serves /metrics on `address` ("host:port"; port 0 picks one). UNAVAILABLE if it cannot bind.
   absl::StatusOr<int> Serve(const std::string& address);
 
   void Request(const std::string& method, int code, double seconds);
   void FirstToken(double seconds) { ttft_.Observe(seconds); }
   void Tokens(int64_t prompt, int64_t completion, int64_t ingest = 0);
-  void Updates(int64_t applied, int64_t rejected);
+  void Updates(int64_t applied, int64_t rejected, double seconds = 0);
   void Commit(double seconds) { commit_.Observe(seconds); }
   void Snapshot(double seconds, int64_t bytes);
 
@@ -48,6 +50,7 @@ class Metrics {
   prometheus::Counter& ingest_tokens_;
   prometheus::Counter& updates_;
   prometheus::Counter& rejected_;
+  prometheus::Counter& update_seconds_;
   prometheus::Histogram& commit_;
   prometheus::Histogram& snapshot_;
   prometheus::Counter& snapshot_bytes_;

@@ -208,9 +208,11 @@ grpc::ServerUnaryReactor* AdaptdService::Score(grpc::CallbackServerContext* ctx,
   return reactor;
 }
 
-Metrics::SessionCounts AdaptdService::SessionCounts() {
+Metrics::Gauges AdaptdService::Gauges() {
   const auto s = sessions_.GetStats();
-  return {static_cast<int64_t>(s.loaded), static_cast<int64_t>(s.bytes), s.loads, s.evictions};
+  const auto e = executor_.GetStats();
+  return {static_cast<int64_t>(s.loaded), static_cast<int64_t>(s.bytes), s.loads, s.evictions,
+          e.forward_seconds, e.steps, e.active};
 }
 
 grpc::ServerUnaryReactor* AdaptdService::GetServerInfo(grpc::CallbackServerContext* ctx,

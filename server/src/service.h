@@ -79,7 +79,7 @@ class AdaptdService final : public adaptd::v1::Adaptd::CallbackService {
   grpc::ServerUnaryReactor* MigrateSession(grpc::CallbackServerContext* ctx, const v1::MigrateSessionRequest* req,
                                            v1::Session* resp) override;
 
-  Metrics::SessionCounts SessionCounts();
+  Metrics::Gauges Gauges();
   const ApiKeys& keys() const { return keys_; }
 
  private:

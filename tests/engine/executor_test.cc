@@ -101,6 +101,7 @@ TEST(ExecutorTest, ConcurrentRequestsGenerateAsIfAlone) {
   EXPECT_GE(stats.max_batch, 2);
   EXPECT_EQ(stats.decode_tokens, n * 12);
   EXPECT_EQ(stats.active, 0);
+  EXPECT_GT(stats.forward_seconds, 0);
 }
 
 TEST(ExecutorTest, StopIdEndsGenerationAfterEmittingIt) {

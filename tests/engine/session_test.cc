@@ -117,6 +117,7 @@ TEST(SessionTest, RewindForgetsTheWindowButKeepsWhatWasLearned) {
   ASSERT_TRUE(model->RewindWindow(*s, 13).ok());
   EXPECT_EQ(s->position(), 13);
   EXPECT_EQ(s->n_learned(), 32);
+  EXPECT_GT(s->update_seconds(), 0);  // chunks completed: their updates were timed
   EXPECT_NE(W(*model, *s, 0), W(*model, *kept, 0));
   // The rows past 13 are forgotten: after a second rewind the same input sees the same window.
   auto x = model->Forward(*s, Tokens(5, 7), /*learn=*/false);
@@ -134,6 +135,7 @@ TEST(SessionTest, RewindForgetsTheWindowButKeepsWhatWasLearned) {
   auto b = model->Clone(*a).value();
   Feed(*model, *a, Tokens(19, 6));
   ASSERT_TRUE(model->RewindWindow(*a, 13).ok());
+  EXPECT_EQ(a->update_seconds(), 0);  // rule off: no update ran
   auto xa = model->Forward(*a, Tokens(5, 7), false), xb = model->Forward(*b, Tokens(5, 7), false);
   ASSERT_TRUE(xa.ok() && xb.ok());
   EXPECT_EQ(*xa, *xb);

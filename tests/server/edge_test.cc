@@ -353,5 +353,57 @@ TEST_F(EdgeTest, LogsAreJsonLinesWithAuditTrail) {
   EXPECT_TRUE(find([](const nlohmann::json& j) { return j["msg"] == "stopped"; }));
 }
 
+// A port nothing listens on now.
+int FreePort() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+  socklen_t len = sizeof addr;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  ::close(fd);
+  return ntohs(addr.sin_port);
+}
+
+// Debian's Prometheus scrapes /metrics; promtool accepts the exposition; a PromQL query returns
+// the TTT update seconds series (the Grafana "update overhead" panel's numerator).
+TEST_F(EdgeTest, ARealPrometheusScrapesTheMetrics) {
+  ASSERT_TRUE(Create("key-acme", "m").ok());
+  auto t = Chat("key-acme", "m", std::string(300, 'x') + " pages", 8);  // completes TTT chunks
+  ASSERT_TRUE(t.status.ok()) << t.status.error_message();
+  ASSERT_GT(t.usage.update_seconds(), 0);
+  const std::string body = HttpGet(server_->metrics_port(), "/metrics");
+  std::ofstream(dir_ + "/metrics.txt") << body.substr(body.find("\r\n\r\n") + 4);
+  const std::string check = Shell("promtool check metrics < " + dir_ + "/metrics.txt 2>&1; echo rc=$?");
+  EXPECT_NE(check.find("rc=0"), std::string::npos) << check;
+
+  const int port = FreePort();
+  std::ofstream(dir_ + "/prometheus.yml") << "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: adaptd\n"
+                                          << "    static_configs:\n      - targets: ['127.0.0.1:"
+                                          << server_->metrics_port() << "']\n";
+  const pid_t prom = ::fork();
+  if (prom == 0) {
+    const int null = ::open("/dev/null", O_WRONLY);
+    ::dup2(null, STDOUT_FILENO);
+    ::dup2(null, STDERR_FILENO);
+    ::execlp("prometheus", "prometheus", ("--config.file=" + dir_ + "/prometheus.yml").c_str(),
+             ("--storage.tsdb.path=" + dir_ + "/tsdb").c_str(),
+             ("--web.listen-address=127.0.0.1:" + std::to_string(port)).c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  std::string answer;
+  for (int i = 0; i < 300; ++i) {  // up to 30 s: start, first scrapes
+    answer = HttpGet(port, "/api/v1/query?query=adaptd_ttt_update_seconds_total");
+    if (answer.find("\"adaptd_ttt_update_seconds_total\"") != std::string::npos) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ::kill(prom, SIGTERM);
+  ::waitpid(prom, nullptr, 0);
+  EXPECT_NE(answer.find("\"status\":\"success\""), std::string::npos) << answer;
+  EXPECT_NE(answer.find("\"__name__\":\"adaptd_ttt_update_seconds_total\""), std::string::npos) << answer;
+  EXPECT_NE(answer.find("\"job\":\"adaptd\""), std::string::npos) << answer;
+}
+
 }  // namespace
 }  // namespace adaptd::server

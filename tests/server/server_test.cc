@@ -102,6 +102,7 @@ TEST_F(ServerTest, ChatStreamsLearnsAndCommits) {
   auto t2 = Chat("key-acme", "talk", std::string(400, 'x') + " The kernel memory allocator hands out pages.", 8);
   ASSERT_TRUE(t2.status.ok()) << t2.status.error_message();
   EXPECT_GT(t2.usage.updates_applied(), 0);
+  EXPECT_GT(t2.usage.update_seconds(), 0);
   EXPECT_EQ(t2.usage.version(), 2u);
   v1::Session s;
   ASSERT_TRUE(Get("key-acme", "talk", &s).ok());

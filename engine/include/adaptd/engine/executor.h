@@ -68,6 +68,7 @@ class Executor {
     int64_t steps = 0, prefill_tokens = 0, decode_tokens = 0;
     int64_t active = 0;        // requests queued or running
     int64_t max_batch = 0;     // most requests in one step
+    double forward_seconds = 0;  // wall time in batched forward passes (TTT updates included)
   };
 
   // `model` must outlive the Executor. INVALID_ARGUMENT for options out of range.

@@ -140,6 +140,7 @@ class SessionState {
   int64_t position() const;   // P: next position in the KV window
   int64_t updates_applied() const;   // per TTT layer and completed chunk
   int64_t updates_rejected() const;  // refused by the safety checks (state kept)
+  double update_seconds() const;     // wall time in chunk updates since the state was made (not stored)
 
   struct Impl;
   explicit SessionState(std::unique_ptr<Impl> impl);
