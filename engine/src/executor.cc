@@ -186,7 +186,7 @@ void Executor::Impl::Step() {
     Active& a = *active[plan.pieces[k].request];
     if (a.pending) {
       decode_ids[k] = *a.pending;
-      batch.push_back({a.req.session, absl::MakeConstSpan(&decode_ids[k], 1), a.req.learn});
+      batch.push_back({a.req.session, absl::MakeConstSpan(&decode_ids[k], 1), a.req.learn && a.req.learn_generated});
     } else {
       batch.push_back({a.req.session, absl::MakeConstSpan(a.req.prompt).subspan(a.fed, plan.pieces[k].tokens),
                        a.req.learn});

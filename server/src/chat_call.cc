@@ -209,7 +209,8 @@ absl::Status Turn::Enqueue(std::vector<int32_t> prompt, int max_new, bool learn,
   updates_before_ = live_->state->updates_applied();
   rejected_before_ = live_->state->updates_rejected();
   update_seconds_before_ = live_->state->update_seconds();
-  request_ = {live_->state.get(), std::move(prompt), learn, max_new, stop_ids_, sampling};
+  request_ = {live_->state.get(), std::move(prompt), learn, max_new, stop_ids_, sampling,
+              /*learn_generated=*/!live_->options.learn_prompt_only()};
   std::lock_guard<std::mutex> lock(mu_);  // Cancel reads request_id_
   auto id = deps_.executor.Enqueue(request_, [this](const engine::GenerateResult& r) { OnResult(r); });
   if (!id.ok()) return Fail(id.status());
@@ -267,6 +268,7 @@ void Turn::Complete(absl::Status engine_status) {
   event.tokens = request_.prompt;
   event.tokens.insert(event.tokens.end(), generated_.begin(), generated_.end());
   event.learned = request_.learn;
+  event.learn_generated = request_.learn_generated;
   event.assistant_open = kind_ == TurnKind::kChat && renderer_->format() != engine::ChatFormat::kRaw;
   event.keep_in_context = keep_in_context_;
   event.prompt_tokens = static_cast<uint32_t>(request_.prompt.size());

@@ -22,6 +22,9 @@ absl::Status ValidateOptions(const v1::SessionOptions& o) {
   if (!f.empty() && f != "qwen3" && f != "llama3" && f != "raw") {
     return absl::InvalidArgumentError(absl::StrCat("options.chat_format '", f, "' (qwen3, llama3 or raw)"));
   }
+  if (auto s = engine::ValidateSessionOptions(EngineOptions(o)); !s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("options: ", s.message()));
+  }
   return absl::OkStatus();
 }
 

@@ -22,12 +22,14 @@ constexpr char kSnapshotEncoding[] = "server1+exact+kv";
 
 }  // namespace
 
-// Turn event: 'T', flags (1 learned, 2 assistant open, 4 not kept in context), prompt tokens
+// Turn event: 'T', flags (1 learned, 2 assistant open, 4 not kept in context, 8 the tokens after
+// the prompt not learned), prompt tokens
 // u32, max new tokens u32, token count u32, the tokens (int32, little-endian). Reset: 'R'.
 std::string EncodeEvent(const LogEvent& e) {
   std::string out(1, static_cast<char>(e.kind));
   if (e.kind == LogEvent::Kind::kReset) return out;
-  out.push_back(static_cast<char>((e.learned ? 1 : 0) | (e.assistant_open ? 2 : 0) | (e.keep_in_context ? 0 : 4)));
+  out.push_back(static_cast<char>((e.learned ? 1 : 0) | (e.assistant_open ? 2 : 0) | (e.keep_in_context ? 0 : 4) |
+                                  (e.learn_generated ? 0 : 8)));
   const uint32_t head[3] = {e.prompt_tokens, e.max_new_tokens, static_cast<uint32_t>(e.tokens.size())};
   out.append(reinterpret_cast<const char*>(head), sizeof head);
   out.append(reinterpret_cast<const char*>(e.tokens.data()), e.tokens.size() * 4);
@@ -47,6 +49,7 @@ absl::StatusOr<LogEvent> DecodeEvent(const std::string& bytes) {
   e.learned = bytes[1] & 1;
   e.assistant_open = bytes[1] & 2;
   e.keep_in_context = !(bytes[1] & 4);
+  e.learn_generated = !(bytes[1] & 8);
   e.prompt_tokens = head[0];
   e.max_new_tokens = head[1];
   e.tokens.resize(head[2]);
@@ -77,10 +80,17 @@ absl::Status SessionManager::FitWindow(LiveSession& session, int64_t prompt_toke
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::unique_ptr<engine::SessionState>> SessionManager::FreshState(const v1::SessionOptions& options) const {
+engine::SessionOptions EngineOptions(const v1::SessionOptions& options) {
   engine::SessionOptions o;
   o.rule = options.update_rule() == "off" ? engine::UpdateRule::kOff : engine::UpdateRule::kInplace;
-  return model_.NewSession(o);
+  if (options.clip_tau() != 0) o.clip_tau = options.clip_tau();
+  o.decay = options.decay();
+  if (options.max_delta_norm() != 0) o.max_delta_norm = options.max_delta_norm();
+  return o;
+}
+
+absl::StatusOr<std::unique_ptr<engine::SessionState>> SessionManager::FreshState(const v1::SessionOptions& options) const {
+  return model_.NewSession(EngineOptions(options));
 }
 
 absl::Status SessionManager::Settle(LiveSession& session, const LogEvent& event) const {
@@ -107,8 +117,12 @@ absl::Status SessionManager::Settle(LiveSession& session, const LogEvent& event)
 absl::Status SessionManager::Replay(LiveSession& session, const LogEvent& event) const {
   if (event.kind == LogEvent::Kind::kTurn) {
     if (auto w = FitWindow(session, event.prompt_tokens, event.max_new_tokens); !w.ok()) return w;
-    if (!event.tokens.empty()) {
-      if (auto r = model_.Forward(*session.state, event.tokens, event.learned); !r.ok()) return r.status();
+    // The prompt, then the generated tokens (learned unless the session learns prompts only).
+    const auto tokens = absl::MakeConstSpan(event.tokens);
+    const size_t split = event.learned && !event.learn_generated ? event.prompt_tokens : tokens.size();
+    for (auto [part, learn] : {std::pair(tokens.subspan(0, split), event.learned), std::pair(tokens.subspan(split), false)}) {
+      if (part.empty()) continue;
+      if (auto r = model_.Forward(*session.state, part, learn); !r.ok()) return r.status();
     }
   }
   return Settle(session, event);

@@ -32,10 +32,13 @@ struct LogEvent {
   bool learned = true;
   bool assistant_open = false;
   bool keep_in_context = true;
+  bool learn_generated = true;  // with learned: the tokens after the prompt were learned too
   uint32_t prompt_tokens = 0;   // tokens[0, prompt_tokens) were the prompt
   uint32_t max_new_tokens = 0;  // the reply's reserved room (the window rule reads it)
 };
 std::string EncodeEvent(const LogEvent& event);
+// The engine's options of a session's (validated by engine::ValidateSessionOptions).
+engine::SessionOptions EngineOptions(const v1::SessionOptions& options);
 absl::StatusOr<LogEvent> DecodeEvent(const std::string& bytes);
 
 struct LiveSession {

@@ -2,6 +2,7 @@
 // lifecycle beyond create/delete (fork, reset, rollback, export/import, migrate), each checked
 // against a twin session that took the plain path.
 #include <fstream>
+#include <functional>
 #include <thread>
 
 #include "server/harness.h"
@@ -311,6 +312,49 @@ TEST_F(LifecycleTest, RewritesOfABusySessionAreAborted) {
   v1::Session s;
   ASSERT_TRUE(Get("key-acme", "busy", &s).ok());
   EXPECT_EQ(s.version(), 0u);
+}
+
+grpc::Status CreateWith(v1::Adaptd::Stub& stub, grpc::ClientContext* ctx, const std::string& id,
+                        const std::function<void(v1::SessionOptions&)>& edit) {
+  v1::CreateSessionRequest req;
+  req.set_session_id(id);
+  edit(*req.mutable_options());
+  v1::Session s;
+  return stub.CreateSession(ctx, req, &s);
+}
+
+// The learning options: prompts only (the replies stay out of the fast weights, on replay too),
+// the norm ceiling refusing updates, and validation naming the field.
+TEST_F(LifecycleTest, SessionOptionsShapeLearning) {
+  auto& stub = server_->stub();
+  ASSERT_TRUE(CreateWith(stub, As("key-acme").get(), "prompts", [](auto& o) { o.set_learn_prompt_only(true); }).ok());
+  ASSERT_TRUE(Create("key-acme", "all").ok());
+  const std::string prompt = std::string(310, 'x') + " pages";
+  for (const char* id : {"prompts", "all"}) {
+    auto t = Chat("key-acme", id, prompt, 40);
+    ASSERT_TRUE(t.status.ok()) << t.status.error_message();
+    const int64_t learned = std::string(id) == "prompts" ? t.usage.prompt_tokens()
+                                                         : t.usage.prompt_tokens() + t.usage.completion_tokens();
+    EXPECT_EQ(t.usage.updates_applied(), 2 * (learned / 32)) << id;  // 2 TTT layers, C = 32
+  }
+  const auto second = Ids("prompts", "And the slab allocator?");
+  Ids("prompts", "Thanks.");
+  AwaitSnapshot("key-acme", "prompts", 3);  // retention keeps 2 and 3: version 1 replays
+  ASSERT_TRUE(Rollback("prompts", 1).ok());
+  EXPECT_EQ(Ids("prompts", "And the slab allocator?"), second);
+
+  ASSERT_TRUE(CreateWith(stub, As("key-acme").get(), "tight", [](auto& o) { o.set_max_delta_norm(1e-6); }).ok());
+  auto t = Chat("key-acme", "tight", prompt, 8);
+  ASSERT_TRUE(t.status.ok());
+  EXPECT_EQ(t.usage.updates_applied(), 0);
+  EXPECT_GT(t.usage.updates_rejected(), 0);
+  for (auto edit : std::vector<std::function<void(v1::SessionOptions&)>>{
+           [](auto& o) { o.set_decay(1.5); }, [](auto& o) { o.set_clip_tau(-1); },
+           [](auto& o) { o.set_max_delta_norm(-2); }}) {
+    const grpc::Status s = CreateWith(stub, As("key-acme").get(), "bad", edit);
+    EXPECT_EQ(s.error_code(), StatusCode::INVALID_ARGUMENT);
+    EXPECT_NE(s.error_message().find("options"), std::string::npos) << s.error_message();
+  }
 }
 
 TEST_F(LifecycleTest, AdaptctlDrivesTheLifecycle) {

@@ -29,6 +29,7 @@ struct GenerateRequest {
   int max_new_tokens = 0;           // greedy tokens generated after the prompt
   std::vector<int32_t> stop_ids;    // generation ends after emitting one of these
   SamplingParams sampling;          // default: greedy; penalties see the prompt and the output
+  bool learn_generated = true;      // with learn: the generated tokens are learned too
 };
 
 // A streamed result: the tokens generated since the previous result of the request. The final
