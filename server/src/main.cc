@@ -7,6 +7,7 @@
 // A config file is absl's --flagfile: one --flag=value per line.
 #include <malloc.h>
 
+#include <algorithm>
 #include <csignal>
 #include <cstdlib>
 #include <filesystem>
@@ -38,6 +39,7 @@ ABSL_FLAG(int64_t, max_context_tokens, 1024, "default KV window of a session, in
 ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9464", "address:port of /metrics (Prometheus); empty: off");
 ABSL_FLAG(int64_t, memory_budget_bytes, int64_t{2} << 30,
           "sessions in memory past this are evicted (least recently used, once snapshotted)");
+ABSL_FLAG(int64_t, session_idle_ttl_seconds, 0, "sessions unused this long are deleted; 0: kept forever");
 ABSL_FLAG(int64_t, store_memtable_bytes, int64_t{64} << 20, "the session store's memtables, all together");
 ABSL_FLAG(int, max_new_tokens, 4096, "the most tokens one reply may ask for");
 ABSL_FLAG(int, max_message_bytes, 4 << 20, "the largest request message accepted");
@@ -139,6 +141,8 @@ int main(int argc, char** argv) {
   if (!tokenizer.ok()) return Fail(tokenizer.status());
   session_store::StoreOptions store_options;
   store_options.path = absl::GetFlag(FLAGS_store);
+  store_options.idle_ttl_seconds = absl::GetFlag(FLAGS_session_idle_ttl_seconds);
+  if (store_options.idle_ttl_seconds < 0) return Fail(absl::InvalidArgumentError("--session_idle_ttl_seconds < 0"));
   if (absl::GetFlag(FLAGS_store_memtable_bytes) < (1 << 20)) return Fail(absl::InvalidArgumentError("--store_memtable_bytes < 1 MiB"));
   store_options.memtable_bytes = static_cast<uint64_t>(absl::GetFlag(FLAGS_store_memtable_bytes));
   std::filesystem::create_directories(store_options.path);
@@ -202,7 +206,19 @@ int main(int argc, char** argv) {
   std::signal(SIGTERM, OnSignal);
   std::signal(SIGINT, OnSignal);
   server::LogLine("serving").Str("model", options.model_name).Str("fingerprint", (*model)->fingerprint()).Num("port", port).Write();
-  while (!g_stop) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  // Idle sessions expire: checked every TTL / 2 (at most every minute).
+  const int64_t ttl = store_options.idle_ttl_seconds;
+  const auto expire_every = std::chrono::seconds(std::clamp<int64_t>(ttl / 2, 1, 60));
+  auto next_expiry = std::chrono::steady_clock::now() + expire_every;
+  while (!g_stop) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    if (ttl > 0 && std::chrono::steady_clock::now() >= next_expiry) {
+      auto expired = service->ExpireIdle();
+      if (!expired.ok()) server::LogLine("error").Str("error", expired.status().ToString()).Write();
+      if (expired.ok() && *expired > 0) server::LogLine("expired").Num("sessions", *expired).Write();
+      next_expiry = std::chrono::steady_clock::now() + expire_every;
+    }
+  }
   server->GetHealthCheckService()->SetServingStatus(false);
   if (health != nullptr) health->GetHealthCheckService()->SetServingStatus(false);
   // Drain: calls in flight get the grace period to finish (an idle server stops at once: gRPC's

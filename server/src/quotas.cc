@@ -7,8 +7,12 @@
 namespace adaptd::server {
 
 Quotas::Quotas(QuotaOptions options, session_store::SessionStore& store, const std::vector<std::string>& tenants)
-    : options_(options), store_(store) {
-  for (const std::string& tenant : tenants) {
+    : options_(options), store_(store), known_tenants_(tenants) {
+  Recount();
+}
+
+void Quotas::Recount() {
+  for (const std::string& tenant : known_tenants_) {
     int64_t n = 0;
     std::string token;
     do {
@@ -17,7 +21,8 @@ Quotas::Quotas(QuotaOptions options, session_store::SessionStore& store, const s
       n += static_cast<int64_t>(page->sessions.size());
       token = page->next_page_token;
     } while (!token.empty());
-    tenants_[tenant].sessions = n;
+    std::lock_guard<std::mutex> lock(mu_);
+    Get(tenant).sessions = n;
   }
 }
 

@@ -39,6 +39,8 @@ class Quotas {
   // Before a call grows the tenant's stored bytes (turns).
   absl::Status CheckStorage(const std::string& tenant);
   void SessionAdded(const std::string& tenant, int64_t n = 1);
+  // Counts the known tenants' sessions again (after the store expired some).
+  void Recount();
   // A slot for a turn in the engine, held until EndTurn.
   absl::Status BeginTurn(const std::string& tenant);
   void EndTurn(const std::string& tenant);
@@ -59,6 +61,7 @@ class Quotas {
 
   const QuotaOptions options_;
   session_store::SessionStore& store_;
+  const std::vector<std::string> known_tenants_;
   std::mutex mu_;
   std::map<std::string, Tenant> tenants_;  // guarded by mu_
   int active_turns_ = 0;                   // guarded by mu_

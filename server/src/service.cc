@@ -211,6 +211,14 @@ grpc::ServerUnaryReactor* AdaptdService::Score(grpc::CallbackServerContext* ctx,
   return reactor;
 }
 
+absl::StatusOr<int> AdaptdService::ExpireIdle() {
+  auto n = store_.ExpireIdle();
+  if (!n.ok() || *n == 0) return n;
+  sessions_.DropExpired();
+  quotas_.Recount();
+  return n;
+}
+
 Metrics::Gauges AdaptdService::Gauges() {
   const auto s = sessions_.GetStats();
   const auto e = executor_.GetStats();

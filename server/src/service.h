@@ -80,6 +80,8 @@ class AdaptdService final : public adaptd::v1::Adaptd::CallbackService {
                                            v1::Session* resp) override;
 
   Metrics::Gauges Gauges();
+  // Deletes the sessions idle past the store's TTL (and drops them from memory); returns how many.
+  absl::StatusOr<int> ExpireIdle();
   const ApiKeys& keys() const { return keys_; }
 
  private:

@@ -104,6 +104,8 @@ class SessionManager {
   // budget). Returns the seconds it took and the bytes written.
   absl::StatusOr<std::pair<double, size_t>> WriteSnapshot(const Committed& committed);
 
+  // Drops the idle sessions in memory whose records the store no longer has (expired).
+  void DropExpired();
   // Whether the session is loaded in memory (or being loaded).
   bool InMemory(const session_store::SessionKey& key);
 

@@ -216,6 +216,22 @@ TEST_F(EdgeTest, SessionAndRateQuotasPerTenant) {
   EXPECT_TRUE(Info("key-acme").ok());
 }
 
+TEST_F(EdgeTest, IdleSessionsExpire) {
+  Restart({"--session_idle_ttl_seconds=1", "--tenant_max_sessions=1"});
+  ASSERT_TRUE(Create("key-acme", "old").ok());
+  ASSERT_TRUE(Chat("key-acme", "old", "hi", 4).status.ok());
+  EXPECT_EQ(Create("key-acme", "new").error_code(), StatusCode::RESOURCE_EXHAUSTED);
+  grpc::Status gone;
+  for (int i = 0; i < 100 && (gone = Get("key-acme", "old")).ok(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_EQ(gone.error_code(), StatusCode::NOT_FOUND);
+  EXPECT_EQ(Chat("key-acme", "old", "hi", 4).status.error_code(), StatusCode::NOT_FOUND);  // not served from memory
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // the expiry pass also recounts the quota
+  EXPECT_TRUE(Create("key-acme", "new").ok());
+  EXPECT_NE(server_->ReadLog().find("\"msg\":\"expired\""), std::string::npos);
+}
+
 TEST_F(EdgeTest, TurnsInFlightAreBoundedPerTenant) {
   Restart({"--max_active_turns_per_tenant=1"});
   for (const char* id : {"a", "b"}) ASSERT_TRUE(Create("key-acme", id).ok());

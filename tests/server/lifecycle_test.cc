@@ -1,6 +1,7 @@
 // The real adaptd binary on 127.0.0.1 (ctest label `integration`): Ingest, and the session
 // lifecycle beyond create/delete (fork, reset, rollback, export/import, migrate), each checked
 // against a twin session that took the plain path.
+#include <atomic>
 #include <fstream>
 #include <functional>
 #include <thread>
@@ -293,6 +294,34 @@ TEST_F(LifecycleTest, MigrateRebindsASessionToTheServedModel) {
   EXPECT_EQ(Ids("moved", "And the slab allocator?"), expected);
   ASSERT_TRUE(Migrate("moved").ok());  // bound already
   EXPECT_EQ(Migrate("nope").error_code(), StatusCode::NOT_FOUND);
+}
+
+// Many sessions at once, each with its own turns, ingests and scores: all succeed, every
+// session ends at its own version, and the engine batched them.
+TEST_F(LifecycleTest, ManySessionsConcurrently) {
+  constexpr int kSessions = 12;
+  for (int i = 0; i < kSessions; ++i) ASSERT_TRUE(Create("key-acme", "c" + std::to_string(i)).ok());
+  std::vector<std::thread> threads;
+  std::atomic<int> failures{0};
+  for (int i = 0; i < kSessions; ++i) {
+    threads.emplace_back([&, i] {
+      const std::string id = "c" + std::to_string(i);
+      for (int k = 0; k < 3; ++k) {
+        if (!Chat("key-acme", id, "Question " + std::to_string(k) + " about pages?", 12).status.ok()) ++failures;
+      }
+      if (!Ingest(id, kNote, i % 2 == 0).ok()) ++failures;
+      Score(id);
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(failures.load(), 0);
+  for (int i = 0; i < kSessions; ++i) {
+    v1::Session s;
+    ASSERT_TRUE(Get("key-acme", "c" + std::to_string(i), &s).ok());
+    EXPECT_EQ(s.version(), 4u);
+  }
+  const std::string metrics = HttpGet(server_->metrics_port(), "/metrics");
+  EXPECT_NE(metrics.find("adaptd_engine_steps_total"), std::string::npos);
 }
 
 // Calls that rewrite a session wait for none: while a turn runs they are ABORTED.
