@@ -24,9 +24,11 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "adaptd/v1/adaptd.grpc.pb.h"
+#include "client.h"
 
 ABSL_FLAG(std::string, target, "127.0.0.1:50051", "adaptd address");
 ABSL_FLAG(std::string, key, "", "API key (default: $ADAPTD_API_KEY)");
+ABSL_FLAG(std::string, tls_ca, "", "PEM roots: talk TLS to the server, trusting these");
 ABSL_FLAG(std::string, message, "", "chat: send this one message instead of reading stdin");
 ABSL_FLAG(int, max_new_tokens, 128, "chat: reply length limit");
 ABSL_FLAG(double, temperature, 0.0, "chat: sampling temperature (0: greedy)");
@@ -37,40 +39,26 @@ ABSL_FLAG(int, piece_bytes, 2000, "ingest: bytes per Ingest call (each must fit 
 
 namespace {
 
-using adaptd::v1::Adaptd;
+using adaptd::client::Client;
 
-class Client {
- public:
-  Client() {
-    key_ = absl::GetFlag(FLAGS_key);
-    if (key_.empty() && std::getenv("ADAPTD_API_KEY") != nullptr) key_ = std::getenv("ADAPTD_API_KEY");
-    stub_ = Adaptd::NewStub(grpc::CreateChannel(absl::GetFlag(FLAGS_target), grpc::InsecureChannelCredentials()));
+// The client of the flags.
+adaptd::client::Options ClientOptions() {
+  adaptd::client::Options o;
+  o.target = absl::GetFlag(FLAGS_target);
+  o.api_key = absl::GetFlag(FLAGS_key);
+  const std::string ca = absl::GetFlag(FLAGS_tls_ca);
+  if (!ca.empty()) {
+    std::ifstream in(ca);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    o.root_certs_pem = ss.str();
   }
-  std::unique_ptr<grpc::ClientContext> Context(const std::string& session = "") const {
-    auto ctx = std::make_unique<grpc::ClientContext>();
-    ctx->AddMetadata("authorization", "Bearer " + key_);
-    if (!session.empty()) ctx->AddMetadata("x-adaptd-session", session);
-    return ctx;
-  }
-  Adaptd::Stub& stub() { return *stub_; }
-
- private:
-  std::string key_;
-  std::unique_ptr<Adaptd::Stub> stub_;
-};
-
-const char* CodeName(grpc::StatusCode code) {
-  static const char* kNames[] = {"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
-                                 "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
-                                 "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
-                                 "UNAUTHENTICATED"};
-  const int i = static_cast<int>(code);
-  return i >= 0 && i <= 16 ? kNames[i] : "UNKNOWN";
+  return o;
 }
 
 int Check(const grpc::Status& s) {
   if (s.ok()) return 0;
-  std::cerr << "adaptctl: " << CodeName(s.error_code()) << ": " << s.error_message() << "\n";
+  std::cerr << "adaptctl: " << adaptd::client::CodeName(s.error_code()) << ": " << s.error_message() << "\n";
   return 1;
 }
 
@@ -116,17 +104,7 @@ int Rewrite(Client& c, const std::string& verb, const std::vector<char*>& args) 
   } else if (verb == "import" && !id.empty()) {  // import FILE [ID]
     std::string blob;
     if (!ReadFile(id, &blob)) return 1;
-    auto ctx = c.Context(arg);
-    auto writer = c.stub().ImportSession(ctx.get(), &s);
-    adaptd::v1::ImportSessionRequest msg;
-    msg.set_session_id(arg);
-    for (size_t at = 0; at == 0 || at < blob.size(); at += 1 << 20) {
-      msg.set_chunk(blob.substr(at, 1 << 20));
-      if (!writer->Write(msg)) break;
-      msg.clear_session_id();
-    }
-    writer->WritesDone();
-    status = writer->Finish();
+    status = c.Import(blob, arg, &s);
   } else {
     return -1;
   }
@@ -136,14 +114,8 @@ int Rewrite(Client& c, const std::string& verb, const std::vector<char*>& args) 
 }
 
 int Export(Client& c, const std::string& id, const std::string& path) {
-  adaptd::v1::ExportSessionRequest req;
-  req.set_session_id(id);
-  auto ctx = c.Context(id);
-  auto reader = c.stub().ExportSession(ctx.get(), req);
   std::string blob;
-  adaptd::v1::ExportSessionResponse r;
-  while (reader->Read(&r)) blob += r.chunk();
-  if (int rc = Check(reader->Finish())) return rc;
+  if (int rc = Check(c.Export(id, &blob))) return rc;
   std::ofstream out(path, std::ios::binary);
   out << blob;
   if (!out.flush()) {
@@ -334,7 +306,7 @@ int Score(Client& c, const std::vector<char*>& args) {
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("adaptctl [--target HOST:PORT] (sessions ... | chat ID | ingest ID FILE | score ID FILE | info)");
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
-  Client client;
+  Client client(ClientOptions());
   const std::string cmd = args.size() > 1 ? args[1] : "";
   if (cmd == "sessions") return Sessions(client, args);
   if (cmd == "chat") return Chat(client, args);

@@ -30,6 +30,7 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/str_format.h"
 #include "adaptd/v1/adaptd.grpc.pb.h"
+#include "client.h"
 
 ABSL_FLAG(std::string, target, "127.0.0.1:50051", "adaptd address");
 ABSL_FLAG(std::string, key, "", "API key (default: $ADAPTD_API_KEY)");
@@ -60,15 +61,6 @@ struct Stats {
   int64_t late_turns = 0;  // started after they were due
 };
 
-std::string CodeName(grpc::StatusCode code) {
-  static const char* kNames[] = {"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
-                                 "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
-                                 "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
-                                 "UNAUTHENTICATED"};
-  const int i = static_cast<int>(code);
-  return i >= 0 && i <= 16 ? kNames[i] : "UNKNOWN";
-}
-
 double Percentile(std::vector<double> v, double p) {
   if (v.empty()) return 0;
   std::sort(v.begin(), v.end());
@@ -85,15 +77,8 @@ int64_t RssBytes(int pid) {
 
 class Session {
  public:
-  Session(adaptd::v1::Adaptd::Stub& stub, std::string key, std::string id)
-      : stub_(stub), key_(std::move(key)), id_(std::move(id)) {}
-  std::unique_ptr<grpc::ClientContext> Context() const {
-    auto ctx = std::make_unique<grpc::ClientContext>();
-    ctx->AddMetadata("authorization", "Bearer " + key_);
-    ctx->AddMetadata("x-adaptd-session", id_);
-    ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::minutes(10));
-    return ctx;
-  }
+  Session(adaptd::client::Client& client, std::string id) : client_(client), stub_(client.stub()), id_(std::move(id)) {}
+  std::unique_ptr<grpc::ClientContext> Context() const { return client_.Context(id_); }
   grpc::Status Create() {
     adaptd::v1::CreateSessionRequest req;
     req.set_session_id(id_);
@@ -138,7 +123,7 @@ class Session {
     const double turn_ms = std::chrono::duration<double, std::milli>(Clock::now() - due).count();
     std::lock_guard<std::mutex> lock(stats.mu);
     if (!status.ok()) {
-      ++stats.errors[CodeName(status.error_code())];
+      ++stats.errors[adaptd::client::CodeName(status.error_code())];
       return;
     }
     ++stats.turns_ok;
@@ -150,8 +135,9 @@ class Session {
   }
 
  private:
+  adaptd::client::Client& client_;
   adaptd::v1::Adaptd::Stub& stub_;
-  std::string key_, id_;
+  std::string id_;
 };
 
 }  // namespace
@@ -159,8 +145,6 @@ class Session {
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("adaptd-loadgen --target HOST:PORT --sessions N --turns M [--rate R]");
   absl::ParseCommandLine(argc, argv);
-  std::string key = absl::GetFlag(FLAGS_key);
-  if (key.empty() && std::getenv("ADAPTD_API_KEY") != nullptr) key = std::getenv("ADAPTD_API_KEY");
   const int n = absl::GetFlag(FLAGS_sessions), m = absl::GetFlag(FLAGS_turns);
   const double rate = absl::GetFlag(FLAGS_rate);
   if (n < 1 || m < 1 || rate < 0) {
@@ -169,17 +153,17 @@ int main(int argc, char** argv) {
   }
   std::string prefix = absl::GetFlag(FLAGS_prefix);
   if (prefix.empty()) prefix = absl::StrFormat("lg-%06x", std::random_device{}() & 0xffffff);
-  grpc::ChannelArguments args;
-  args.SetMaxReceiveMessageSize(64 << 20);
-  auto channel = grpc::CreateCustomChannel(absl::GetFlag(FLAGS_target), grpc::InsecureChannelCredentials(), args);
-  auto stub = adaptd::v1::Adaptd::NewStub(channel);
+  adaptd::client::Options options;
+  options.target = absl::GetFlag(FLAGS_target);
+  options.api_key = absl::GetFlag(FLAGS_key);
+  adaptd::client::Client client(options);
 
   std::vector<std::unique_ptr<Session>> sessions;
   for (int i = 0; i < n; ++i) {
-    sessions.push_back(std::make_unique<Session>(*stub, key, absl::StrFormat("%s-%d", prefix, i)));
+    sessions.push_back(std::make_unique<Session>(client, absl::StrFormat("%s-%d", prefix, i)));
     const grpc::Status s = sessions.back()->Create();
     if (!s.ok()) {
-      std::cerr << "adaptd-loadgen: cannot create a session: " << CodeName(s.error_code()) << ": " << s.error_message()
+      std::cerr << "adaptd-loadgen: cannot create a session: " << adaptd::client::CodeName(s.error_code()) << ": " << s.error_message()
                 << "\n";
       return 1;
     }

@@ -6,6 +6,7 @@
 
 #include <chrono>
 
+#include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 
 namespace adaptd::server {
@@ -102,11 +103,8 @@ absl::StatusOr<int> Metrics::Serve(const std::string& address) {
 }
 
 void Metrics::Request(const std::string& method, int code, double seconds) {
-  static const char* kCodes[] = {"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
-                                 "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
-                                 "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
-                                 "UNAUTHENTICATED"};
-  requests_.Add({{"method", method}, {"code", code >= 0 && code <= 16 ? kCodes[code] : "UNKNOWN"}}).Increment();
+  // gRPC and absl number the codes alike.
+  requests_.Add({{"method", method}, {"code", absl::StatusCodeToString(static_cast<absl::StatusCode>(code))}}).Increment();
   durations_.Add({{"method", method}}, LatencyBuckets()).Observe(seconds);
 }
 
