@@ -146,8 +146,8 @@ at::Tensor ChunkDelta(const LayerWeights& L, const at::Tensor& t, const at::Tens
 bool UpdateW(const Model::Impl& m, const LayerWeights& L, TttLayerState& st, const SessionOptions& opt,
              const at::Tensor& t, const at::Tensor& z) {
   const bool parity = opt.numeric == NumericMode::kParity;
-  at::Tensor d = parity ? ChunkDelta(L, t, z, m.config.ttt.lr, true)
-                        : ChunkDelta(L, t.to(at::kFloat), z.to(at::kFloat), m.config.ttt.lr, false);  // [d, f]
+  const double lr = m.config.ttt.lr * opt.lr_scale;
+  at::Tensor d = parity ? ChunkDelta(L, t, z, lr, true) : ChunkDelta(L, t.to(at::kFloat), z.to(at::kFloat), lr, false);  // [d, f]
   const double norm = at::linalg_vector_norm(d.to(at::kFloat)).item<double>();
   if (!std::isfinite(norm)) return false;
   if (opt.clip_tau && norm > *opt.clip_tau) d = d * (*opt.clip_tau / norm);

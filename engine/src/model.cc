@@ -67,6 +67,7 @@ absl::Status ValidateSessionOptions(const SessionOptions& o) {
   if (o.clip_tau && !(*o.clip_tau > 0)) return absl::InvalidArgumentError("clip_tau must be > 0");
   if (!(o.decay >= 0 && o.decay <= 1)) return absl::InvalidArgumentError("decay must be in [0, 1]");
   if (o.max_delta_norm && !(*o.max_delta_norm > 0)) return absl::InvalidArgumentError("max_delta_norm must be > 0");
+  if (!(o.lr_scale > 0 && o.lr_scale <= 1e3)) return absl::InvalidArgumentError("lr_scale must be in (0, 1000]");
   return absl::OkStatus();
 }
 
@@ -177,6 +178,21 @@ absl::StatusOr<std::vector<float>> Model::FastWeight(const SessionState& session
   } catch (const std::exception& e) {
     return absl::ResourceExhaustedError(absl::StrCat("reading a fast weight: ", e.what()));
   }
+}
+
+absl::StatusOr<std::vector<double>> Model::DeltaNorms(const SessionState& session) const {
+  std::vector<double> norms;
+  try {
+    for (int layer : impl_->config.ttt.layers) {
+      const TttLayerState& st = *session.impl().ttt[layer];
+      const at::Tensor delta = st.whole.defined() ? st.whole.to(at::kFloat) - impl_->layers[layer].down.to(at::kFloat)
+                                                  : st.delta;
+      norms.push_back(delta.defined() ? at::linalg_vector_norm(delta).item<double>() : 0.0);
+    }
+  } catch (const std::exception& e) {
+    return absl::ResourceExhaustedError(absl::StrCat("delta norms: ", e.what()));
+  }
+  return norms;
 }
 
 SessionState::SessionState(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}

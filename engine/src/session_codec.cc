@@ -117,7 +117,8 @@ absl::StatusOr<std::string> Model::EncodeSession(const SessionState& session, co
         {"rule", o.rule == UpdateRule::kOff ? "off" : "inplace"},
         {"clip_tau", o.clip_tau ? nlohmann::json(*o.clip_tau) : nlohmann::json()},
         {"decay", o.decay},
-        {"max_delta_norm", o.max_delta_norm ? nlohmann::json(*o.max_delta_norm) : nlohmann::json()}}},
+        {"max_delta_norm", o.max_delta_norm ? nlohmann::json(*o.max_delta_norm) : nlohmann::json()},
+        {"lr_scale", o.lr_scale}}},
       {"tensors", w.tensors()}};
   const std::string h = header.dump();
   std::string out(kMagic, sizeof(kMagic));
@@ -192,6 +193,7 @@ absl::Status ReadHeader(const nlohmann::json& h, SessionOptions& o, SessionState
     if (!jo.at("clip_tau").is_null()) o.clip_tau = jo.at("clip_tau").get<double>();
     o.decay = jo.at("decay").get<double>();
     if (!jo.at("max_delta_norm").is_null()) o.max_delta_norm = jo.at("max_delta_norm").get<double>();
+    o.lr_scale = jo.value("lr_scale", 1.0);  // states written before it had none
     counters.n_learned = h.at("n_learned").get<int64_t>();
     counters.position = h.at("position").get<int64_t>();
     counters.updates_applied = h.at("updates_applied").get<int64_t>();

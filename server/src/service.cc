@@ -80,7 +80,10 @@ absl::Status AdaptdService::ToSession(const session_store::SessionInfo& info, v1
   out->set_last_used_unix_ms(info.last_used_unix_ms);
   auto snapshots = store_.ListSnapshots(info.key);
   if (snapshots.ok() && !snapshots->empty()) out->set_snapshot_version(snapshots->back().version);
-  out->set_tier(sessions_.InMemory(info.key) ? "memory" : "store");
+  v1::SessionState state;
+  const bool loaded = sessions_.InMemory(info.key, &state);
+  out->set_tier(loaded ? "memory" : "store");
+  if (loaded && state.delta_norms_size() > 0) *out->mutable_state() = state;
   return absl::OkStatus();
 }
 

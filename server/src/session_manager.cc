@@ -86,6 +86,7 @@ engine::SessionOptions EngineOptions(const v1::SessionOptions& options) {
   if (options.clip_tau() != 0) o.clip_tau = options.clip_tau();
   o.decay = options.decay();
   if (options.max_delta_norm() != 0) o.max_delta_norm = options.max_delta_norm();
+  if (options.lr_scale() != 0) o.lr_scale = options.lr_scale();
   return o;
 }
 
@@ -247,10 +248,21 @@ void SessionManager::DropExpired() {
   }
 }
 
-bool SessionManager::InMemory(const session_store::SessionKey& key) {
+bool SessionManager::InMemory(const session_store::SessionKey& key, v1::SessionState* state) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = sessions_.find({key.tenant, key.session});
-  return it != sessions_.end() && it->second.live != nullptr;
+  if (it == sessions_.end() || it->second.live == nullptr) return false;
+  if (state != nullptr && !it->second.busy) {  // not busy: no other thread touches the state
+    const engine::SessionState& s = *it->second.live->state;
+    state->set_tokens_learned(s.n_learned());
+    state->set_context_tokens(s.position());
+    state->set_updates_applied(s.updates_applied());
+    state->set_updates_rejected(s.updates_rejected());
+    if (auto norms = model_.DeltaNorms(s); norms.ok()) {
+      for (double n : *norms) state->add_delta_norms(n);
+    }
+  }
+  return true;
 }
 
 SessionManager::Stats SessionManager::GetStats() {

@@ -106,8 +106,9 @@ class SessionManager {
 
   // Drops the idle sessions in memory whose records the store no longer has (expired).
   void DropExpired();
-  // Whether the session is loaded in memory (or being loaded).
-  bool InMemory(const session_store::SessionKey& key);
+  // Whether the session is loaded in memory (or being loaded); with `state`, also its learning
+  // state when no call holds it.
+  bool InMemory(const session_store::SessionKey& key, v1::SessionState* state = nullptr);
 
   struct Stats {
     size_t loaded = 0, bytes = 0;

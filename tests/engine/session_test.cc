@@ -141,6 +141,30 @@ TEST(SessionTest, RewindForgetsTheWindowButKeepsWhatWasLearned) {
   EXPECT_EQ(*xa, *xb);
 }
 
+TEST(SessionTest, LrScaleScalesTheFirstUpdateAndDeltaNormsReportIt) {
+  auto model = LoadModel(kModel);
+  ASSERT_NE(model, nullptr);
+  SessionOptions twice;
+  twice.lr_scale = 2.0;
+  auto a = model->NewSession().value();
+  auto b = model->NewSession(twice).value();
+  EXPECT_EQ(model->DeltaNorms(*a).value(), std::vector<double>(model->config().ttt.layers.size(), 0.0));
+  Feed(*model, *a, Tokens(8, 9));  // one chunk of C = 8: one update from dW = 0
+  Feed(*model, *b, Tokens(8, 9));
+  const auto na = model->DeltaNorms(*a).value(), nb = model->DeltaNorms(*b).value();
+  ASSERT_EQ(na.size(), nb.size());
+  ASSERT_GT(na[0], 0);
+  for (size_t i = 0; i < na.size(); ++i) EXPECT_NEAR(nb[i], 2 * na[i], 1e-5 * na[i]) << "layer " << i;
+  SessionOptions bad;
+  bad.lr_scale = 0;
+  EXPECT_EQ(model->NewSession(bad).status().code(), absl::StatusCode::kInvalidArgument);
+  auto restored = model->DecodeSession(model->EncodeSession(*b, {StateEncoding::kExact, /*include_kv=*/true}).value())
+                      .value();  // the scale travels with the state
+  Feed(*model, *restored, Tokens(8, 10));
+  Feed(*model, *b, Tokens(8, 10));
+  EXPECT_EQ(model->DeltaNorms(*restored).value(), model->DeltaNorms(*b).value());
+}
+
 TEST(SessionTest, RejectsBadOptions) {
   auto model = LoadModel(kModel);
   ASSERT_NE(model, nullptr);

@@ -108,6 +108,11 @@ TEST_F(ServerTest, ChatStreamsLearnsAndCommits) {
   ASSERT_TRUE(Get("key-acme", "talk", &s).ok());
   EXPECT_EQ(s.version(), 2u);
   EXPECT_EQ(s.tier(), "memory");
+  ASSERT_TRUE(s.has_state());
+  EXPECT_EQ(s.state().updates_applied(), t1.usage.updates_applied() + t2.usage.updates_applied());
+  EXPECT_EQ(s.state().tokens_learned(), s.state().context_tokens());  // everything learned, all in the window
+  ASSERT_EQ(s.state().delta_norms_size(), 2);
+  EXPECT_GT(s.state().delta_norms(0), 0);
 }
 
 TEST_F(ServerTest, ChatErrorsHaveTheirCodes) {

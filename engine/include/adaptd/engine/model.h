@@ -49,6 +49,7 @@ struct SessionOptions {
   std::optional<double> clip_tau;        // Frobenius bound of each chunk's eta*(UP)^T Z, > 0
   double decay = 0.0;                    // dW <- (1 - decay) dW before each update, in [0, 1]
   std::optional<double> max_delta_norm;  // an update that would push ||dW||_F past this is refused
+  double lr_scale = 1.0;                 // multiplies the checkpoint's TTT learning rate, > 0
 };
 
 // INVALID_ARGUMENT naming the field for out-of-range options; UNIMPLEMENTED for kNtpGradient.
@@ -122,6 +123,9 @@ class Model {
   };
   absl::StatusOr<std::vector<std::vector<float>>> ForwardBatch(absl::Span<const BatchInput> inputs,
                                                                bool all_logits = false) const;
+
+  // ||dW||_F of each TTT layer, in the order of config().ttt.layers (0 before any update).
+  absl::StatusOr<std::vector<double>> DeltaNorms(const SessionState& session) const;
 
   // The effective fast weight W0 + dW of TTT layer `layer` as fp32 [d, f] row-major.
   absl::StatusOr<std::vector<float>> FastWeight(const SessionState& session, int layer) const;
