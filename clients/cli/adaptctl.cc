@@ -8,7 +8,7 @@
 //                                        (a new ID starts a session)
 //   adaptctl chat ID --message "text"    one turn
 //   adaptctl ingest ID FILE [--keep_in_context]   learn a file, in pieces, with a progress bar
-//   adaptctl score ID FILE               log-likelihood of FILE as the session's continuation
+//   adaptctl score ID FILE [--adapt]     log-likelihood of FILE as the session's continuation
 //   adaptctl info
 #include <algorithm>
 #include <cmath>
@@ -35,6 +35,7 @@ ABSL_FLAG(double, temperature, 0.0, "chat: sampling temperature (0: greedy)");
 ABSL_FLAG(std::string, system, "", "chat: a system message for the first turn");
 ABSL_FLAG(uint64_t, version, 0, "sessions fork: the version to fork at (0: the latest)");
 ABSL_FLAG(bool, keep_in_context, false, "ingest: keep the text in the session's context too");
+ABSL_FLAG(bool, adapt, false, "score: also learn the text (an event), as an Ingest without context");
 ABSL_FLAG(int, piece_bytes, 2000, "ingest: bytes per Ingest call (each must fit the session's context)");
 
 namespace {
@@ -293,6 +294,7 @@ int Score(Client& c, const std::vector<char*>& args) {
   }
   adaptd::v1::ScoreRequest req;
   req.set_session_id(args[2]);
+  req.set_adapt(absl::GetFlag(FLAGS_adapt));
   if (!ReadFile(args[3], req.mutable_text())) return 1;
   adaptd::v1::ScoreResponse resp;
   if (int rc = Check(c.stub().Score(c.Context(args[2]).get(), req, &resp))) return rc;

@@ -176,6 +176,28 @@ grpc::ServerUnaryReactor* AdaptdService::Ingest(grpc::CallbackServerContext* ctx
   return StartIngest(TurnDeps(), Tenant(ctx, &req->session_id()), req, resp);
 }
 
+absl::Status AdaptdService::ScoreOn(engine::SessionState& state, const std::vector<int32_t>& ids,
+                                    v1::ScoreResponse* resp) const {
+  const int64_t before = state.updates_applied();
+  auto logits = model_.Forward(state, ids, /*learn=*/true);
+  if (!logits.ok()) return logits.status();
+  const int64_t V = model_.config().vocab_size;
+  double total = 0;
+  for (size_t i = 0; i + 1 < ids.size(); ++i) {
+    const float* row = logits->data() + i * V;
+    double m = row[0], sum = 0;
+    for (int64_t v = 1; v < V; ++v) m = std::max<double>(m, row[v]);
+    for (int64_t v = 0; v < V; ++v) sum += std::exp(row[v] - m);
+    const double lp = row[ids[i + 1]] - m - std::log(sum);
+    resp->add_logprobs(static_cast<float>(lp));
+    total -= lp;
+  }
+  for (int32_t id : ids) resp->add_token_ids(id);
+  resp->set_nll(total / static_cast<double>(ids.size() - 1));
+  resp->set_updates_applied(state.updates_applied() - before);
+  return absl::OkStatus();
+}
+
 grpc::ServerUnaryReactor* AdaptdService::Score(grpc::CallbackServerContext* ctx, const v1::ScoreRequest* req,
                                                v1::ScoreResponse* resp) {
   auto tenant = Tenant(ctx, &req->session_id());
@@ -187,29 +209,56 @@ grpc::ServerUnaryReactor* AdaptdService::Score(grpc::CallbackServerContext* ctx,
   if (ids->size() < 2 || ids->size() > 8192) {
     return Done(ctx, absl::InvalidArgumentError(absl::StrCat("text must be 2 to 8192 tokens, not ", ids->size())));
   }
-  auto copy = sessions_.CloneState({*tenant, req->session_id()});
-  if (!copy.ok()) return Done(ctx, copy.status());
+  const session_store::SessionKey key{*tenant, req->session_id()};
   auto* reactor = ctx->DefaultReactor();
-  scorer_.Post([this, reactor, resp, ids = *std::move(ids), state = std::shared_ptr<engine::SessionState>(
-                                                                 std::move(*copy))]() {
-    const int64_t before = state->updates_applied();
-    auto logits = model_.Forward(*state, ids, /*learn=*/true);  // on the copy: the session is untouched
-    if (!logits.ok()) return reactor->Finish(ToGrpc(logits.status()));
-    const int64_t V = model_.config().vocab_size;
-    double total = 0;
-    for (size_t i = 0; i + 1 < ids.size(); ++i) {
-      const float* row = logits->data() + i * V;
-      double m = row[0], sum = 0;
-      for (int64_t v = 1; v < V; ++v) m = std::max<double>(m, row[v]);
-      for (int64_t v = 0; v < V; ++v) sum += std::exp(row[v] - m);
-      const double lp = row[ids[i + 1]] - m - std::log(sum);
-      resp->add_logprobs(static_cast<float>(lp));
-      total -= lp;
+  if (!req->adapt()) {  // on a copy: the session is untouched
+    auto copy = sessions_.CloneState(key);
+    if (!copy.ok()) return Done(ctx, copy.status());
+    scorer_.Post([this, reactor, resp, ids = *std::move(ids), state = std::shared_ptr<engine::SessionState>(std::move(*copy))] {
+      reactor->Finish(ToGrpc(ScoreOn(*state, ids, resp)));
+    });
+    return reactor;
+  }
+  if (auto s = quotas_.CheckStorage(*tenant); !s.ok()) return Done(ctx, s);
+  auto live = sessions_.Acquire(key);
+  if (!live.ok()) return Done(ctx, live.status());
+  if (!req->request_id().empty()) {  // a retry of a committed adapting Score gets its scores
+    auto seen = sessions_.LookupRequest(key, req->request_id());
+    if (!seen.ok() || seen->has_value()) {
+      sessions_.Release(key);
+      if (!seen.ok()) return Done(ctx, seen.status());
+      if (!resp->ParseFromString((*seen)->result)) return Done(ctx, absl::DataLossError("recorded scores are unreadable"));
+      return Done(ctx, absl::OkStatus());
     }
-    for (int32_t id : ids) resp->add_token_ids(id);
-    resp->set_nll(total / static_cast<double>(ids.size() - 1));
-    resp->set_updates_applied(state->updates_applied() - before);
-    reactor->Finish(grpc::Status::OK);
+  }
+  if (static_cast<int64_t>(ids->size()) > (*live)->max_context_tokens) {
+    sessions_.Release(key);
+    return Done(ctx, absl::InvalidArgumentError("text: longer than the session's context"));
+  }
+  // Learned as an Ingest without context: the window rule, the tokens, then the rewind.
+  scorer_.Post([this, reactor, resp, key, live = *live, ids = *std::move(ids), request_id = req->request_id()] {
+    const double seconds_before = live->state->update_seconds();
+    const int64_t rejected_before = live->state->updates_rejected();
+    absl::Status s = sessions_.FitWindow(*live, static_cast<int64_t>(ids.size()), 0);
+    if (s.ok()) s = ScoreOn(*live->state, ids, resp);
+    if (!s.ok()) {
+      sessions_.ReleaseAndDrop(key);  // the state may be partly changed
+      return reactor->Finish(ToGrpc(s));
+    }
+    LogEvent event;
+    event.tokens = ids;
+    event.keep_in_context = false;
+    event.prompt_tokens = static_cast<uint32_t>(ids.size());
+    resp->set_version(live->version + 1);
+    metrics_.Tokens(0, 0, static_cast<int64_t>(ids.size()));
+    metrics_.Updates(resp->updates_applied(), live->state->updates_rejected() - rejected_before,
+                     live->state->update_seconds() - seconds_before);
+    auto committed = sessions_.Commit(*live, event, request_id, resp->SerializeAsString());
+    if (!committed.ok()) return reactor->Finish(ToGrpc(committed.status()));
+    reactor->Finish(grpc::Status::OK);  // acknowledged; then the snapshot
+    if (auto written = sessions_.WriteSnapshot(*committed); written.ok()) {
+      metrics_.Snapshot(written->first, static_cast<int64_t>(written->second));
+    }
   });
   return reactor;
 }

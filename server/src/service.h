@@ -88,6 +88,8 @@ class AdaptdService final : public adaptd::v1::Adaptd::CallbackService {
   // The caller's tenant, from the authorization header, admitted by its rate limit; with
   // `session_id`, also checks the routing header x-adaptd-session (when sent) names that session.
   absl::StatusOr<std::string> Tenant(grpc::CallbackServerContext* ctx, const std::string* session_id = nullptr);
+  // Scores `ids` as the continuation of `state`, learning within them (the state changes).
+  absl::Status ScoreOn(engine::SessionState& state, const std::vector<int32_t>& ids, v1::ScoreResponse* resp) const;
   // The Session resource of a stored session.
   absl::Status ToSession(const session_store::SessionInfo& info, v1::Session* out);
   // The stored session as a resource (after a change).
@@ -103,7 +105,7 @@ class AdaptdService final : public adaptd::v1::Adaptd::CallbackService {
   ApiKeys keys_;
   ServiceOptions options_;
   Quotas quotas_;
-  Worker scorer_;  // dry runs, off the gRPC threads and out of the commits' way
+  Worker scorer_;  // scores, off the gRPC threads and out of the commits' way
   Worker worker_;  // last: destroyed first, finishing the turns it holds
 };
 

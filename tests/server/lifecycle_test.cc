@@ -1,5 +1,5 @@
-// The real adaptd binary on 127.0.0.1 (ctest label `integration`): Ingest, and the session
-// lifecycle beyond create/delete (fork, reset, rollback, export/import, migrate), each checked
+// The real adaptd binary on 127.0.0.1 (ctest label `integration`): Ingest, adapting Score, and
+// the session lifecycle beyond create/delete (fork, reset, rollback, export/import, migrate), each checked
 // against a twin session that took the plain path.
 #include <atomic>
 #include <fstream>
@@ -164,6 +164,35 @@ TEST_F(LifecycleTest, IngestLearnsAndKeepsContextOnlyWhenAsked) {
   EXPECT_EQ(Ingest("learn", "", false).error_code(), StatusCode::INVALID_ARGUMENT);
   EXPECT_EQ(Ingest("learn", std::string(20000, 'q'), false).error_code(), StatusCode::INVALID_ARGUMENT);  // > window
   EXPECT_EQ(Ingest("nope", kDoc, false).error_code(), StatusCode::NOT_FOUND);
+}
+
+// An adapting Score returns what a dry run would (the dry run learns within the text too), and
+// leaves the session as an Ingest without context of the same text does; a retry with its
+// request id gets the recorded scores.
+TEST_F(LifecycleTest, AdaptingScoreLearnsWhatItScores) {
+  for (const char* id : {"dry", "adapt", "ingested"}) ASSERT_TRUE(Create("key-acme", id).ok());
+  const auto dry = Score("dry", kDoc);
+  v1::ScoreRequest req;
+  req.set_session_id("adapt");
+  req.set_text(kDoc);
+  req.set_adapt(true);
+  req.set_request_id("score-1");
+  v1::ScoreResponse adapt, again;
+  ASSERT_TRUE(server_->stub().Score(As("key-acme").get(), req, &adapt).ok());
+  EXPECT_EQ(std::vector<float>(adapt.logprobs().begin(), adapt.logprobs().end()), dry);
+  EXPECT_GT(adapt.updates_applied(), 0);
+  EXPECT_EQ(adapt.version(), 1u);
+  ASSERT_TRUE(server_->stub().Score(As("key-acme").get(), req, &again).ok());
+  EXPECT_EQ(again.version(), 1u);
+  EXPECT_EQ(again.nll(), adapt.nll());
+  v1::Session s;
+  ASSERT_TRUE(Get("key-acme", "adapt", &s).ok());
+  EXPECT_EQ(s.version(), 1u);
+  ASSERT_TRUE(Get("key-acme", "dry", &s).ok());
+  EXPECT_EQ(s.version(), 0u);
+  ASSERT_TRUE(Ingest("ingested", kDoc, /*keep=*/false).ok());
+  EXPECT_EQ(Score("adapt"), Score("ingested"));
+  EXPECT_NE(Score("adapt"), Score("dry"));
 }
 
 // A reset starts the session afresh (it then answers as a new session does), and replaying a

@@ -61,6 +61,9 @@ def test_every_rpc(server):
         assert usage.updates_applied > 0 and usage.version == 4
         assert c.score("py-1", "Pages are four kilobytes.").nll != before
         assert c.get_session("py-1").version == 4  # Score changed nothing
+        adapted = c.score("py-1", "Pages are four kilobytes.", adapt=True)
+        assert adapted.version == 5 and c.get_session("py-1").version == 5
+        c.rollback_session("py-1", 4)
 
         fork = c.fork_session("py-1", "py-2", version=2)
         assert fork.version == 2

@@ -188,8 +188,10 @@ class Client:
                                keep_in_context=keep_in_context, request_id=request_id)
         return self._call(self._stub.Ingest, req, session_id).usage
 
-    def score(self, session_id: str, text: str) -> pb.ScoreResponse:
-        return self._call(self._stub.Score, pb.ScoreRequest(session_id=session_id, text=text.encode()), session_id)
+    def score(self, session_id: str, text: str, adapt: bool = False, request_id: str = "") -> pb.ScoreResponse:
+        """Per-token log-probabilities and NLL; a dry run unless `adapt` (then the text is learned)."""
+        req = pb.ScoreRequest(session_id=session_id, text=text.encode(), adapt=adapt, request_id=request_id)
+        return self._call(self._stub.Score, req, session_id)
 
     def server_info(self) -> pb.ServerInfo:
         return self._call(self._stub.GetServerInfo, pb.GetServerInfoRequest())
