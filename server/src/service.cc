@@ -212,10 +212,15 @@ grpc::ServerUnaryReactor* AdaptdService::Score(grpc::CallbackServerContext* ctx,
   const session_store::SessionKey key{*tenant, req->session_id()};
   auto* reactor = ctx->DefaultReactor();
   if (!req->adapt()) {  // on a copy: the session is untouched
-    auto copy = sessions_.CloneState(key);
+    auto copy = sessions_.Clone(key);
     if (!copy.ok()) return Done(ctx, copy.status());
-    scorer_.Post([this, reactor, resp, ids = *std::move(ids), state = std::shared_ptr<engine::SessionState>(std::move(*copy))] {
-      reactor->Finish(ToGrpc(ScoreOn(*state, ids, resp)));
+    if (static_cast<int64_t>(ids->size()) > (*copy)->max_context_tokens) {
+      return Done(ctx, absl::InvalidArgumentError("text: longer than the session's context"));
+    }
+    scorer_.Post([this, reactor, resp, ids = *std::move(ids), copy = std::shared_ptr<LiveSession>(std::move(*copy))] {
+      // The window as a turn of these tokens would find it, then the tokens.
+      absl::Status s = sessions_.FitWindow(*copy, static_cast<int64_t>(ids.size()), 0);
+      reactor->Finish(ToGrpc(s.ok() ? ScoreOn(*copy->state, ids, resp) : s));
     });
     return reactor;
   }

@@ -275,11 +275,24 @@ SessionManager::Stats SessionManager::GetStats() {
   return s;
 }
 
-absl::StatusOr<std::unique_ptr<engine::SessionState>> SessionManager::CloneState(const session_store::SessionKey& key) {
+absl::StatusOr<std::unique_ptr<LiveSession>> SessionManager::Clone(const session_store::SessionKey& key) {
   auto live = Acquire(key);
   if (!live.ok()) return live.status();
-  auto copy = model_.Clone(*(*live)->state);
+  auto state = model_.Clone(*(*live)->state);
+  std::unique_ptr<LiveSession> copy;
+  if (state.ok()) {
+    copy = std::make_unique<LiveSession>();
+    copy->key = key;
+    copy->options = (*live)->options;
+    copy->version = (*live)->version;
+    copy->last_token = (*live)->last_token;
+    copy->assistant_open = (*live)->assistant_open;
+    copy->max_context_tokens = (*live)->max_context_tokens;
+    copy->window = (*live)->window;
+    copy->state = *std::move(state);
+  }
   Release(key);
+  if (!state.ok()) return state.status();
   return copy;
 }
 

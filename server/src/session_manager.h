@@ -76,8 +76,9 @@ class SessionManager {
   // rewritten (delete, rollback; ABORTED if a call holds it). ReleaseAndDrop ends the hold.
   absl::Status Hold(const session_store::SessionKey& key);
 
-  // An independent copy of the session's state (ABORTED while a call holds it).
-  absl::StatusOr<std::unique_ptr<engine::SessionState>> CloneState(const session_store::SessionKey& key);
+  // An independent copy of the session (its state, window and bookkeeping; ABORTED while a
+  // call holds it).
+  absl::StatusOr<std::unique_ptr<LiveSession>> Clone(const session_store::SessionKey& key);
 
   // Commits an event of the leased session and releases it: appends it to the log (synced) with
   // the request id and the reply a retry gets, applies it to the session's bookkeeping (a reset:

@@ -157,6 +157,7 @@ TEST_F(EdgeTest, BadRequestsGetTheirExactCodes) {
        StatusCode::INVALID_ARGUMENT},
       {"empty raw prompt", [&] { return generate(""); }, StatusCode::INVALID_ARGUMENT},
       {"score of one token", [&] { return score("x"); }, StatusCode::INVALID_ARGUMENT},
+      {"score longer than the context", [&] { return score(std::string(6000, 'q')); }, StatusCode::INVALID_ARGUMENT},
       {"token id outside the vocabulary", [&] { return ingest_ids({1, 1 << 30}); }, StatusCode::INVALID_ARGUMENT},
       {"rollback past the end", [&] { return rollback(99); }, StatusCode::INVALID_ARGUMENT},
       {"routing header names another session", [&] { return routed("other"); }, StatusCode::INVALID_ARGUMENT},
