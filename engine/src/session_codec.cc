@@ -77,7 +77,8 @@ absl::Status Corrupt(const std::string& why) { return absl::DataLossError("sessi
 absl::StatusOr<std::string> Model::EncodeSession(const SessionState& session, const EncodeOptions& options) const {
   const SessionState::Impl& s = session.impl();
   if (s.poisoned) return Poisoned();
-  const int64_t C = impl_->config.ttt.chunk, r = s.n_learned % C;
+  // Rule off keeps no open-chunk rows (nothing will be updated from them).
+  const int64_t C = impl_->config.ttt.chunk, r = s.options.rule == UpdateRule::kOff ? 0 : s.n_learned % C;
   Writer w;
   bool lossy = false;
   try {
@@ -231,7 +232,8 @@ absl::StatusOr<std::unique_ptr<SessionState>> Model::DecodeSession(std::string_v
   s.updates_applied = counters.updates_applied;
   s.updates_rejected = counters.updates_rejected;
   const ModelConfig& c = impl_->config;
-  const int64_t r = s.n_learned % c.ttt.chunk, d = c.hidden_size, f = c.intermediate_size;
+  const int64_t r = s.options.rule == UpdateRule::kOff ? 0 : s.n_learned % c.ttt.chunk;
+  const int64_t d = c.hidden_size, f = c.intermediate_size;
   const bool parity = o.numeric == NumericMode::kParity;
   auto take = [&](const std::string& name, std::vector<int64_t> shape, at::ScalarType dtype) -> absl::StatusOr<at::Tensor> {
     auto it = p.tensors.find(name);

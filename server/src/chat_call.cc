@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "adaptd/engine/chat.h"
 #include "adaptd/engine/sampler.h"
+#include "logging.h"
 
 namespace adaptd::server {
 namespace {
@@ -306,9 +307,7 @@ void Turn::Complete(absl::Status engine_status) {
   }
   // Acknowledged, then the snapshot (a failure leaves the log to replay).
   Deliver(std::move(last), true, grpc::Status::OK);  // `this` may be gone from here on
-  if (auto written = sessions.WriteSnapshot(*committed); written.ok()) {
-    metrics.Snapshot(written->first, static_cast<int64_t>(written->second));
-  }
+  WriteSnapshot(sessions, metrics, *committed);
 }
 
 // Chat and Generate: the turn's text streams as it is generated.
@@ -385,6 +384,16 @@ class IngestReactor : public grpc::ServerUnaryReactor, public Turn {
 };
 
 }  // namespace
+
+void WriteSnapshot(SessionManager& sessions, Metrics& metrics, const SessionManager::Committed& committed) {
+  auto written = sessions.WriteSnapshot(committed);
+  if (written.ok()) {
+    metrics.Snapshot(written->first, static_cast<int64_t>(written->second));
+  } else {  // not lost: the log replays it; but the session cannot be evicted until one is written
+    LogLine("error").Str("error", "snapshot: " + written.status().ToString()).Str("tenant", committed.key.tenant)
+        .Str("session", committed.key.session).Write();
+  }
+}
 
 grpc::ServerWriteReactor<v1::ChatResponse>* StartChat(ChatDeps deps, absl::StatusOr<std::string> tenant,
                                                       const v1::ChatRequest* req, TurnKind kind) {

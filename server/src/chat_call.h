@@ -39,6 +39,9 @@ grpc::ServerWriteReactor<v1::ChatResponse>* StartChat(ChatDeps deps, absl::Statu
 grpc::ServerUnaryReactor* StartIngest(ChatDeps deps, absl::StatusOr<std::string> tenant,
                                       const v1::IngestRequest* req, v1::IngestResponse* resp);
 
+// Writes a committed event's snapshot and records it (metrics; an error line on failure).
+void WriteSnapshot(SessionManager& sessions, Metrics& metrics, const SessionManager::Committed& committed);
+
 grpc::Status ToGrpc(const absl::Status& status);  // service.cc
 // INVALID_ARGUMENT naming `field` unless `text` is valid UTF-8 (service.cc).
 absl::Status CheckUtf8(std::string_view field, const std::string& text);

@@ -114,9 +114,7 @@ grpc::ServerUnaryReactor* AdaptdService::ResetSession(grpc::CallbackServerContex
   auto committed = sessions_.Commit(**live, reset);
   Audit("reset", key.tenant, key.session, committed.status());
   if (!committed.ok()) return Done(ctx, committed.status());
-  if (auto written = sessions_.WriteSnapshot(*committed); written.ok()) {
-    metrics_.Snapshot(written->first, static_cast<int64_t>(written->second));
-  }
+  WriteSnapshot(sessions_, metrics_, *committed);
   return Done(ctx, Describe(key, resp));
 }
 

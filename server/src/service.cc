@@ -261,9 +261,7 @@ grpc::ServerUnaryReactor* AdaptdService::Score(grpc::CallbackServerContext* ctx,
     auto committed = sessions_.Commit(*live, event, request_id, resp->SerializeAsString());
     if (!committed.ok()) return reactor->Finish(ToGrpc(committed.status()));
     reactor->Finish(grpc::Status::OK);  // acknowledged; then the snapshot
-    if (auto written = sessions_.WriteSnapshot(*committed); written.ok()) {
-      metrics_.Snapshot(written->first, static_cast<int64_t>(written->second));
-    }
+    WriteSnapshot(sessions_, metrics_, *committed);
   });
   return reactor;
 }

@@ -139,6 +139,15 @@ TEST(SessionTest, RewindForgetsTheWindowButKeepsWhatWasLearned) {
   auto xa = model->Forward(*a, Tokens(5, 7), false), xb = model->Forward(*b, Tokens(5, 7), false);
   ASSERT_TRUE(xa.ok() && xb.ok());
   EXPECT_EQ(*xa, *xb);
+  // A rule-off session mid-chunk encodes and decodes: it keeps no open-chunk rows. (It once
+  // failed with INTERNAL; bench/adaptation_bench.py found it.)
+  Feed(*model, *a, Tokens(3, 11));
+  ASSERT_NE(a->n_learned() % model->config().ttt.chunk, 0);
+  auto bytes = model->EncodeSession(*a, {StateEncoding::kExact, /*include_kv=*/true});
+  ASSERT_TRUE(bytes.ok()) << bytes.status();
+  auto back = model->DecodeSession(*bytes);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(*model->Forward(**back, Tokens(3, 8), false), *model->Forward(*a, Tokens(3, 8), false));
 }
 
 TEST(SessionTest, LrScaleScalesTheFirstUpdateAndDeltaNormsReportIt) {
