@@ -16,6 +16,7 @@ Variants, all with the same pieces:
   (b) adaptd:   models/adaptd-tiny-ttt, update rule inplace, window W: fast weights carry what
                 left the window
   (c) TTT off:  models/adaptd-tiny-ttt, update rule off, window W (ablation)
+  (b') adaptd with the session option decay (dW shrinks before each update): a variant of (b)
   (d) full context: models/adaptd-tiny-base with the whole document in its window
 Then (b) again with the server stopped half-way (every session evicted) and restarted: the
 continued sessions, restored from their snapshots, must score what the uninterrupted ones did.
@@ -89,11 +90,11 @@ def pieces(text: str, offsets, turns: int, turn_tokens: int) -> list[str]:
 
 
 def converse(target: str, session: str, turns: list[str], window: int, rule: str = "",
-             stop_after: int | None = None, resume: bool = False) -> list[float]:
+             stop_after: int | None = None, resume: bool = False, options: dict | None = None) -> list[float]:
     """Scores then ingests each piece; returns the per-turn NLLs."""
     with Client(target, KEY) as c:
         if not resume:
-            c.create_session(session, update_rule=rule, max_context_tokens=window)
+            c.create_session(session, update_rule=rule, max_context_tokens=window, **(options or {}))
         start = c.get_session(session).version if resume else 0
         nll = []
         for k, piece in enumerate(turns[start:stop_after], start=start):
@@ -118,6 +119,7 @@ def main() -> None:
     ap.add_argument("--turns", type=int, default=16)
     ap.add_argument("--turn_tokens", type=int, default=64)
     ap.add_argument("--window", type=int, default=256)
+    ap.add_argument("--decay", type=float, default=0.1, help="the decay of variant (b')")
     ap.add_argument("--out", default="runs/bench/adaptation")
     ap.add_argument("--plot", default="bench/adaptation.png")
     args = ap.parse_args()
@@ -136,6 +138,7 @@ def main() -> None:
             "(a) baseline, window": run(base.target, "a", docs, args.window),
             "(b) adaptd (TTT), window": run(ttt.target, "b", docs, args.window),
             "(c) TTT off, window": run(ttt.target, "c", docs, args.window, rule="off"),
+            f"(b') adaptd, decay {args.decay}": run(ttt.target, "e", docs, args.window, options={"decay": args.decay}),
             "(d) baseline, full context": run(base.target, "d", docs, full),
         }
         # (b) with every session evicted half-way: stop the server, restart it, continue.
@@ -163,13 +166,14 @@ def main() -> None:
         summary[k] = {"early": early, "beyond_window": late, "all": statistics.fmean(m), "per_turn": m}
         print(f"| {k} | {early:.4f} | {late:.4f} | {statistics.fmean(m):.4f} |")
     a = summary["(a) baseline, window"]["beyond_window"]
-    b = summary["(b) adaptd (TTT), window"]["beyond_window"]
     c = summary["(c) TTT off, window"]["beyond_window"]
-    print(f"\nbeyond the window: adaptd vs baseline {100 * (a - b) / a:+.2f}% lower NLL (target 10%); "
-          f"vs TTT off {100 * (c - b) / c:+.2f}%")
-    wins = sum(1 for ra, rb in zip(results["(a) baseline, window"], results["(b) adaptd (TTT), window"])
-               if statistics.fmean(rb[beyond:]) < statistics.fmean(ra[beyond:]))
-    print(f"documents where adaptd beats the baseline beyond the window: {wins}/{len(docs)}")
+    print()
+    for name in ("(b) adaptd (TTT), window", f"(b') adaptd, decay {args.decay}"):
+        b = summary[name]["beyond_window"]
+        wins = sum(1 for ra, rb in zip(results["(a) baseline, window"], results[name])
+                   if statistics.fmean(rb[beyond:]) < statistics.fmean(ra[beyond:]))
+        print(f"beyond the window, {name}: {100 * (a - b) / a:+.2f}% lower NLL than the baseline (target 10%), "
+              f"{100 * (c - b) / c:+.2f}% than TTT off; better on {wins}/{len(docs)} documents")
     diff = max(abs(x - y) for rr, rb in zip(restored, results["(b) adaptd (TTT), window"]) for x, y in zip(rr, rb))
     print(f"evicted half-way, restored and continued: max |NLL difference| per turn vs uninterrupted = {diff:.2e}")
     (out / "summary.json").write_text(json.dumps({"args": vars(args), "summary": summary, "restore_max_diff": diff,
@@ -189,10 +193,15 @@ def main() -> None:
     for ra, rb in zip(base_w, ttt_w):
         right.plot(range(args.turns), [x - y for x, y in zip(ra, rb)], color="tab:blue", alpha=0.3, lw=1)
     right.plot(range(args.turns), [x - y for x, y in zip(means["(a) baseline, window"],
-                                                         means["(b) adaptd (TTT), window"])], color="black", lw=2)
+                                                         means["(b) adaptd (TTT), window"])], color="black", lw=2,
+               label="(b) mean")
+    right.plot(range(args.turns), [x - y for x, y in zip(means["(a) baseline, window"],
+                                                         means[f"(b') adaptd, decay {args.decay}"])],
+               color="tab:red", lw=2, label=f"(b') decay {args.decay}, mean")
+    right.legend(fontsize=8)
     right.axhline(0, color="grey", lw=1)
     right.axvline(beyond - 0.5, color="grey", ls=":", lw=1)
-    right.set(xlabel="turn", ylabel="NLL(baseline) - NLL(adaptd)", title="per document (thin) and mean (thick)")
+    right.set(xlabel="turn", ylabel="NLL(baseline) - NLL(adaptd)", title="gain over the baseline: (b) per document (thin)")
     fig.tight_layout()
     fig.savefig(ROOT / args.plot, dpi=90)
     print(f"plot: {args.plot}")

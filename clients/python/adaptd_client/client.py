@@ -86,9 +86,10 @@ class Client:
 
     # Sessions.
     def create_session(self, session_id: str = "", update_rule: str = "", chat_format: str = "",
-                       max_context_tokens: int = 0) -> pb.Session:
+                       max_context_tokens: int = 0, **options) -> pb.Session:
+        """`options`: the other SessionOptions fields (lr_scale, clip_tau, decay, ...)."""
         options = pb.SessionOptions(update_rule=update_rule, chat_format=chat_format,
-                                    max_context_tokens=max_context_tokens)
+                                    max_context_tokens=max_context_tokens, **options)
         return self._call(self._stub.CreateSession, pb.CreateSessionRequest(session_id=session_id, options=options),
                           session_id)
 
