@@ -26,9 +26,7 @@ constexpr size_t kMaxStops = 4, kMaxStopBytes = 64;
 class Turn {
  public:
   Turn(ChatDeps deps, TurnKind kind) : deps_(deps), kind_(kind) {}
-  virtual ~Turn() {
-    if (!slot_tenant_.empty()) deps_.quotas.EndTurn(slot_tenant_);
-  }
+  virtual ~Turn() = default;
 
   absl::Status Start(std::string tenant, const v1::ChatRequest& req);
   absl::Status Start(std::string tenant, const v1::IngestRequest& req);
@@ -61,7 +59,7 @@ class Turn {
 
   ChatDeps deps_;
   const TurnKind kind_;
-  std::string slot_tenant_;  // holds a turn slot (Quotas) while set
+  Quotas::TurnSlot slot_;  // returned when the call is done
   session_store::SessionKey key_;
   LiveSession* live_ = nullptr;
   std::unique_ptr<engine::ChatRenderer> renderer_;
@@ -106,8 +104,9 @@ absl::Status ValidateChat(const v1::ChatRequest& req, int max_new_tokens) {
 absl::Status Turn::Lease(std::string tenant, const std::string& session_id, const std::string& request_id,
                          bool* replied) {
   if (auto s = deps_.quotas.CheckStorage(tenant); !s.ok()) return s;
-  if (auto s = deps_.quotas.BeginTurn(tenant); !s.ok()) return s;
-  slot_tenant_ = tenant;
+  auto slot = deps_.quotas.BeginTurn(tenant);
+  if (!slot.ok()) return slot.status();
+  slot_ = *std::move(slot);
   key_ = {std::move(tenant), session_id};
   request_id_text_ = request_id;
   *replied = false;
@@ -186,6 +185,7 @@ absl::Status Turn::Start(std::string tenant, const v1::IngestRequest& req) {
   keep_in_context_ = req.keep_in_context();
   std::vector<int32_t> prompt = keep_in_context_ ? CloseOpenReply() : std::vector<int32_t>{};
   if (req.text().empty()) {
+    if (auto s = deps_.model.ValidateIds(req.token_ids()); !s.ok()) return Fail(s);
     prompt.insert(prompt.end(), req.token_ids().begin(), req.token_ids().end());
   } else {
     auto ids = deps_.tokenizer.Encode(req.text());
@@ -214,7 +214,10 @@ absl::Status Turn::Enqueue(std::vector<int32_t> prompt, int max_new, bool learn,
               /*learn_generated=*/!live_->options.learn_prompt_only()};
   std::lock_guard<std::mutex> lock(mu_);  // Cancel reads request_id_
   auto id = deps_.executor.Enqueue(request_, [this](const engine::GenerateResult& r) { OnResult(r); });
-  if (!id.ok()) return Fail(id.status());
+  if (!id.ok()) {  // the window rule may have rebuilt the state: reload it from the log next time
+    deps_.sessions.ReleaseAndDrop(key_);
+    return id.status();
+  }
   request_id_ = *id;
   return absl::OkStatus();
 }

@@ -17,6 +17,7 @@
 namespace adaptd::server {
 
 struct ChatDeps {
+  const engine::Model& model;
   engine::Executor& executor;
   SessionManager& sessions;
   const engine::Tokenizer& tokenizer;

@@ -94,11 +94,13 @@ grpc::ServerUnaryReactor* AdaptdService::ForkSession(grpc::CallbackServerContext
     if (!info.ok()) return Done(ctx, info.status());
     version = info->version;
   }
-  if (auto s = quotas_.CheckNewSession(*tenant); !s.ok()) return Done(ctx, s);
+  if (auto s = quotas_.ReserveSession(*tenant); !s.ok()) return Done(ctx, s);
   const absl::Status forked = store_.Fork(from, to, version);
   Audit("fork", from.tenant, from.session, forked, absl::StrCat("to ", to.session, " at version ", version));
-  if (!forked.ok()) return Done(ctx, forked);
-  quotas_.SessionAdded(*tenant);
+  if (!forked.ok()) {
+    quotas_.SessionAdded(*tenant, -1);
+    return Done(ctx, forked);
+  }
   return Done(ctx, Describe(to, resp));
 }
 
@@ -146,11 +148,13 @@ grpc::ServerReadReactor<v1::ImportSessionRequest>* AdaptdService::ImportSession(
   return new ImportReactor(tenant.status(), options_.max_import_bytes,
                            [this, resp, tenant = tenant.value_or("")](const std::string& id, const std::string& blob) {
                              const session_store::SessionKey key{tenant, id.empty() ? NewSessionId() : id};
-                             if (auto s = quotas_.CheckNewSession(tenant); !s.ok()) return s;
+                             if (auto s = quotas_.ReserveSession(tenant); !s.ok()) return s;
                              const absl::Status imported = store_.Import(key, blob);
                              Audit("import", key.tenant, key.session, imported, absl::StrCat(blob.size(), " bytes"));
-                             if (!imported.ok()) return imported;
-                             quotas_.SessionAdded(tenant);
+                             if (!imported.ok()) {
+                               quotas_.SessionAdded(tenant, -1);
+                               return imported;
+                             }
                              return Describe(key, resp);
                            });
 }

@@ -13,6 +13,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <mutex>
 #include <sstream>
 #include <thread>
 
@@ -174,11 +175,19 @@ int main(int argc, char** argv) {
   engine_options.max_new_tokens = std::max(engine_options.max_new_tokens, options.max_new_tokens);
   auto executor = engine::Executor::Create(**model, engine_options);
   if (!executor.ok()) return Fail(executor.status());
-  server::AdaptdService* service_ptr = nullptr;  // the metrics read session and engine counts from it
-  server::Metrics metrics([&service_ptr] { return service_ptr ? service_ptr->Gauges() : server::Metrics::Gauges{}; });
+  // The metrics read session and engine counts from the service (on their HTTP thread).
+  std::mutex service_mu;
+  server::AdaptdService* service_ptr = nullptr;  // guarded by service_mu
+  server::Metrics metrics([&] {
+    std::lock_guard<std::mutex> lock(service_mu);
+    return service_ptr ? service_ptr->Gauges() : server::Metrics::Gauges{};
+  });
   auto service = std::make_unique<server::AdaptdService>(**model, **tokenizer, **executor, **store, metrics,
                                                          *std::move(keys), options);
-  service_ptr = service.get();
+  {
+    std::lock_guard<std::mutex> lock(service_mu);
+    service_ptr = service.get();
+  }
   if (!absl::GetFlag(FLAGS_metrics_listen).empty()) {
     auto metrics_port = metrics.Serve(absl::GetFlag(FLAGS_metrics_listen));
     if (!metrics_port.ok()) return Fail(metrics_port.status());
@@ -234,7 +243,10 @@ int main(int argc, char** argv) {
   // (commits, snapshots); the store closes (flushed).
   server.reset();
   (*executor)->Shutdown();
-  service_ptr = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(service_mu);
+    service_ptr = nullptr;
+  }
   service.reset();
   store->reset();
   server::LogLine("stopped").Write();

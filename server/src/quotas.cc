@@ -73,14 +73,16 @@ absl::Status Quotas::CheckStorage(const std::string& tenant) {
   return CheckStorageLocked(tenant, Get(tenant));
 }
 
-absl::Status Quotas::CheckNewSession(const std::string& tenant) {
+absl::Status Quotas::ReserveSession(const std::string& tenant) {
   std::lock_guard<std::mutex> lock(mu_);
   Tenant& t = Get(tenant);
   if (options_.max_sessions_per_tenant > 0 && t.sessions >= options_.max_sessions_per_tenant) {
     return absl::ResourceExhaustedError(absl::StrCat("tenant ", tenant, " has ", t.sessions,
                                                      " sessions, its quota: delete sessions first"));
   }
-  return CheckStorageLocked(tenant, t);
+  if (auto s = CheckStorageLocked(tenant, t); !s.ok()) return s;
+  ++t.sessions;
+  return absl::OkStatus();
 }
 
 void Quotas::SessionAdded(const std::string& tenant, int64_t n) {
@@ -89,7 +91,7 @@ void Quotas::SessionAdded(const std::string& tenant, int64_t n) {
   t.sessions = std::max<int64_t>(0, t.sessions + n);
 }
 
-absl::Status Quotas::BeginTurn(const std::string& tenant) {
+absl::StatusOr<Quotas::TurnSlot> Quotas::BeginTurn(const std::string& tenant) {
   std::lock_guard<std::mutex> lock(mu_);
   Tenant& t = Get(tenant);
   if (active_turns_ >= options_.max_active_turns) {
@@ -102,13 +104,11 @@ absl::Status Quotas::BeginTurn(const std::string& tenant) {
   }
   ++active_turns_;
   ++t.active_turns;
-  return absl::OkStatus();
-}
-
-void Quotas::EndTurn(const std::string& tenant) {
-  std::lock_guard<std::mutex> lock(mu_);
-  --active_turns_;
-  --Get(tenant).active_turns;
+  return TurnSlot(nullptr, [this, tenant](void*) {
+    std::lock_guard<std::mutex> lock(mu_);
+    --active_turns_;
+    --Get(tenant).active_turns;
+  });
 }
 
 }  // namespace adaptd::server

@@ -9,11 +9,13 @@
 #include <chrono>
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "adaptd/session_store/store.h"
 
 namespace adaptd::server {
@@ -34,16 +36,17 @@ class Quotas {
 
   // One request of `tenant` (every call): the rate limit.
   absl::Status Admit(const std::string& tenant);
-  // Before a call adds a session (create, fork, import): the session and byte quotas.
-  absl::Status CheckNewSession(const std::string& tenant);
+  // Before a call adds a session (create, fork, import): the session and byte quotas. Reserves
+  // the session: a call that then fails gives it back with SessionAdded(tenant, -1).
+  absl::Status ReserveSession(const std::string& tenant);
   // Before a call grows the tenant's stored bytes (turns).
   absl::Status CheckStorage(const std::string& tenant);
   void SessionAdded(const std::string& tenant, int64_t n = 1);
   // Counts the known tenants' sessions again (after the store expired some).
   void Recount();
-  // A slot for a turn in the engine, held until EndTurn.
-  absl::Status BeginTurn(const std::string& tenant);
-  void EndTurn(const std::string& tenant);
+  // A slot for a turn (or a score) in flight, returned when the last copy of it is destroyed.
+  using TurnSlot = std::shared_ptr<void>;
+  absl::StatusOr<TurnSlot> BeginTurn(const std::string& tenant);
 
   const QuotaOptions& options() const { return options_; }
 

@@ -10,24 +10,6 @@
 namespace adaptd::server {
 namespace {
 
-absl::Status ValidateOptions(const v1::SessionOptions& o) {
-  const std::string& rule = o.update_rule();
-  if (!rule.empty() && rule != "inplace" && rule != "off") {
-    return absl::InvalidArgumentError(absl::StrCat("options.update_rule '", rule, "' (inplace or off)"));
-  }
-  if (o.max_context_tokens() < 0 || o.max_context_tokens() > (1 << 20)) {
-    return absl::InvalidArgumentError("options.max_context_tokens must be in [0, 2^20]");
-  }
-  const std::string& f = o.chat_format();
-  if (!f.empty() && f != "qwen3" && f != "llama3" && f != "raw") {
-    return absl::InvalidArgumentError(absl::StrCat("options.chat_format '", f, "' (qwen3, llama3 or raw)"));
-  }
-  if (auto s = engine::ValidateSessionOptions(EngineOptions(o)); !s.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat("options: ", s.message()));
-  }
-  return absl::OkStatus();
-}
-
 }  // namespace
 
 absl::Status CheckUtf8(std::string_view field, const std::string& text) {
@@ -68,7 +50,7 @@ absl::StatusOr<std::string> AdaptdService::Tenant(grpc::CallbackServerContext* c
   return tenant;
 }
 
-absl::Status AdaptdService::ToSession(const session_store::SessionInfo& info, v1::Session* out) {
+absl::Status AdaptdService::ToSession(const session_store::SessionInfo& info, v1::Session* out, bool with_state) {
   v1::Session stored;  // the metadata is the Session as created: options and fingerprint
   if (!stored.ParseFromString(info.metadata)) return absl::DataLossError("session metadata is unreadable");
   *out->mutable_options() = stored.options();
@@ -81,7 +63,7 @@ absl::Status AdaptdService::ToSession(const session_store::SessionInfo& info, v1
   auto snapshots = store_.ListSnapshots(info.key);
   if (snapshots.ok() && !snapshots->empty()) out->set_snapshot_version(snapshots->back().version);
   v1::SessionState state;
-  const bool loaded = sessions_.InMemory(info.key, &state);
+  const bool loaded = sessions_.InMemory(info.key, with_state ? &state : nullptr);
   out->set_tier(loaded ? "memory" : "store");
   if (loaded && state.delta_norms_size() > 0) *out->mutable_state() = state;
   return absl::OkStatus();
@@ -102,11 +84,13 @@ grpc::ServerUnaryReactor* AdaptdService::CreateSession(grpc::CallbackServerConte
   *stored.mutable_options() = req->options();
   stored.set_model_fingerprint(model_.fingerprint());
   const session_store::SessionKey key{*tenant, id};
-  if (auto s = quotas_.CheckNewSession(*tenant); !s.ok()) return Done(ctx, s);
+  if (auto s = quotas_.ReserveSession(*tenant); !s.ok()) return Done(ctx, s);
   const absl::Status created = store_.Create(key, stored.SerializeAsString());
   Audit("create", key.tenant, key.session, created);
-  if (!created.ok()) return Done(ctx, created);
-  quotas_.SessionAdded(*tenant);
+  if (!created.ok()) {
+    quotas_.SessionAdded(*tenant, -1);
+    return Done(ctx, created);
+  }
   auto info = store_.Get(key);
   return Done(ctx, info.ok() ? ToSession(*info, resp) : info.status());
 }
@@ -129,7 +113,7 @@ grpc::ServerUnaryReactor* AdaptdService::ListSessions(grpc::CallbackServerContex
   auto page = store_.List(*tenant, size, req->page_token());
   if (!page.ok()) return Done(ctx, page.status());
   for (const auto& info : page->sessions) {
-    if (auto s = ToSession(info, resp->add_sessions()); !s.ok()) return Done(ctx, s);
+    if (auto s = ToSession(info, resp->add_sessions(), /*with_state=*/false); !s.ok()) return Done(ctx, s);
   }
   resp->set_next_page_token(page->next_page_token);
   return Done(ctx, absl::OkStatus());
@@ -200,48 +184,58 @@ absl::Status AdaptdService::ScoreOn(engine::SessionState& state, const std::vect
 
 grpc::ServerUnaryReactor* AdaptdService::Score(grpc::CallbackServerContext* ctx, const v1::ScoreRequest* req,
                                                v1::ScoreResponse* resp) {
-  auto tenant = Tenant(ctx, &req->session_id());
-  if (!tenant.ok()) return Done(ctx, tenant.status());
-  if (req->text().size() > (1u << 20)) return Done(ctx, absl::InvalidArgumentError("text: at most 1 MiB"));
-  if (auto s = CheckUtf8("text", req->text()); !s.ok()) return Done(ctx, s);
-  auto ids = tokenizer_.Encode(req->text());
-  if (!ids.ok()) return Done(ctx, ids.status());
-  if (ids->size() < 2 || ids->size() > 8192) {
-    return Done(ctx, absl::InvalidArgumentError(absl::StrCat("text must be 2 to 8192 tokens, not ", ids->size())));
-  }
-  const session_store::SessionKey key{*tenant, req->session_id()};
   auto* reactor = ctx->DefaultReactor();
-  if (!req->adapt()) {  // on a copy: the session is untouched
+  auto tenant = Tenant(ctx, &req->session_id());
+  absl::Status s = tenant.ok() ? StartScore(*tenant, *req, resp, reactor) : tenant.status();
+  if (!s.ok()) reactor->Finish(ToGrpc(s));
+  return reactor;
+}
+
+absl::Status AdaptdService::StartScore(const std::string& tenant, const v1::ScoreRequest& req, v1::ScoreResponse* resp,
+                                       grpc::ServerUnaryReactor* reactor) {
+  if (req.text().size() > (1u << 20)) return absl::InvalidArgumentError("text: at most 1 MiB");
+  if (auto s = CheckUtf8("text", req.text()); !s.ok()) return s;
+  auto ids = tokenizer_.Encode(req.text());
+  if (!ids.ok()) return ids.status();
+  if (ids->size() < 2 || ids->size() > 8192) {
+    return absl::InvalidArgumentError(absl::StrCat("text must be 2 to 8192 tokens, not ", ids->size()));
+  }
+  auto slot = quotas_.BeginTurn(tenant);  // a score holds a copy of the session: bounded like turns
+  if (!slot.ok()) return slot.status();
+  const session_store::SessionKey key{tenant, req.session_id()};
+  const auto too_long = absl::InvalidArgumentError("text: longer than the session's context");
+  if (!req.adapt()) {  // on a copy: the session is untouched
     auto copy = sessions_.Clone(key);
-    if (!copy.ok()) return Done(ctx, copy.status());
-    if (static_cast<int64_t>(ids->size()) > (*copy)->max_context_tokens) {
-      return Done(ctx, absl::InvalidArgumentError("text: longer than the session's context"));
-    }
-    scorer_.Post([this, reactor, resp, ids = *std::move(ids), copy = std::shared_ptr<LiveSession>(std::move(*copy))] {
+    if (!copy.ok()) return copy.status();
+    if (static_cast<int64_t>(ids->size()) > (*copy)->max_context_tokens) return too_long;
+    scorer_.Post([this, reactor, resp, slot = *slot, ids = *std::move(ids),
+                  copy = std::shared_ptr<LiveSession>(std::move(*copy))] {
       // The window as a turn of these tokens would find it, then the tokens.
       absl::Status s = sessions_.FitWindow(*copy, static_cast<int64_t>(ids.size()), 0);
       reactor->Finish(ToGrpc(s.ok() ? ScoreOn(*copy->state, ids, resp) : s));
     });
-    return reactor;
+    return absl::OkStatus();
   }
-  if (auto s = quotas_.CheckStorage(*tenant); !s.ok()) return Done(ctx, s);
+  if (auto s = quotas_.CheckStorage(tenant); !s.ok()) return s;
   auto live = sessions_.Acquire(key);
-  if (!live.ok()) return Done(ctx, live.status());
-  if (!req->request_id().empty()) {  // a retry of a committed adapting Score gets its scores
-    auto seen = sessions_.LookupRequest(key, req->request_id());
+  if (!live.ok()) return live.status();
+  if (!req.request_id().empty()) {  // a retry of a committed adapting Score gets its scores
+    auto seen = sessions_.LookupRequest(key, req.request_id());
     if (!seen.ok() || seen->has_value()) {
       sessions_.Release(key);
-      if (!seen.ok()) return Done(ctx, seen.status());
-      if (!resp->ParseFromString((*seen)->result)) return Done(ctx, absl::DataLossError("recorded scores are unreadable"));
-      return Done(ctx, absl::OkStatus());
+      if (!seen.ok()) return seen.status();
+      if (!resp->ParseFromString((*seen)->result)) return absl::DataLossError("recorded scores are unreadable");
+      reactor->Finish(grpc::Status::OK);
+      return absl::OkStatus();
     }
   }
   if (static_cast<int64_t>(ids->size()) > (*live)->max_context_tokens) {
     sessions_.Release(key);
-    return Done(ctx, absl::InvalidArgumentError("text: longer than the session's context"));
+    return too_long;
   }
   // Learned as an Ingest without context: the window rule, the tokens, then the rewind.
-  scorer_.Post([this, reactor, resp, key, live = *live, ids = *std::move(ids), request_id = req->request_id()] {
+  scorer_.Post([this, reactor, resp, key, slot = *slot, live = *live, ids = *std::move(ids),
+                request_id = req.request_id()] {
     const double seconds_before = live->state->update_seconds();
     const int64_t rejected_before = live->state->updates_rejected();
     absl::Status s = sessions_.FitWindow(*live, static_cast<int64_t>(ids.size()), 0);
@@ -263,7 +257,7 @@ grpc::ServerUnaryReactor* AdaptdService::Score(grpc::CallbackServerContext* ctx,
     reactor->Finish(grpc::Status::OK);  // acknowledged; then the snapshot
     WriteSnapshot(sessions_, metrics_, *committed);
   });
-  return reactor;
+  return absl::OkStatus();
 }
 
 absl::StatusOr<int> AdaptdService::ExpireIdle() {

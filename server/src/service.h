@@ -88,13 +88,19 @@ class AdaptdService final : public adaptd::v1::Adaptd::CallbackService {
   // The caller's tenant, from the authorization header, admitted by its rate limit; with
   // `session_id`, also checks the routing header x-adaptd-session (when sent) names that session.
   absl::StatusOr<std::string> Tenant(grpc::CallbackServerContext* ctx, const std::string* session_id = nullptr);
+  // Score's work: an error to finish the call with, or OK once the call is answered or posted.
+  absl::Status StartScore(const std::string& tenant, const v1::ScoreRequest& req, v1::ScoreResponse* resp,
+                          grpc::ServerUnaryReactor* reactor);
   // Scores `ids` as the continuation of `state`, learning within them (the state changes).
   absl::Status ScoreOn(engine::SessionState& state, const std::vector<int32_t>& ids, v1::ScoreResponse* resp) const;
   // The Session resource of a stored session.
-  absl::Status ToSession(const session_store::SessionInfo& info, v1::Session* out);
+  // With `with_state`, a loaded session's learning state too (not for lists: it reads the weights).
+  absl::Status ToSession(const session_store::SessionInfo& info, v1::Session* out, bool with_state = true);
   // The stored session as a resource (after a change).
   absl::Status Describe(const session_store::SessionKey& key, v1::Session* out);
-  ChatDeps TurnDeps() { return {executor_, sessions_, tokenizer_, worker_, metrics_, quotas_, options_.max_new_tokens}; }
+  ChatDeps TurnDeps() {
+    return {model_, executor_, sessions_, tokenizer_, worker_, metrics_, quotas_, options_.max_new_tokens};
+  }
 
   const engine::Model& model_;
   const engine::Tokenizer& tokenizer_;

@@ -12,7 +12,6 @@
 namespace adaptd::server {
 namespace {
 
-constexpr char kTurnMagic = 'T';
 // Snapshot payload: "ADS2", flags (1: assistant turn open), the last token (int32), the number
 // of turns in the KV window (u32) and each one's tokens (u32 count, int32s), then the engine's
 // session bytes (exact, with the KV window).
@@ -90,6 +89,24 @@ engine::SessionOptions EngineOptions(const v1::SessionOptions& options) {
   return o;
 }
 
+absl::Status ValidateOptions(const v1::SessionOptions& o) {
+  const std::string& rule = o.update_rule();
+  if (!rule.empty() && rule != "inplace" && rule != "off") {
+    return absl::InvalidArgumentError(absl::StrCat("options.update_rule '", rule, "' (inplace or off)"));
+  }
+  if (o.max_context_tokens() < 0 || o.max_context_tokens() > (1 << 20)) {
+    return absl::InvalidArgumentError("options.max_context_tokens must be in [0, 2^20]");
+  }
+  const std::string& f = o.chat_format();
+  if (!f.empty() && f != "qwen3" && f != "llama3" && f != "raw") {
+    return absl::InvalidArgumentError(absl::StrCat("options.chat_format '", f, "' (qwen3, llama3 or raw)"));
+  }
+  if (auto s = engine::ValidateSessionOptions(EngineOptions(o)); !s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("options: ", s.message()));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::unique_ptr<engine::SessionState>> SessionManager::FreshState(const v1::SessionOptions& options) const {
   return model_.NewSession(EngineOptions(options));
 }
@@ -138,6 +155,9 @@ absl::StatusOr<std::unique_ptr<LiveSession>> SessionManager::Load(const session_
     return absl::FailedPreconditionError(absl::StrCat("session ", key.session, " belongs to model ",
                                                       meta.model_fingerprint(), ", not the served ",
                                                       model_.fingerprint(), "; migrate it first"));
+  }
+  if (auto s = ValidateOptions(meta.options()); !s.ok()) {  // an imported blob is not to be trusted
+    return absl::FailedPreconditionError(absl::StrCat("session ", key.session, ": ", s.message()));
   }
   auto live = std::make_unique<LiveSession>();
   live->key = key;
@@ -222,8 +242,8 @@ void SessionManager::EvictOverBudgetLocked() {
     auto victim = sessions_.end();
     for (auto it = sessions_.begin(); it != sessions_.end(); ++it) {
       const Entry& e = it->second;
-      const bool recoverable = e.live && e.snapshotted == e.live->version;  // never discard
-      if (!e.busy && recoverable && (victim == sessions_.end() || e.used < victim->second.used)) victim = it;
+      if (e.busy || !e.live || e.snapshotted != e.live->version) continue;  // never discard
+      if (victim == sessions_.end() || e.used < victim->second.used) victim = it;
     }
     if (victim == sessions_.end()) return;
     total -= victim->second.bytes;
@@ -340,26 +360,26 @@ absl::Status SessionManager::Migrate(const session_store::SessionKey& key) {
     return absl::FailedPreconditionError(
         absl::StrCat("the session's log does not fit the served model: ", live.status().message()));
   }
-  // The snapshot first: should the process die before the metadata is written, the session
-  // is still the old model's and migrating again repeats this.
-  auto snapshot = EncodeSnapshot(**live);
-  absl::Status s = snapshot.status();
-  if (s.ok()) s = store_.WriteSnapshot(key, {(*live)->version, model_.fingerprint(), kSnapshotEncoding, false}, *snapshot);
+  // The new binding first, then a snapshot of this model: should the process die in between, the
+  // next load finds no snapshot of this model and replays the log (the old model's snapshots
+  // stay untouched either way).
   meta.set_model_fingerprint(model_.fingerprint());
-  if (s.ok()) s = store_.SetMetadata(key, meta.SerializeAsString());
-  std::lock_guard<std::mutex> lock(mu_);
-  auto it = sessions_.find({key.tenant, key.session});
-  if (it == sessions_.end()) return s;
-  if (!s.ok()) {
-    sessions_.erase(it);
+  if (auto s = store_.SetMetadata(key, meta.SerializeAsString()); !s.ok()) {
+    ReleaseAndDrop(key);
     return s;
   }
+  auto snapshot = EncodeSnapshot(**live);  // a failure here costs only a replay at the next load
+  const bool written = snapshot.ok() &&
+      store_.WriteSnapshot(key, {(*live)->version, model_.fingerprint(), kSnapshotEncoding, false}, *snapshot).ok();
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = sessions_.find({key.tenant, key.session});
+  if (it == sessions_.end()) return absl::OkStatus();
   Entry& e = it->second;
-  e.snapshotted = (*live)->version;
+  e.snapshotted = written ? (*live)->version : 0;
   e.live = *std::move(live);
   e.busy = false;
   e.used = ++clock_;
-  e.bytes = snapshot->size();
+  e.bytes = snapshot.ok() ? snapshot->size() : 0;
   ++stats_.loads;
   EvictOverBudgetLocked();
   return absl::OkStatus();

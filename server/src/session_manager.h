@@ -39,6 +39,8 @@ struct LogEvent {
 std::string EncodeEvent(const LogEvent& event);
 // The engine's options of a session's (validated by engine::ValidateSessionOptions).
 engine::SessionOptions EngineOptions(const v1::SessionOptions& options);
+// INVALID_ARGUMENT naming the field for session options out of range.
+absl::Status ValidateOptions(const v1::SessionOptions& options);
 absl::StatusOr<LogEvent> DecodeEvent(const std::string& bytes);
 
 struct LiveSession {
@@ -107,8 +109,8 @@ class SessionManager {
 
   // Drops the idle sessions in memory whose records the store no longer has (expired).
   void DropExpired();
-  // Whether the session is loaded in memory (or being loaded); with `state`, also its learning
-  // state when no call holds it.
+  // Whether the session is loaded in memory; with `state`, also its learning state when no call
+  // holds it (computed under the manager's lock: for one session at a time, not for lists).
   bool InMemory(const session_store::SessionKey& key, v1::SessionState* state = nullptr);
 
   struct Stats {
