@@ -261,11 +261,13 @@ absl::Status AdaptdService::StartScore(const std::string& tenant, const v1::Scor
 }
 
 absl::StatusOr<int> AdaptdService::ExpireIdle() {
-  auto n = store_.ExpireIdle();
-  if (!n.ok() || *n == 0) return n;
-  sessions_.DropExpired();
+  auto expired = store_.ExpireIdle();
+  if (!expired.ok()) return expired.status();
+  if (expired->empty()) return 0;
+  sessions_.DropExpired(*expired);
   quotas_.Recount();
-  return n;
+  for (const auto& key : *expired) Audit("expire", key.tenant, key.session, absl::OkStatus());
+  return static_cast<int>(expired->size());
 }
 
 Metrics::Gauges AdaptdService::Gauges() {

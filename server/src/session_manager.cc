@@ -252,17 +252,9 @@ void SessionManager::EvictOverBudgetLocked() {
   }
 }
 
-void SessionManager::DropExpired() {
-  std::vector<session_store::SessionKey> idle;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    for (const auto& [id, e] : sessions_) {
-      if (!e.busy) idle.push_back({id.first, id.second});
-    }
-  }
-  for (const auto& key : idle) {
-    if (store_.Get(key).status().code() != absl::StatusCode::kNotFound) continue;
-    std::lock_guard<std::mutex> lock(mu_);
+void SessionManager::DropExpired(const std::vector<session_store::SessionKey>& keys) {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& key : keys) {
     auto it = sessions_.find({key.tenant, key.session});
     if (it != sessions_.end() && !it->second.busy) sessions_.erase(it);
   }

@@ -107,8 +107,9 @@ class SessionManager {
   // budget). Returns the seconds it took and the bytes written.
   absl::StatusOr<std::pair<double, size_t>> WriteSnapshot(const Committed& committed);
 
-  // Drops the idle sessions in memory whose records the store no longer has (expired).
-  void DropExpired();
+  // Drops these sessions (the store expired them) from memory, unless a call holds one (its
+  // commit then fails: the session is gone).
+  void DropExpired(const std::vector<session_store::SessionKey>& keys);
   // Whether the session is loaded in memory; with `state`, also its learning state when no call
   // holds it (computed under the manager's lock: for one session at a time, not for lists).
   bool InMemory(const session_store::SessionKey& key, v1::SessionState* state = nullptr);

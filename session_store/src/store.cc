@@ -291,10 +291,10 @@ absl::Status RocksStore::Delete(const SessionKey& key) {
   return s;
 }
 
-absl::StatusOr<int> RocksStore::ExpireIdle() {
+absl::StatusOr<std::vector<SessionKey>> RocksStore::ExpireIdle() {
   auto open = Enter();
   if (!open.ok()) return open.status();
-  if (options_.idle_ttl_seconds <= 0) return 0;
+  if (options_.idle_ttl_seconds <= 0) return std::vector<SessionKey>{};
   std::vector<SessionKey> idle;
   {
     std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), cf_[kSessions]));
@@ -307,7 +307,7 @@ absl::StatusOr<int> RocksStore::ExpireIdle() {
     }
     if (auto s = FromRocks(it->status(), "scan sessions"); !s.ok()) return s;
   }
-  int deleted = 0;
+  std::vector<SessionKey> deleted;
   for (const auto& key : idle) {
     std::lock_guard<std::mutex> lock(LockFor(key));
     if (ReadSession(key).status().code() != absl::StatusCode::kNotFound) continue;  // used meanwhile
@@ -315,7 +315,7 @@ absl::StatusOr<int> RocksStore::ExpireIdle() {
     DeleteRecords(key, &b);
     if (auto s = Commit(&b, "expire session"); !s.ok()) return s;
     DropBulk(SessionPrefix(key), PrefixEnd(SessionPrefix(key)));
-    ++deleted;
+    deleted.push_back(key);
   }
   return deleted;
 }

@@ -54,7 +54,7 @@ class RocksStore : public SessionStore {
   absl::Status Fork(const SessionKey& from, const SessionKey& to, uint64_t version) override;
   absl::Status Rollback(const SessionKey& key, uint64_t version) override;
   absl::Status Delete(const SessionKey& key) override;
-  absl::StatusOr<int> ExpireIdle() override;
+  absl::StatusOr<std::vector<SessionKey>> ExpireIdle() override;
   absl::StatusOr<std::string> Export(const SessionKey& key) override;
   absl::Status Import(const SessionKey& key, const std::string& blob) override;
   absl::Status Backup(const std::string& backup_dir) override;

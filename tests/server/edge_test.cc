@@ -231,6 +231,8 @@ TEST_F(EdgeTest, IdleSessionsExpire) {
   std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // the expiry pass also recounts the quota
   EXPECT_TRUE(Create("key-acme", "new").ok());
   EXPECT_NE(server_->ReadLog().find("\"msg\":\"expired\""), std::string::npos);
+  EXPECT_NE(server_->ReadLog().find("\"action\":\"expire\",\"tenant\":\"acme\",\"session\":\"old\""),
+            std::string::npos);
 }
 
 TEST_F(EdgeTest, TurnsInFlightAreBoundedPerTenant) {

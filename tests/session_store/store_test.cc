@@ -348,7 +348,9 @@ TEST(StoreTest, IdleSessionsExpire) {
   std::this_thread::sleep_for(std::chrono::milliseconds(500));
   EXPECT_EQ(store->Get(kA).status().code(), StatusCode::kNotFound);
   EXPECT_TRUE(store->Get({"acme", "busy"}).ok());
-  EXPECT_EQ(*store->ExpireIdle(), 1);
+  auto expired = store->ExpireIdle();
+  ASSERT_TRUE(expired.ok());
+  ASSERT_EQ(expired->size(), 1u);
   ASSERT_TRUE(store->Create(kA, "fresh").ok());
   EXPECT_EQ(store->Get(kA)->version, 0u);
 }

@@ -155,8 +155,8 @@ class SessionStore {
   virtual absl::Status Rollback(const SessionKey& key, uint64_t version) = 0;
   // Removes every record of the session at once (physically at the next compaction).
   virtual absl::Status Delete(const SessionKey& key) = 0;
-  // Deletes the sessions idle for longer than the TTL; returns how many.
-  virtual absl::StatusOr<int> ExpireIdle() = 0;
+  // Deletes the sessions idle for longer than the TTL; returns which.
+  virtual absl::StatusOr<std::vector<SessionKey>> ExpireIdle() = 0;
 
   // One session as a portable, checksummed blob (metadata, events, latest valid snapshot).
   virtual absl::StatusOr<std::string> Export(const SessionKey& key) = 0;
