@@ -77,13 +77,21 @@ bool ReadFile(const std::string& path, std::string* out) {
   return static_cast<bool>(in);
 }
 
-// The session-changing verbs that answer with the Session.
-int Rewrite(Client& c, const std::string& verb, const std::vector<char*>& args) {
+// The verbs that answer with the Session (-1: not one of them).
+int SessionVerb(Client& c, const std::string& verb, const std::vector<char*>& args) {
   const std::string id = args.size() > 3 ? args[3] : "";
   const std::string arg = args.size() > 4 ? args[4] : "";
   adaptd::v1::Session s;
   grpc::Status status;
-  if (verb == "fork" && !id.empty() && !arg.empty()) {
+  if (verb == "create") {
+    adaptd::v1::CreateSessionRequest req;
+    req.set_session_id(id);
+    status = c.stub().CreateSession(c.Context(id).get(), req, &s);
+  } else if (verb == "get" && !id.empty()) {
+    adaptd::v1::GetSessionRequest req;
+    req.set_session_id(id);
+    status = c.stub().GetSession(c.Context(id).get(), req, &s);
+  } else if (verb == "fork" && !id.empty() && !arg.empty()) {
     adaptd::v1::ForkSessionRequest req;
     req.set_session_id(id);
     req.set_new_session_id(arg);
@@ -130,23 +138,8 @@ int Export(Client& c, const std::string& id, const std::string& path) {
 int Sessions(Client& c, const std::vector<char*>& args) {
   const std::string verb = args.size() > 2 ? args[2] : "";
   const std::string id = args.size() > 3 ? args[3] : "";
-  adaptd::v1::Session s;
-  if (int rc = Rewrite(c, verb, args); rc >= 0) return rc;
+  if (int rc = SessionVerb(c, verb, args); rc >= 0) return rc;
   if (verb == "export" && !id.empty() && args.size() > 4) return Export(c, id, args[4]);
-  if (verb == "create") {
-    adaptd::v1::CreateSessionRequest req;
-    req.set_session_id(id);
-    if (int rc = Check(c.stub().CreateSession(c.Context(id).get(), req, &s))) return rc;
-    PrintSession(s);
-    return 0;
-  }
-  if (verb == "get" && !id.empty()) {
-    adaptd::v1::GetSessionRequest req;
-    req.set_session_id(id);
-    if (int rc = Check(c.stub().GetSession(c.Context(id).get(), req, &s))) return rc;
-    PrintSession(s);
-    return 0;
-  }
   if (verb == "delete" && !id.empty()) {
     adaptd::v1::DeleteSessionRequest req;
     req.set_session_id(id);
