@@ -41,6 +41,9 @@ class Turn {
   // `this` may be gone once the last message is delivered.
   virtual void Deliver(std::optional<v1::ChatResponse> msg, bool last, grpc::Status status) = 0;
   void End(grpc::Status status) { Deliver(std::nullopt, true, status); }
+  // Returns the tenant's turn slot; called just before the status goes out, so a client that
+  // has its answer can start the next turn at once.
+  void ReturnSlot() { slot_.reset(); }
 
  private:
   // Leases the session and sets up the renderer. A retry of a committed request id delivers the
@@ -59,7 +62,7 @@ class Turn {
 
   ChatDeps deps_;
   const TurnKind kind_;
-  Quotas::TurnSlot slot_;  // returned when the call is done
+  Quotas::TurnSlot slot_;  // returned when the call finishes
   session_store::SessionKey key_;
   LiveSession* live_ = nullptr;
   std::unique_ptr<engine::ChatRenderer> renderer_;
@@ -355,6 +358,7 @@ class ChatReactor : public grpc::ServerWriteReactor<v1::ChatResponse>, public Tu
     finished_ = true;
     const grpc::Status status = finish_status_;
     lock.unlock();
+    ReturnSlot();
     Finish(status);
   }
 
@@ -381,6 +385,7 @@ class IngestReactor : public grpc::ServerUnaryReactor, public Turn {
   void Deliver(std::optional<v1::ChatResponse> msg, bool last, grpc::Status status) override {
     if (!last) return;  // an ingest generates nothing
     if (msg && msg->has_usage()) *resp_->mutable_usage() = msg->usage();
+    ReturnSlot();
     Finish(status);
   }
   v1::IngestResponse* resp_;

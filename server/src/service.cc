@@ -209,10 +209,12 @@ absl::Status AdaptdService::StartScore(const std::string& tenant, const v1::Scor
     if (!copy.ok()) return copy.status();
     if (static_cast<int64_t>(ids->size()) > (*copy)->max_context_tokens) return too_long;
     scorer_.Post([this, reactor, resp, slot = *slot, ids = *std::move(ids),
-                  copy = std::shared_ptr<LiveSession>(std::move(*copy))] {
+                  copy = std::shared_ptr<LiveSession>(std::move(*copy))]() mutable {
       // The window as a turn of these tokens would find it, then the tokens.
       absl::Status s = sessions_.FitWindow(*copy, static_cast<int64_t>(ids.size()), 0);
-      reactor->Finish(ToGrpc(s.ok() ? ScoreOn(*copy->state, ids, resp) : s));
+      if (s.ok()) s = ScoreOn(*copy->state, ids, resp);
+      slot.reset();  // before the answer: the client may start its next turn at once
+      reactor->Finish(ToGrpc(s));
     });
     return absl::OkStatus();
   }
@@ -235,14 +237,18 @@ absl::Status AdaptdService::StartScore(const std::string& tenant, const v1::Scor
   }
   // Learned as an Ingest without context: the window rule, the tokens, then the rewind.
   scorer_.Post([this, reactor, resp, key, slot = *slot, live = *live, ids = *std::move(ids),
-                request_id = req.request_id()] {
+                request_id = req.request_id()]() mutable {
+    const auto finish = [&](const absl::Status& st) {
+      slot.reset();  // before the answer: the client may start its next turn at once
+      reactor->Finish(ToGrpc(st));
+    };
     const double seconds_before = live->state->update_seconds();
     const int64_t rejected_before = live->state->updates_rejected();
     absl::Status s = sessions_.FitWindow(*live, static_cast<int64_t>(ids.size()), 0);
     if (s.ok()) s = ScoreOn(*live->state, ids, resp);
     if (!s.ok()) {
       sessions_.ReleaseAndDrop(key);  // the state may be partly changed
-      return reactor->Finish(ToGrpc(s));
+      return finish(s);
     }
     LogEvent event;
     event.tokens = ids;
@@ -253,8 +259,8 @@ absl::Status AdaptdService::StartScore(const std::string& tenant, const v1::Scor
     metrics_.Updates(resp->updates_applied(), live->state->updates_rejected() - rejected_before,
                      live->state->update_seconds() - seconds_before);
     auto committed = sessions_.Commit(*live, event, request_id, resp->SerializeAsString());
-    if (!committed.ok()) return reactor->Finish(ToGrpc(committed.status()));
-    reactor->Finish(grpc::Status::OK);  // acknowledged; then the snapshot
+    if (!committed.ok()) return finish(committed.status());
+    finish(absl::OkStatus());  // acknowledged; then the snapshot
     WriteSnapshot(sessions_, metrics_, *committed);
   });
   return absl::OkStatus();
