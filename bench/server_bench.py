@@ -11,6 +11,9 @@ python bench/server_bench.py [--sessions 100] [--turns 20] [--budget_mib 32] [--
 3. Resume vs replay, alternating on sessions of that run: a turn on a session in memory (hot),
    on an evicted one (snapshot load), and on one rolled back to a version with no snapshot left
    (retention keeps the last two), so it replays its whole log of M - 2 turns.
+4. Snapshot policies, interleaved turn by turn: sessions that snapshot every event against
+   sessions that snapshot only on eviction (same budget, so both are evicted): turn latency and
+   snapshots written per turn.
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ import urllib.request
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "clients/python"), str(ROOT / "build/python")]
 from adaptd_client import Client  # noqa: E402
+from adaptd.v1 import adaptd_pb2 as pb  # noqa: E402
 
 KEY = "bench-key"
 
@@ -52,12 +56,40 @@ def timed_turn(c: Client, session: str) -> float:
     return (time.perf_counter() - t) * 1e3
 
 
+def compare_snapshot_policies(target: str, metrics_port: int, sessions: int, turns: int) -> dict:
+    """Every event vs on eviction, interleaved: turn latency (median) and snapshots per turn."""
+    def written() -> tuple[float, float]:  # (after their event, deferred to eviction or shutdown)
+        return (metric(metrics_port, "adaptd_snapshot_write_seconds_count"),
+                metric(metrics_port, "adaptd_deferred_snapshots_total"))
+    ms = {"every": [], "evict": []}
+    with Client(target, KEY) as c:
+        for i in range(sessions):
+            c.create_session(f"pe{i}")
+            c.create_session(f"pv{i}", snapshot_policy=pb.SNAPSHOT_ON_EVICTION)
+        before = written()
+        for _ in range(turns):
+            for i in range(sessions):
+                ms["every"].append(timed_turn(c, f"pe{i}"))
+                ms["evict"].append(timed_turn(c, f"pv{i}"))
+        time.sleep(1)  # the last snapshots land after their acknowledgement
+        after = written()
+    n = sessions * turns
+    med = {k: statistics.median(v) for k, v in ms.items()}
+    per_turn = {"every": (after[0] - before[0]) / n, "evict": (after[1] - before[1]) / n}
+    print(f"snapshot policy ({sessions} + {sessions} sessions x {turns} turns, interleaved): turn ms median "
+          f"every event {med['every']:.1f}, on eviction {med['evict']:.1f} (ratio {med['evict'] / med['every']:.2f}); "
+          f"snapshots per turn: {per_turn['every']:.2f} vs {per_turn['evict']:.2f}")
+    return {"turn_ms_median": med, "snapshots_per_turn": per_turn}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sessions", type=int, default=100)
     ap.add_argument("--turns", type=int, default=20)
     ap.add_argument("--budget_mib", type=int, default=32)
     ap.add_argument("--samples", type=int, default=7, help="sessions per resume/replay measurement")
+    ap.add_argument("--policy_sessions", type=int, default=40, help="sessions per snapshot policy")
+    ap.add_argument("--policy_turns", type=int, default=5)
     ap.add_argument("--out", default="runs/bench/server")
     args = ap.parse_args()
     out = ROOT / args.out
@@ -123,8 +155,9 @@ def main() -> None:
               f"{med['evicted']:.1f}, replay of {args.turns - 2} turns {med['replayed']:.1f}")
         print(f"ratios: snapshot load / in memory {med['evicted'] / med['hot']:.2f}; "
               f"replay / snapshot load {med['replayed'] / med['evicted']:.2f}")
+        policies = compare_snapshot_policies(target, ports["metrics"], args.policy_sessions, args.policy_turns)
         summary = {**stats, "evictions": evictions, "session_loads": loads, "idle_rss_bytes": idle_rss,
-                   "budget_bytes": budget, "turn_ms_median": med}
+                   "budget_bytes": budget, "turn_ms_median": med, "snapshot_policies": policies}
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
         ok = stats["errors"] == 0 and evictions > 0 and loads > 0
         print("OK" if ok else "FAILED: errors, or no evictions/loads")

@@ -130,12 +130,15 @@ absl::Status ChatRenderer::AppendGenerationPrompt(std::vector<int32_t>* ids) con
 }
 
 absl::StatusOr<std::vector<int32_t>> ChatRenderer::Render(absl::Span<const ChatMessage> messages, bool first,
-                                                          bool generation_prompt) const {
+                                                          bool generation_prompt,
+                                                          std::vector<size_t>* message_ends) const {
   if (messages.empty()) return absl::InvalidArgumentError("a conversation turn needs at least one message");
   std::vector<int32_t> ids;
   if (first && format_ == ChatFormat::kLlama3) ids.push_back(special_[0]);
+  if (message_ends != nullptr) message_ends->clear();
   for (const auto& m : messages) {
     if (auto s = AppendMessage(m, &ids); !s.ok()) return s;
+    if (message_ends != nullptr) message_ends->push_back(ids.size());
   }
   if (generation_prompt) {
     if (auto s = AppendGenerationPrompt(&ids); !s.ok()) return s;

@@ -102,6 +102,9 @@ absl::StatusOr<uint64_t> Executor::Enqueue(GenerateRequest request,
     return absl::InvalidArgumentError(absl::StrCat("prompt longer than ", o.max_prompt_tokens, " tokens"));
   }
   if (absl::Status s = impl_->model.ValidateIds(request.prompt); !s.ok()) return s;
+  if (!request.prompt_learn.empty() && request.prompt_learn.size() != request.prompt.size()) {
+    return absl::InvalidArgumentError("prompt_learn must be empty or have one flag per prompt token");
+  }
   auto sampler = Sampler::Create(request.sampling);
   if (!sampler.ok()) return sampler.status();
   for (int32_t id : request.stop_ids) {
@@ -179,7 +182,7 @@ void Executor::Impl::Step() {
   for (const auto& a : active) {
     in.push_back({static_cast<int64_t>(a->req.prompt.size() - a->fed), a->pending.has_value()});
   }
-  const StepPlan plan = PlanStep(in, options.step_token_budget);
+  StepPlan plan = PlanStep(in, options.step_token_budget);
   std::vector<Model::BatchInput> batch;
   std::vector<int32_t> decode_ids(plan.pieces.size());
   for (size_t k = 0; k < plan.pieces.size(); ++k) {
@@ -187,9 +190,16 @@ void Executor::Impl::Step() {
     if (a.pending) {
       decode_ids[k] = *a.pending;
       batch.push_back({a.req.session, absl::MakeConstSpan(&decode_ids[k], 1), a.req.learn && a.req.learn_generated});
-    } else {
-      batch.push_back({a.req.session, absl::MakeConstSpan(a.req.prompt).subspan(a.fed, plan.pieces[k].tokens),
-                       a.req.learn});
+    } else {  // a piece ends where the prompt's learn flag changes (the rest goes next step)
+      const std::vector<uint8_t>& mask = a.req.prompt_learn;
+      int64_t n = plan.pieces[k].tokens;
+      if (!mask.empty()) {
+        const auto run_end = std::find_if(mask.begin() + a.fed, mask.end(), [&](uint8_t f) { return f != mask[a.fed]; });
+        n = std::min<int64_t>(n, run_end - (mask.begin() + a.fed));
+        plan.pieces[k].tokens = n;
+      }
+      batch.push_back({a.req.session, absl::MakeConstSpan(a.req.prompt).subspan(a.fed, n),
+                       a.req.learn && (mask.empty() || mask[a.fed] != 0)});
     }
   }
   const auto forward_start = std::chrono::steady_clock::now();

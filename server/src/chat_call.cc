@@ -19,6 +19,11 @@ constexpr size_t kMaxMessages = 64;
 constexpr size_t kMaxContentBytes = 1 << 20;
 constexpr size_t kMaxStops = 4, kMaxStopBytes = 64;
 
+bool RoleLearned(const v1::SessionOptions& options, const std::string& role) {
+  const auto& skipped = options.roles_not_learned();
+  return std::find(skipped.begin(), skipped.end(), role) == skipped.end();
+}
+
 // One turn of a session, whatever the call delivers it: Start (gRPC thread) validates,
 // leases the session, builds the prompt and enqueues it; OnResult (engine thread, quick) turns
 // tokens into text through the detokenizer and the stop strings; Complete (worker thread)
@@ -56,7 +61,8 @@ class Turn {
   // The tokens that close an open assistant reply (its stop token may be in already).
   std::vector<int32_t> CloseOpenReply() const;
   // Applies the window rule and enqueues the prompt.
-  absl::Status Enqueue(std::vector<int32_t> prompt, int max_new, bool learn, const engine::SamplingParams& sampling);
+  absl::Status Enqueue(std::vector<int32_t> prompt, int max_new, bool learn, const engine::SamplingParams& sampling,
+                       std::vector<uint8_t> prompt_learn = {});
   void OnResult(const engine::GenerateResult& r);  // engine thread
   void Complete(absl::Status engine_status);       // worker thread
 
@@ -163,16 +169,29 @@ absl::Status Turn::Start(std::string tenant, const v1::ChatRequest& req) {
   std::vector<engine::ChatMessage> messages;
   for (const auto& m : req.messages()) messages.push_back({m.role(), m.content()});
   std::vector<int32_t> prompt = CloseOpenReply();
+  std::vector<size_t> ends;
   auto turn = kind_ == TurnKind::kRaw ? deps_.tokenizer.Encode(messages[0].content)
-                                      : renderer_->Render(messages, /*first=*/live_->last_token < 0, /*generation_prompt=*/true);
+                                      : renderer_->Render(messages, /*first=*/live_->last_token < 0,
+                                                          /*generation_prompt=*/true, &ends);
   if (!turn.ok()) return Fail(turn.status());
   if (turn->empty()) return Fail(absl::InvalidArgumentError("the prompt encodes to no tokens"));
+  // The session's per-role policy: a message's tokens (its template's too) follow its role; the
+  // closing of the previous reply, the generation prompt and the reply follow the assistant's.
+  std::vector<uint8_t> flags;
+  if (kind_ == TurnKind::kChat && live_->options.roles_not_learned_size() > 0) {
+    flags.assign(prompt.size() + turn->size(), RoleLearned(live_->options, "assistant"));
+    size_t begin = prompt.size();
+    for (size_t i = 0; i < messages.size(); ++i) {
+      std::fill(flags.begin() + begin, flags.begin() + prompt.size() + ends[i], RoleLearned(live_->options, messages[i].role));
+      begin = prompt.size() + ends[i];
+    }
+  }
   prompt.insert(prompt.end(), turn->begin(), turn->end());
   stream_ = std::make_unique<engine::StreamDecoder>(deps_.tokenizer, /*skip_special=*/true);
   stops_ = std::make_unique<engine::StopStringMatcher>(std::vector<std::string>(req.stop().begin(), req.stop().end()));
   stop_ids_ = renderer_->StopIds();
   return Enqueue(std::move(prompt), req.max_new_tokens() == 0 ? kDefaultMaxNewTokens : req.max_new_tokens(),
-                 !req.dry_run(), sampling);
+                 !req.dry_run(), sampling, std::move(flags));
 }
 
 absl::Status Turn::Start(std::string tenant, const v1::IngestRequest& req) {
@@ -199,7 +218,8 @@ absl::Status Turn::Start(std::string tenant, const v1::IngestRequest& req) {
   return Enqueue(std::move(prompt), 0, /*learn=*/true, {});
 }
 
-absl::Status Turn::Enqueue(std::vector<int32_t> prompt, int max_new, bool learn, const engine::SamplingParams& sampling) {
+absl::Status Turn::Enqueue(std::vector<int32_t> prompt, int max_new, bool learn, const engine::SamplingParams& sampling,
+                           std::vector<uint8_t> prompt_learn) {
   if (static_cast<int64_t>(prompt.size()) + max_new > live_->max_context_tokens) {
     return Fail(absl::InvalidArgumentError(absl::StrCat(
         kind_ == TurnKind::kIngest ? "the text (" : "the turn (", prompt.size(), " tokens + max_new_tokens ", max_new,
@@ -214,7 +234,9 @@ absl::Status Turn::Enqueue(std::vector<int32_t> prompt, int max_new, bool learn,
   rejected_before_ = live_->state->updates_rejected();
   update_seconds_before_ = live_->state->update_seconds();
   request_ = {live_->state.get(), std::move(prompt), learn, max_new, stop_ids_, sampling,
-              /*learn_generated=*/!live_->options.learn_prompt_only()};
+              /*learn_generated=*/!live_->options.learn_prompt_only() &&
+                  (kind_ != TurnKind::kChat || RoleLearned(live_->options, "assistant")),
+              learn ? std::move(prompt_learn) : std::vector<uint8_t>{}};
   std::lock_guard<std::mutex> lock(mu_);  // Cancel reads request_id_
   auto id = deps_.executor.Enqueue(request_, [this](const engine::GenerateResult& r) { OnResult(r); });
   if (!id.ok()) {  // the window rule may have rebuilt the state: reload it from the log next time
@@ -276,6 +298,7 @@ void Turn::Complete(absl::Status engine_status) {
   event.tokens.insert(event.tokens.end(), generated_.begin(), generated_.end());
   event.learned = request_.learn;
   event.learn_generated = request_.learn_generated;
+  event.prompt_learn = request_.prompt_learn;
   event.assistant_open = kind_ == TurnKind::kChat && renderer_->format() != engine::ChatFormat::kRaw;
   event.keep_in_context = keep_in_context_;
   event.prompt_tokens = static_cast<uint32_t>(request_.prompt.size());
@@ -394,6 +417,7 @@ class IngestReactor : public grpc::ServerUnaryReactor, public Turn {
 }  // namespace
 
 void WriteSnapshot(SessionManager& sessions, Metrics& metrics, const SessionManager::Committed& committed) {
+  if (!committed.due) return;  // the session's policy defers it (to eviction or shutdown)
   auto written = sessions.WriteSnapshot(committed);
   if (written.ok()) {
     metrics.Snapshot(written->first, static_cast<int64_t>(written->second));

@@ -40,7 +40,8 @@ grpc::ServerWriteReactor<v1::ChatResponse>* StartChat(ChatDeps deps, absl::Statu
 grpc::ServerUnaryReactor* StartIngest(ChatDeps deps, absl::StatusOr<std::string> tenant,
                                       const v1::IngestRequest* req, v1::IngestResponse* resp);
 
-// Writes a committed event's snapshot and records it (metrics; an error line on failure).
+// Writes a committed event's snapshot when its policy says so and records it (metrics; an
+// error line on failure).
 void WriteSnapshot(SessionManager& sessions, Metrics& metrics, const SessionManager::Committed& committed);
 
 grpc::Status ToGrpc(const absl::Status& status);  // service.cc

@@ -240,12 +240,18 @@ int main(int argc, char** argv) {
   server->Shutdown(std::chrono::system_clock::now());
   if (health != nullptr) health->Shutdown(std::chrono::system_clock::now());  // its checks are instant
   // In order: the calls are done; the engine stops; the service's workers finish what they hold
-  // (commits, snapshots); the store closes (flushed).
+  // (commits, snapshots) and the snapshots the sessions' policies deferred are written; the
+  // store closes (flushed).
   server.reset();
   (*executor)->Shutdown();
   {
     std::lock_guard<std::mutex> lock(service_mu);
     service_ptr = nullptr;
+  }
+  if (auto flushed = service->Shutdown(); flushed.ok()) {
+    server::LogLine("flushed").Num("snapshots", *flushed).Write();
+  } else {  // not lost: the logs replay them
+    server::LogLine("error").Str("error", "final snapshots: " + flushed.status().ToString()).Write();
   }
   service.reset();
   store->reset();

@@ -22,7 +22,7 @@ class Metrics {
  public:
   // Read at each scrape: the session manager's and the engine's counts.
   struct Gauges {
-    int64_t in_memory = 0, memory_bytes = 0, loads = 0, evictions = 0;
+    int64_t in_memory = 0, memory_bytes = 0, loads = 0, evictions = 0, replayed_events = 0, deferred_snapshots = 0;
     double forward_seconds = 0;
     int64_t steps = 0, active_requests = 0;
   };

@@ -276,11 +276,17 @@ absl::StatusOr<int> AdaptdService::ExpireIdle() {
   return static_cast<int>(expired->size());
 }
 
+absl::StatusOr<int> AdaptdService::Shutdown() {
+  scorer_.Stop();
+  worker_.Stop();
+  return sessions_.SnapshotDirty();
+}
+
 Metrics::Gauges AdaptdService::Gauges() {
   const auto s = sessions_.GetStats();
   const auto e = executor_.GetStats();
-  return {static_cast<int64_t>(s.loaded), static_cast<int64_t>(s.bytes), s.loads, s.evictions,
-          e.forward_seconds, e.steps, e.active};
+  return {static_cast<int64_t>(s.loaded), static_cast<int64_t>(s.bytes), s.loads, s.evictions, s.replayed_events,
+          s.deferred_snapshots, e.forward_seconds, e.steps, e.active};
 }
 
 grpc::ServerUnaryReactor* AdaptdService::GetServerInfo(grpc::CallbackServerContext* ctx,

@@ -82,6 +82,9 @@ class AdaptdService final : public adaptd::v1::Adaptd::CallbackService {
   Metrics::Gauges Gauges();
   // Deletes the sessions idle past the store's TTL (and drops them from memory); returns how many.
   absl::StatusOr<int> ExpireIdle();
+  // Once no call is left and the engine has stopped: finishes the commits and snapshots the
+  // workers hold, then snapshots every session whose policy deferred it; returns how many.
+  absl::StatusOr<int> Shutdown();
   const ApiKeys& keys() const { return keys_; }
 
  private:

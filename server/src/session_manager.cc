@@ -1,13 +1,16 @@
 // Loading replays the log through Model::Forward: the state equals the one that served the
-// turns within the engine's batching tolerance, and bit-exactly when the latest turn has its
-// snapshot (the policy here: a snapshot after every turn).
+// turns within the engine's batching tolerance, and bit-exactly when the latest event has its
+// snapshot (always, under the default policy of a snapshot after every event; under the others
+// when the session left memory by eviction or shutdown, not by a crash).
 #include "session_manager.h"
 
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <set>
 
 #include "absl/strings/str_cat.h"
+#include "logging.h"
 
 namespace adaptd::server {
 namespace {
@@ -19,19 +22,42 @@ constexpr char kSnapshotMagic[] = "ADS2";
 constexpr size_t kSnapshotHeader = 4 + 1 + 4 + 4;
 constexpr char kSnapshotEncoding[] = "server1+exact+kv";
 
+bool SnapshotDue(const v1::SessionOptions& options, uint64_t version, uint64_t snapshotted) {
+  switch (options.snapshot_policy()) {
+    case v1::SNAPSHOT_ON_EVICTION:
+      return false;
+    case v1::SNAPSHOT_EVERY_N_EVENTS:
+      return version - snapshotted >= static_cast<uint64_t>(options.snapshot_every_events());
+    default:
+      return true;
+  }
+}
+
 }  // namespace
 
 // Turn event: 'T', flags (1 learned, 2 assistant open, 4 not kept in context, 8 the tokens after
-// the prompt not learned), prompt tokens
-// u32, max new tokens u32, token count u32, the tokens (int32, little-endian). Reset: 'R'.
+// the prompt not learned, 16 per-token prompt flags follow), prompt tokens u32, max new tokens
+// u32, token count u32, the tokens (int32, little-endian); with flag 16: a run count u32 and the
+// runs' lengths (u32), alternately learned and not, the first learned (it may be 0), summing to
+// the prompt. Reset: 'R'.
 std::string EncodeEvent(const LogEvent& e) {
   std::string out(1, static_cast<char>(e.kind));
   if (e.kind == LogEvent::Kind::kReset) return out;
+  const bool masked = std::count(e.prompt_learn.begin(), e.prompt_learn.end(), 0) > 0;
   out.push_back(static_cast<char>((e.learned ? 1 : 0) | (e.assistant_open ? 2 : 0) | (e.keep_in_context ? 0 : 4) |
-                                  (e.learn_generated ? 0 : 8)));
+                                  (e.learn_generated ? 0 : 8) | (masked ? 16 : 0)));
   const uint32_t head[3] = {e.prompt_tokens, e.max_new_tokens, static_cast<uint32_t>(e.tokens.size())};
   out.append(reinterpret_cast<const char*>(head), sizeof head);
   out.append(reinterpret_cast<const char*>(e.tokens.data()), e.tokens.size() * 4);
+  if (!masked) return out;
+  std::vector<uint32_t> runs{0};
+  for (uint8_t flag : e.prompt_learn) {
+    if ((flag != 0) != (runs.size() % 2 == 1)) runs.push_back(0);  // odd count: a learned run is open
+    ++runs.back();
+  }
+  const auto count = static_cast<uint32_t>(runs.size());
+  out.append(reinterpret_cast<const char*>(&count), 4);
+  out.append(reinterpret_cast<const char*>(runs.data()), runs.size() * 4);
   return out;
 }
 
@@ -44,7 +70,11 @@ absl::StatusOr<LogEvent> DecodeEvent(const std::string& bytes) {
   uint32_t head[3];
   if (bytes.size() < 14 || bytes[0] != static_cast<char>(LogEvent::Kind::kTurn)) return absl::DataLossError("not an event of the server's");
   std::memcpy(head, bytes.data() + 2, sizeof head);
-  if (bytes.size() != 14 + size_t{head[2]} * 4 || head[0] > head[2]) return absl::DataLossError("turn event of the wrong size");
+  const size_t tokens_end = 14 + size_t{head[2]} * 4;
+  const bool masked = bytes[1] & 16;
+  if (bytes.size() < tokens_end || (!masked && bytes.size() != tokens_end) || head[0] > head[2]) {
+    return absl::DataLossError("turn event of the wrong size");
+  }
   e.learned = bytes[1] & 1;
   e.assistant_open = bytes[1] & 2;
   e.keep_in_context = !(bytes[1] & 4);
@@ -53,7 +83,26 @@ absl::StatusOr<LogEvent> DecodeEvent(const std::string& bytes) {
   e.max_new_tokens = head[1];
   e.tokens.resize(head[2]);
   std::memcpy(e.tokens.data(), bytes.data() + 14, size_t{head[2]} * 4);
+  if (!masked) return e;
+  uint32_t count = 0;
+  if (bytes.size() >= tokens_end + 4) std::memcpy(&count, bytes.data() + tokens_end, 4);
+  if (bytes.size() != tokens_end + 4 + size_t{count} * 4) return absl::DataLossError("turn event's flags of the wrong size");
+  for (uint32_t i = 0; i < count; ++i) {
+    uint32_t run = 0;
+    std::memcpy(&run, bytes.data() + tokens_end + 4 + size_t{i} * 4, 4);
+    if (run > e.prompt_tokens - e.prompt_learn.size()) return absl::DataLossError("turn event's flags overrun the prompt");
+    e.prompt_learn.insert(e.prompt_learn.end(), run, i % 2 == 0 ? 1 : 0);
+  }
+  if (e.prompt_learn.size() != e.prompt_tokens) return absl::DataLossError("turn event's flags do not cover the prompt");
   return e;
+}
+
+std::vector<uint8_t> LearnFlags(const LogEvent& e) {
+  std::vector<uint8_t> flags(e.tokens.size(), e.learned ? 1 : 0);
+  if (!e.learned) return flags;
+  for (size_t i = 0; i < e.prompt_learn.size(); ++i) flags[i] = e.prompt_learn[i];
+  if (!e.learn_generated) std::fill(flags.begin() + e.prompt_tokens, flags.end(), 0);
+  return flags;
 }
 
 absl::Status SessionManager::FitWindow(LiveSession& session, int64_t prompt_tokens, int64_t max_new_tokens) const {
@@ -101,6 +150,20 @@ absl::Status ValidateOptions(const v1::SessionOptions& o) {
   if (!f.empty() && f != "qwen3" && f != "llama3" && f != "raw") {
     return absl::InvalidArgumentError(absl::StrCat("options.chat_format '", f, "' (qwen3, llama3 or raw)"));
   }
+  for (const std::string& role : o.roles_not_learned()) {
+    if (role != "system" && role != "user" && role != "assistant") {
+      return absl::InvalidArgumentError(
+          absl::StrCat("options.roles_not_learned: '", role, "' (system, user or assistant)"));
+    }
+  }
+  if (!v1::SnapshotPolicy_IsValid(o.snapshot_policy())) {
+    return absl::InvalidArgumentError(absl::StrCat("options.snapshot_policy: unknown value ", o.snapshot_policy()));
+  }
+  const bool every_n = o.snapshot_policy() == v1::SNAPSHOT_EVERY_N_EVENTS;
+  if (every_n ? o.snapshot_every_events() < 1 || o.snapshot_every_events() > 10000 : o.snapshot_every_events() != 0) {
+    return absl::InvalidArgumentError(
+        "options.snapshot_every_events: in [1, 10000] with SNAPSHOT_EVERY_N_EVENTS, else 0");
+  }
   if (auto s = engine::ValidateSessionOptions(EngineOptions(o)); !s.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("options: ", s.message()));
   }
@@ -135,20 +198,24 @@ absl::Status SessionManager::Settle(LiveSession& session, const LogEvent& event)
 absl::Status SessionManager::Replay(LiveSession& session, const LogEvent& event) const {
   if (event.kind == LogEvent::Kind::kTurn) {
     if (auto w = FitWindow(session, event.prompt_tokens, event.max_new_tokens); !w.ok()) return w;
-    // The prompt, then the generated tokens (learned unless the session learns prompts only).
+    // The tokens in runs of the same learn flag, as the turn fed them.
     const auto tokens = absl::MakeConstSpan(event.tokens);
-    const size_t split = event.learned && !event.learn_generated ? event.prompt_tokens : tokens.size();
-    for (auto [part, learn] : {std::pair(tokens.subspan(0, split), event.learned), std::pair(tokens.subspan(split), false)}) {
-      if (part.empty()) continue;
-      if (auto r = model_.Forward(*session.state, part, learn); !r.ok()) return r.status();
+    const std::vector<uint8_t> flags = LearnFlags(event);
+    for (size_t begin = 0, end = 0; begin < tokens.size(); begin = end) {
+      end = std::find(flags.begin() + begin, flags.end(), flags[begin] ^ 1) - flags.begin();
+      if (auto r = model_.Forward(*session.state, tokens.subspan(begin, end - begin), flags[begin] != 0); !r.ok()) {
+        return r.status();
+      }
     }
   }
   return Settle(session, event);
 }
 
-absl::StatusOr<std::unique_ptr<LiveSession>> SessionManager::Load(const session_store::SessionKey& key, bool migrate) {
+absl::StatusOr<std::unique_ptr<LiveSession>> SessionManager::Load(const session_store::SessionKey& key,
+                                                                  uint64_t* snapshotted, bool migrate) {
   auto loaded = store_.Load(key, /*allow_lossy_base=*/false, model_.fingerprint());
   if (!loaded.ok()) return loaded.status();
+  *snapshotted = loaded->snapshot ? loaded->snapshot->version : 0;
   v1::Session meta;
   if (!meta.ParseFromString(loaded->info.metadata)) return absl::DataLossError("session metadata is unreadable");
   if (meta.model_fingerprint() != model_.fingerprint() && !migrate) {
@@ -211,7 +278,8 @@ absl::StatusOr<LiveSession*> SessionManager::Acquire(const session_store::Sessio
     }
     sessions_[{key.tenant, key.session}].busy = true;  // reserved while it loads
   }
-  auto live = Load(key);
+  uint64_t snapshotted = 0;
+  auto live = Load(key, &snapshotted);
   std::lock_guard<std::mutex> lock(mu_);
   auto& entry = sessions_[{key.tenant, key.session}];
   if (!live.ok()) {
@@ -220,36 +288,85 @@ absl::StatusOr<LiveSession*> SessionManager::Acquire(const session_store::Sessio
   }
   entry.live = *std::move(live);
   entry.used = ++clock_;
-  entry.snapshotted = 0;
+  entry.snapshotted = snapshotted;
   ++stats_.loads;
+  stats_.replayed_events += static_cast<int64_t>(entry.live->version - snapshotted);
   return entry.live.get();
 }
 
 void SessionManager::Release(const session_store::SessionKey& key, size_t bytes) {
-  std::lock_guard<std::mutex> lock(mu_);
-  auto it = sessions_.find({key.tenant, key.session});
-  if (it == sessions_.end()) return;
-  it->second.busy = false;
-  it->second.used = ++clock_;
-  if (bytes > 0) it->second.bytes = bytes;
-  EvictOverBudgetLocked();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = sessions_.find({key.tenant, key.session});
+    if (it == sessions_.end()) return;
+    it->second.busy = false;
+    it->second.used = ++clock_;
+    if (bytes > 0) it->second.bytes = bytes;
+  }
+  EvictOverBudget();
 }
 
-void SessionManager::EvictOverBudgetLocked() {
-  size_t total = 0;
-  for (const auto& [id, e] : sessions_) total += e.bytes;
-  while (total > budget_) {
+void SessionManager::EvictOverBudget() {
+  std::unique_lock<std::mutex> lock(mu_);
+  std::set<Id> tried;  // each session once per pass: one taken or changed meanwhile waits
+  for (;;) {
+    size_t total = 0;
+    for (const auto& [id, e] : sessions_) total += e.bytes;
+    if (total <= budget_) return;
     auto victim = sessions_.end();
     for (auto it = sessions_.begin(); it != sessions_.end(); ++it) {
       const Entry& e = it->second;
-      if (e.busy || !e.live || e.snapshotted != e.live->version) continue;  // never discard
+      if (e.busy || !e.live || tried.count(it->first)) continue;
       if (victim == sessions_.end() || e.used < victim->second.used) victim = it;
     }
     if (victim == sessions_.end()) return;
-    total -= victim->second.bytes;
-    sessions_.erase(victim);
+    const Id id = victim->first;
+    tried.insert(id);
+    if (auto written = SnapshotIfDirty(lock, id); !written.ok()) {  // never discard: it stays
+      LogLine("error").Str("error", "snapshot before eviction: " + written.status().ToString())
+          .Str("tenant", id.first).Str("session", id.second).Write();
+      continue;
+    }
+    auto it = sessions_.find(id);
+    if (it == sessions_.end() || it->second.busy || !it->second.live ||
+        it->second.snapshotted != it->second.live->version) {
+      continue;  // taken or changed while its snapshot was written
+    }
+    sessions_.erase(it);
     ++stats_.evictions;
   }
+}
+
+absl::StatusOr<bool> SessionManager::SnapshotIfDirty(std::unique_lock<std::mutex>& lock, const Id& id) {
+  auto it = sessions_.find(id);
+  if (it == sessions_.end() || it->second.busy || !it->second.live) return false;
+  const LiveSession& live = *it->second.live;
+  if (it->second.snapshotted == live.version) return false;
+  const uint64_t version = live.version;
+  const session_store::SessionKey key = live.key;
+  auto bytes = EncodeSnapshot(live);  // under mu_: no call can take the session meanwhile
+  if (!bytes.ok()) return bytes.status();
+  lock.unlock();
+  const absl::Status written = StoreSnapshot(key, version, *bytes);
+  lock.lock();
+  if (!written.ok()) return written;
+  ++stats_.deferred_snapshots;
+  it = sessions_.find(id);
+  if (it != sessions_.end()) it->second.snapshotted = std::max(it->second.snapshotted, version);
+  return true;
+}
+
+absl::StatusOr<int> SessionManager::SnapshotDirty() {
+  std::unique_lock<std::mutex> lock(mu_);
+  std::vector<Id> ids;
+  for (const auto& [id, e] : sessions_) ids.push_back(id);
+  int written = 0;
+  for (const Id& id : ids) {
+    auto w = SnapshotIfDirty(lock, id);
+    if (!w.ok()) return w.status();
+    written += *w;
+  }
+  return written;
 }
 
 void SessionManager::DropExpired(const std::vector<session_store::SessionKey>& keys) {
@@ -334,7 +451,17 @@ absl::StatusOr<SessionManager::Committed> SessionManager::Commit(LiveSession& se
     return settled;
   }
   Committed done{key, session.version, EncodeSnapshot(session)};
-  Release(key, done.snapshot.ok() ? done.snapshot->size() : 0);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = sessions_.find({key.tenant, key.session});
+    if (it != sessions_.end()) {
+      done.due = SnapshotDue(session.options, session.version, it->second.snapshotted);
+      it->second.busy = false;
+      it->second.used = ++clock_;
+      if (done.snapshot.ok()) it->second.bytes = done.snapshot->size();
+    }
+  }
+  if (!done.due) EvictOverBudget();  // else once its snapshot is written (WriteSnapshot)
   return done;
 }
 
@@ -345,7 +472,8 @@ absl::Status SessionManager::Migrate(const session_store::SessionKey& key) {
   if (!meta.ParseFromString(info->metadata)) return absl::DataLossError("session metadata is unreadable");
   if (meta.model_fingerprint() == model_.fingerprint()) return absl::OkStatus();  // bound already
   if (auto s = Hold(key); !s.ok()) return s;
-  auto live = Load(key, /*migrate=*/true);
+  uint64_t snapshotted = 0;  // another model's: not this one's
+  auto live = Load(key, &snapshotted, /*migrate=*/true);
   if (!live.ok()) {
     ReleaseAndDrop(key);
     if (live.status().code() != absl::StatusCode::kInvalidArgument) return live.status();
@@ -361,19 +489,20 @@ absl::Status SessionManager::Migrate(const session_store::SessionKey& key) {
     return s;
   }
   auto snapshot = EncodeSnapshot(**live);  // a failure here costs only a replay at the next load
-  const bool written = snapshot.ok() &&
-      store_.WriteSnapshot(key, {(*live)->version, model_.fingerprint(), kSnapshotEncoding, false}, *snapshot).ok();
-  std::lock_guard<std::mutex> lock(mu_);
-  auto it = sessions_.find({key.tenant, key.session});
-  if (it == sessions_.end()) return absl::OkStatus();
-  Entry& e = it->second;
-  e.snapshotted = written ? (*live)->version : 0;
-  e.live = *std::move(live);
-  e.busy = false;
-  e.used = ++clock_;
-  e.bytes = snapshot.ok() ? snapshot->size() : 0;
-  ++stats_.loads;
-  EvictOverBudgetLocked();
+  const bool written = snapshot.ok() && StoreSnapshot(key, (*live)->version, *snapshot).ok();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = sessions_.find({key.tenant, key.session});
+    if (it == sessions_.end()) return absl::OkStatus();
+    Entry& e = it->second;
+    e.snapshotted = written ? (*live)->version : 0;
+    e.live = *std::move(live);
+    e.busy = false;
+    e.used = ++clock_;
+    e.bytes = snapshot.ok() ? snapshot->size() : 0;
+    ++stats_.loads;
+  }
+  EvictOverBudget();
   return absl::OkStatus();
 }
 
@@ -397,16 +526,20 @@ absl::StatusOr<std::string> SessionManager::EncodeSnapshot(const LiveSession& se
 absl::StatusOr<std::pair<double, size_t>> SessionManager::WriteSnapshot(const Committed& c) {
   if (!c.snapshot.ok()) return c.snapshot.status();
   const auto start = std::chrono::steady_clock::now();
-  auto s = store_.WriteSnapshot(c.key, {c.version, model_.fingerprint(), kSnapshotEncoding, false}, *c.snapshot);
-  if (!s.ok()) return s;
+  if (auto s = StoreSnapshot(c.key, c.version, *c.snapshot); !s.ok()) return s;
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  std::lock_guard<std::mutex> lock(mu_);
-  auto it = sessions_.find({c.key.tenant, c.key.session});
-  if (it != sessions_.end()) {
-    it->second.snapshotted = std::max(it->second.snapshotted, c.version);
-    EvictOverBudgetLocked();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = sessions_.find({c.key.tenant, c.key.session});
+    if (it != sessions_.end()) it->second.snapshotted = std::max(it->second.snapshotted, c.version);
   }
+  EvictOverBudget();
   return std::make_pair(seconds, c.snapshot->size());
+}
+
+absl::Status SessionManager::StoreSnapshot(const session_store::SessionKey& key, uint64_t version,
+                                           const std::string& bytes) {
+  return store_.WriteSnapshot(key, {version, model_.fingerprint(), kSnapshotEncoding, false}, bytes);
 }
 
 }  // namespace adaptd::server

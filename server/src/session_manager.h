@@ -34,6 +34,9 @@ struct LogEvent {
   bool keep_in_context = true;
   bool learn_generated = true;  // with learned: the tokens after the prompt were learned too
   uint32_t prompt_tokens = 0;   // tokens[0, prompt_tokens) were the prompt
+  // With learned: empty (the whole prompt was learned) or a flag per prompt token (0: fed
+  // without learning, as a role the session does not learn).
+  std::vector<uint8_t> prompt_learn;
   uint32_t max_new_tokens = 0;  // the reply's reserved room (the window rule reads it)
 };
 std::string EncodeEvent(const LogEvent& event);
@@ -42,6 +45,8 @@ engine::SessionOptions EngineOptions(const v1::SessionOptions& options);
 // INVALID_ARGUMENT naming the field for session options out of range.
 absl::Status ValidateOptions(const v1::SessionOptions& options);
 absl::StatusOr<LogEvent> DecodeEvent(const std::string& bytes);
+// Whether each of the event's tokens was learned (1) or only fed (0).
+std::vector<uint8_t> LearnFlags(const LogEvent& event);
 
 struct LiveSession {
   session_store::SessionKey key;
@@ -56,8 +61,9 @@ struct LiveSession {
 
 class SessionManager {
  public:
-  // `memory_budget_bytes`: loaded sessions past it are evicted, least recently used first, once
-  // their latest turn is in a snapshot (an evicted session reloads bit-exactly).
+  // `memory_budget_bytes`: loaded sessions past it are evicted, least recently used first; one
+  // whose latest event has no snapshot yet gets one first (an evicted session reloads
+  // bit-exactly, without replay).
   SessionManager(const engine::Model& model, session_store::SessionStore& store, size_t memory_budget_bytes,
                  int64_t default_max_context_tokens)
       : model_(model), store_(store), budget_(memory_budget_bytes), default_context_(default_max_context_tokens) {}
@@ -91,6 +97,7 @@ class SessionManager {
     session_store::SessionKey key;
     uint64_t version = 0;
     absl::StatusOr<std::string> snapshot;
+    bool due = true;  // the session's snapshot policy wants it written now
   };
   absl::StatusOr<Committed> Commit(LiveSession& session, const LogEvent& event, const std::string& request_id = "",
                                    const std::string& reply = "");
@@ -103,9 +110,12 @@ class SessionManager {
     return store_.LookupRequest(key, request_id);
   }
   // Writes a committed event's snapshot (the state with its KV window at that version; it
-  // restores bit-exactly) and, once written, lets the session be evicted (and evicts over the
-  // budget). Returns the seconds it took and the bytes written.
+  // restores bit-exactly) and evicts over the budget. Returns the seconds it took and the bytes
+  // written.
   absl::StatusOr<std::pair<double, size_t>> WriteSnapshot(const Committed& committed);
+  // Writes a snapshot of every loaded session whose latest event has none (at shutdown, once no
+  // call holds any); returns how many were written.
+  absl::StatusOr<int> SnapshotDirty();
 
   // Drops these sessions (the store expired them) from memory, unless a call holds one (its
   // commit then fails: the session is gone).
@@ -117,6 +127,8 @@ class SessionManager {
   struct Stats {
     size_t loaded = 0, bytes = 0;
     int64_t loads = 0, evictions = 0;
+    int64_t replayed_events = 0;     // events fed again at loads (those after the snapshot)
+    int64_t deferred_snapshots = 0;  // written as a session left memory, not after its event
   };
   Stats GetStats();
 
@@ -131,7 +143,9 @@ class SessionManager {
   };
   // The session from its latest snapshot of this model and the events after it. With `migrate`,
   // a session bound to another model loads too (from its whole log).
-  absl::StatusOr<std::unique_ptr<LiveSession>> Load(const session_store::SessionKey& key, bool migrate = false);
+  // *snapshotted: the version of the snapshot it started from (0: none).
+  absl::StatusOr<std::unique_ptr<LiveSession>> Load(const session_store::SessionKey& key, uint64_t* snapshotted,
+                                                    bool migrate = false);
   // Feeds one logged event into the session as serving did: the window rule and the tokens,
   // then Settle.
   absl::Status Replay(LiveSession& session, const LogEvent& event) const;
@@ -140,7 +154,13 @@ class SessionManager {
   absl::Status Settle(LiveSession& session, const LogEvent& event) const;
   absl::StatusOr<std::unique_ptr<engine::SessionState>> FreshState(const v1::SessionOptions& options) const;
   absl::StatusOr<std::string> EncodeSnapshot(const LiveSession& session) const;
-  void EvictOverBudgetLocked();
+  absl::Status StoreSnapshot(const session_store::SessionKey& key, uint64_t version, const std::string& bytes);
+  // Evicts least recently used sessions while over the budget; a session without a snapshot of
+  // its latest event gets one first (written without the lock held). Call without mu_.
+  void EvictOverBudget();
+  // Writes the snapshot of a loaded session no call holds, if it lacks one; false if none was
+  // needed. The snapshot is encoded under mu_ (`lock`, released while writing, then retaken).
+  absl::StatusOr<bool> SnapshotIfDirty(std::unique_lock<std::mutex>& lock, const Id& id);
 
   const engine::Model& model_;
   session_store::SessionStore& store_;

@@ -14,13 +14,15 @@ namespace adaptd::server {
 class Worker {
  public:
   Worker() : thread_([this] { Run(); }) {}
-  ~Worker() {  // runs what was posted, then stops
+  ~Worker() { Stop(); }
+  // Runs what was posted, then stops; nothing may be posted after.
+  void Stop() {
     {
       std::lock_guard<std::mutex> lock(mu_);
       stop_ = true;
     }
     cv_.notify_one();
-    thread_.join();
+    if (thread_.joinable()) thread_.join();
   }
   void Post(std::function<void()> f) {
     {

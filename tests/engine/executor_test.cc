@@ -104,6 +104,44 @@ TEST(ExecutorTest, ConcurrentRequestsGenerateAsIfAlone) {
   EXPECT_GT(stats.forward_seconds, 0);
 }
 
+TEST(ExecutorTest, PromptLearnFlagsSkipLearningTokenByToken) {
+  auto model = LoadModel("ttt/ttt_qwen3_hidden_proj/model");
+  ASSERT_NE(model, nullptr);
+  // Runs of learned and unlearned tokens (as system and user messages would be), fed through
+  // steps of 4 tokens so that runs and steps straddle; the reference feeds the runs by hand.
+  const std::vector<int32_t> prompt = Prompt(40, 3);
+  std::vector<uint8_t> flags(40, 1);
+  for (int i = 0; i < 11; ++i) flags[i] = 0;
+  for (int i = 23; i < 30; ++i) flags[i] = 0;
+  auto alone = model->NewSession().value();
+  for (auto [begin, end, learn] : {std::tuple(0, 11, false), std::tuple(11, 23, true), std::tuple(23, 30, false),
+                                   std::tuple(30, 40, true)}) {
+    ASSERT_TRUE(model->Forward(*alone, absl::MakeConstSpan(prompt).subspan(begin, end - begin), learn).ok());
+  }
+  auto executor = Executor::Create(*model, WithBudget(4)).value();
+  auto s = model->NewSession().value();
+  GenerateRequest req{s.get(), prompt, true, 0, {}, {}};
+  req.prompt_learn = flags;
+  Collected c;
+  ASSERT_TRUE(executor->Enqueue(req, Collect(c)).ok());
+  c.done.get_future().wait();
+  ASSERT_TRUE(c.status.ok()) << c.status;
+  EXPECT_EQ(s->n_learned(), 22);
+  EXPECT_EQ(s->position(), 40);
+  EXPECT_GT(s->updates_applied(), 0);  // a chunk completed from learned tokens only
+  EXPECT_EQ(s->updates_applied(), alone->updates_applied());
+  for (int layer : model->config().ttt.layers) {
+    const auto got = model->FastWeight(*s, layer).value();
+    const auto want = model->FastWeight(*alone, layer).value();
+    ASSERT_EQ(got.size(), want.size());
+    for (size_t i = 0; i < got.size(); ++i) ASSERT_NEAR(got[i], want[i], 1e-5 * std::max(1.0f, std::abs(want[i]))) << "layer " << layer << " at " << i;
+  }
+  req.prompt_learn.pop_back();  // one flag short
+  req.session = model->NewSession().value().release();
+  std::unique_ptr<SessionState> owned(req.session);
+  EXPECT_EQ(executor->Enqueue(req, nullptr).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST(ExecutorTest, StopIdEndsGenerationAfterEmittingIt) {
   auto model = LoadModel("ttt/ttt_qwen3_hidden_proj/model");
   ASSERT_NE(model, nullptr);

@@ -49,9 +49,11 @@ class ChatRenderer {
 
   // The ids of `messages` appended to a conversation: `first` starts it (Llama-3's
   // <|begin_of_text|>); `generation_prompt` opens the assistant's turn. INVALID_ARGUMENT for no
-  // messages, an unknown role or content that is not UTF-8.
+  // messages, an unknown role or content that is not UTF-8. With `message_ends`, where each
+  // message's tokens end (the first one's begin at 0; the generation prompt follows the last).
   absl::StatusOr<std::vector<int32_t>> Render(absl::Span<const ChatMessage> messages, bool first,
-                                              bool generation_prompt) const;
+                                              bool generation_prompt,
+                                              std::vector<size_t>* message_ends = nullptr) const;
 
   // The ids that close an assistant turn whose content was generated: e.g. <|im_end|> "\n".
   std::vector<int32_t> AssistantEnd() const;

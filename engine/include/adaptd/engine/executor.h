@@ -30,6 +30,10 @@ struct GenerateRequest {
   std::vector<int32_t> stop_ids;    // generation ends after emitting one of these
   SamplingParams sampling;          // default: greedy; penalties see the prompt and the output
   bool learn_generated = true;      // with learn: the generated tokens are learned too
+  // With learn: empty (every prompt token is learned) or one flag per prompt token; a 0 feeds
+  // that token without learning it (it enters the KV window; N and the fast weights stay), as
+  // for a system prompt a session's policy does not learn.
+  std::vector<uint8_t> prompt_learn;
 };
 
 // A streamed result: the tokens generated since the previous result of the request. The final

@@ -1,0 +1,62 @@
+// The server's turn events as the log keeps them: per-token learn flags round-trip, events
+// written before the flags existed still decode, and damaged ones are DATA_LOSS.
+#include <gtest/gtest.h>
+
+#include "session_manager.h"
+
+namespace adaptd::server {
+namespace {
+
+LogEvent Turn(std::vector<uint8_t> prompt_learn) {
+  LogEvent e;
+  e.tokens = {5, 6, 7, 8, 9, 10, 11};
+  e.prompt_tokens = 5;
+  e.max_new_tokens = 2;
+  e.prompt_learn = std::move(prompt_learn);
+  return e;
+}
+
+TEST(EventTest, LearnFlagsRoundTrip) {
+  for (const std::vector<uint8_t>& flags : std::vector<std::vector<uint8_t>>{
+           {0, 0, 1, 1, 0}, {1, 0, 0, 0, 1}, {0, 0, 0, 0, 0}, {1, 0, 1, 0, 1}}) {
+    auto back = DecodeEvent(EncodeEvent(Turn(flags)));
+    ASSERT_TRUE(back.ok()) << back.status();
+    EXPECT_EQ(back->prompt_learn, flags);
+    EXPECT_EQ(back->tokens, Turn(flags).tokens);
+    std::vector<uint8_t> all = flags;
+    all.insert(all.end(), {1, 1});  // the generated tokens follow learn_generated
+    EXPECT_EQ(LearnFlags(*back), all);
+  }
+  LogEvent quiet = Turn({0, 1, 1, 1, 1});
+  quiet.learn_generated = false;
+  EXPECT_EQ(LearnFlags(*DecodeEvent(EncodeEvent(quiet))), (std::vector<uint8_t>{0, 1, 1, 1, 1, 0, 0}));
+  LogEvent dry = Turn({});
+  dry.learned = false;
+  EXPECT_EQ(LearnFlags(dry), std::vector<uint8_t>(7, 0));
+}
+
+TEST(EventTest, AllLearnedEventsKeepTheOldFormat) {
+  const std::string plain = EncodeEvent(Turn({}));
+  EXPECT_EQ(plain, EncodeEvent(Turn({1, 1, 1, 1, 1})));  // no flags written when none is 0
+  EXPECT_EQ(plain.size(), 14u + 7 * 4);
+  auto back = DecodeEvent(plain);
+  ASSERT_TRUE(back.ok());
+  EXPECT_TRUE(back->prompt_learn.empty());
+  EXPECT_EQ(LearnFlags(*back), std::vector<uint8_t>(7, 1));
+}
+
+TEST(EventTest, DamagedFlagsAreDataLoss) {
+  const std::string good = EncodeEvent(Turn({0, 0, 1, 1, 0}));
+  for (const std::string& bad : {good.substr(0, good.size() - 1), good.substr(0, good.size() - 4), good + "xxxx"}) {
+    EXPECT_EQ(DecodeEvent(bad).status().code(), absl::StatusCode::kDataLoss);
+  }
+  std::string overrun = good;
+  overrun[overrun.size() - 4] = 9;  // the last run past the prompt
+  EXPECT_EQ(DecodeEvent(overrun).status().code(), absl::StatusCode::kDataLoss);
+  std::string shortfall = good;
+  shortfall[shortfall.size() - 4] = 0;  // the runs stop short of the prompt
+  EXPECT_EQ(DecodeEvent(shortfall).status().code(), absl::StatusCode::kDataLoss);
+}
+
+}  // namespace
+}  // namespace adaptd::server
