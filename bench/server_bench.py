@@ -12,8 +12,8 @@ python bench/server_bench.py [--sessions 100] [--turns 20] [--budget_mib 32] [--
    on an evicted one (snapshot load), and on one rolled back to a version with no snapshot left
    (retention keeps the last two), so it replays its whole log of M - 2 turns.
 4. Snapshot policies, interleaved turn by turn: sessions that snapshot every event against
-   sessions that snapshot only on eviction (same budget, so both are evicted): turn latency and
-   snapshots written per turn.
+   sessions that snapshot only on eviction: turn latency and snapshots written per turn, under
+   the budget of step 1 (both are evicted) and on a second server with room for all of them.
 """
 from __future__ import annotations
 
@@ -56,7 +56,26 @@ def timed_turn(c: Client, session: str) -> float:
     return (time.perf_counter() - t) * 1e3
 
 
-def compare_snapshot_policies(target: str, metrics_port: int, sessions: int, turns: int) -> dict:
+def start_server(out: pathlib.Path, store: str, budget: int) -> tuple[subprocess.Popen, dict]:
+    """adaptd on free ports with a fresh store under `out`; its ports from its JSON startup lines."""
+    log = open(out / f"{store}.log", "w+")
+    server = subprocess.Popen([str(ROOT / "build/bin/adaptd"), f"--model={ROOT / 'models/adaptd-tiny-ttt'}",
+                               f"--store={out / store}", f"--api_keys={out / 'keys.txt'}", "--listen=127.0.0.1:0",
+                               "--metrics_listen=127.0.0.1:0", f"--memory_budget_bytes={budget}",
+                               "--max_active_turns_per_tenant=1000"], stderr=log)
+    ports = {}
+    while "serving" not in ports:
+        assert server.poll() is None, (out / f"{store}.log").read_text()
+        log.seek(0)
+        for line in log:
+            j = json.loads(line)
+            if "port" in j:
+                ports[j["msg"]] = j["port"]
+        time.sleep(0.05)
+    return server, ports
+
+
+def compare_snapshot_policies(target: str, metrics_port: int, sessions: int, turns: int, label: str) -> dict:
     """Every event vs on eviction, interleaved: turn latency (median) and snapshots per turn."""
     def written() -> tuple[float, float]:  # (after their event, deferred to eviction or shutdown)
         return (metric(metrics_port, "adaptd_snapshot_write_seconds_count"),
@@ -76,7 +95,7 @@ def compare_snapshot_policies(target: str, metrics_port: int, sessions: int, tur
     n = sessions * turns
     med = {k: statistics.median(v) for k, v in ms.items()}
     per_turn = {"every": (after[0] - before[0]) / n, "evict": (after[1] - before[1]) / n}
-    print(f"snapshot policy ({sessions} + {sessions} sessions x {turns} turns, interleaved): turn ms median "
+    print(f"snapshot policy, {label} ({sessions} + {sessions} sessions x {turns} turns, interleaved): turn ms median "
           f"every event {med['every']:.1f}, on eviction {med['evict']:.1f} (ratio {med['evict'] / med['every']:.2f}); "
           f"snapshots per turn: {per_turn['every']:.2f} vs {per_turn['evict']:.2f}")
     return {"turn_ms_median": med, "snapshots_per_turn": per_turn}
@@ -97,20 +116,7 @@ def main() -> None:
     out.mkdir(parents=True)
     (out / "keys.txt").write_text(f"bench {hashlib.sha256(KEY.encode()).hexdigest()}\n")
     budget = args.budget_mib << 20
-    log = open(out / "adaptd.log", "w+")
-    server = subprocess.Popen([str(ROOT / "build/bin/adaptd"), f"--model={ROOT / 'models/adaptd-tiny-ttt'}",
-                               f"--store={out / 'store'}", f"--api_keys={out / 'keys.txt'}", "--listen=127.0.0.1:0",
-                               "--metrics_listen=127.0.0.1:0", f"--memory_budget_bytes={budget}",
-                               "--max_active_turns_per_tenant=1000"], stderr=log)
-    ports = {}
-    while "serving" not in ports:
-        assert server.poll() is None, (out / "adaptd.log").read_text()
-        log.seek(0)
-        for line in log:
-            j = json.loads(line)
-            if "port" in j:
-                ports[j["msg"]] = j["port"]
-        time.sleep(0.05)
+    server, ports = start_server(out, "store", budget)
     target = f"127.0.0.1:{ports['serving']}"
     time.sleep(1)
     idle_rss = rss_bytes(server.pid)
@@ -155,7 +161,15 @@ def main() -> None:
               f"{med['evicted']:.1f}, replay of {args.turns - 2} turns {med['replayed']:.1f}")
         print(f"ratios: snapshot load / in memory {med['evicted'] / med['hot']:.2f}; "
               f"replay / snapshot load {med['replayed'] / med['evicted']:.2f}")
-        policies = compare_snapshot_policies(target, ports["metrics"], args.policy_sessions, args.policy_turns)
+        policies = {"budget": compare_snapshot_policies(target, ports["metrics"], args.policy_sessions,
+                                                        args.policy_turns, f"{args.budget_mib} MiB budget")}
+        roomy, roomy_ports = start_server(out, "store-roomy", 8 << 30)
+        try:
+            policies["roomy"] = compare_snapshot_policies(f"127.0.0.1:{roomy_ports['serving']}", roomy_ports["metrics"],
+                                                          args.policy_sessions, args.policy_turns, "room for all")
+        finally:
+            roomy.send_signal(signal.SIGTERM)
+            roomy.wait(timeout=60)
         summary = {**stats, "evictions": evictions, "session_loads": loads, "idle_rss_bytes": idle_rss,
                    "budget_bytes": budget, "turn_ms_median": med, "snapshot_policies": policies}
         (out / "summary.json").write_text(json.dumps(summary, indent=1))

@@ -417,7 +417,7 @@ class IngestReactor : public grpc::ServerUnaryReactor, public Turn {
 }  // namespace
 
 void WriteSnapshot(SessionManager& sessions, Metrics& metrics, const SessionManager::Committed& committed) {
-  if (!committed.due) return;  // the session's policy defers it (to eviction or shutdown)
+  if (!committed.due) return sessions.EvictOverBudget();  // the policy defers it to eviction or shutdown
   auto written = sessions.WriteSnapshot(committed);
   if (written.ok()) {
     metrics.Snapshot(written->first, static_cast<int64_t>(written->second));

@@ -461,8 +461,8 @@ absl::StatusOr<SessionManager::Committed> SessionManager::Commit(LiveSession& se
       if (done.snapshot.ok()) it->second.bytes = done.snapshot->size();
     }
   }
-  if (!done.due) EvictOverBudget();  // else once its snapshot is written (WriteSnapshot)
-  return done;
+  return done;  // the caller acknowledges, then writes the snapshot or evicts
+
 }
 
 absl::Status SessionManager::Migrate(const session_store::SessionKey& key) {

@@ -91,8 +91,8 @@ class SessionManager {
   // Commits an event of the leased session and releases it: appends it to the log (synced) with
   // the request id and the reply a retry gets, applies it to the session's bookkeeping (a reset:
   // to its state too), takes the snapshot's bytes and releases the session. The caller then
-  // acknowledges and writes the snapshot. On failure the session is dropped from memory (its
-  // state no longer matches the log) and nothing was acknowledged.
+  // acknowledges, and writes the snapshot if due or else evicts. On failure the session is
+  // dropped from memory (its state no longer matches the log) and nothing was acknowledged.
   struct Committed {
     session_store::SessionKey key;
     uint64_t version = 0;
@@ -113,6 +113,10 @@ class SessionManager {
   // restores bit-exactly) and evicts over the budget. Returns the seconds it took and the bytes
   // written.
   absl::StatusOr<std::pair<double, size_t>> WriteSnapshot(const Committed& committed);
+  // Evicts least recently used sessions while over the budget; a session without a snapshot of
+  // its latest event gets one first (written without the lock held). After a commit whose
+  // snapshot is not due, the caller runs it once the event is acknowledged.
+  void EvictOverBudget();
   // Writes a snapshot of every loaded session whose latest event has none (at shutdown, once no
   // call holds any); returns how many were written.
   absl::StatusOr<int> SnapshotDirty();
@@ -155,9 +159,6 @@ class SessionManager {
   absl::StatusOr<std::unique_ptr<engine::SessionState>> FreshState(const v1::SessionOptions& options) const;
   absl::StatusOr<std::string> EncodeSnapshot(const LiveSession& session) const;
   absl::Status StoreSnapshot(const session_store::SessionKey& key, uint64_t version, const std::string& bytes);
-  // Evicts least recently used sessions while over the budget; a session without a snapshot of
-  // its latest event gets one first (written without the lock held). Call without mu_.
-  void EvictOverBudget();
   // Writes the snapshot of a loaded session no call holds, if it lacks one; false if none was
   // needed. The snapshot is encoded under mu_ (`lock`, released while writing, then retaken).
   absl::StatusOr<bool> SnapshotIfDirty(std::unique_lock<std::mutex>& lock, const Id& id);
