@@ -1,7 +1,7 @@
 // adaptctl: the Adaptd API from the command line.
 //
 //   export ADAPTD_API_KEY=...            (or --key)
-//   adaptctl [--target 127.0.0.1:50051] sessions create [ID] | get ID | list | delete ID
+//   adaptctl [--target 127.0.0.1:50051] sessions create [ID] [--options TEXT] | get ID | list | delete ID
 //   adaptctl sessions fork ID NEW_ID [--version V] | reset ID | rollback ID VERSION | migrate ID
 //   adaptctl sessions export ID FILE | import FILE [ID]
 //   adaptctl chat ID                     interactive: one line per user turn, replies streamed
@@ -23,6 +23,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "google/protobuf/text_format.h"
 #include "adaptd/v1/adaptd.grpc.pb.h"
 #include "client.h"
 
@@ -37,6 +38,9 @@ ABSL_FLAG(uint64_t, version, 0, "sessions fork: the version to fork at (0: the l
 ABSL_FLAG(bool, keep_in_context, false, "ingest: keep the text in the session's context too");
 ABSL_FLAG(bool, adapt, false, "score: also learn the text (an event), as an Ingest without context");
 ABSL_FLAG(int, piece_bytes, 2000, "ingest: bytes per Ingest call (each must fit the session's context)");
+ABSL_FLAG(std::string, options, "",
+          "sessions create, chat (a new session): SessionOptions in protobuf text format, e.g. "
+          "'roles_not_learned: \"system\" snapshot_policy: SNAPSHOT_ON_EVICTION'");
 
 namespace {
 
@@ -68,6 +72,14 @@ void PrintSession(const adaptd::v1::Session& s) {
             << "\n";
 }
 
+// One session in full: the list line, then its options, tier and learning state where set.
+void DescribeSession(const adaptd::v1::Session& s) {
+  PrintSession(s);
+  if (s.has_options()) std::cout << "  options: " << s.options().ShortDebugString() << "\n";
+  if (!s.tier().empty()) std::cout << "  tier: " << s.tier() << "\n";
+  if (s.has_state()) std::cout << "  state: " << s.state().ShortDebugString() << "\n";
+}
+
 bool ReadFile(const std::string& path, std::string* out) {
   std::ifstream in(path, std::ios::binary);
   std::stringstream ss;
@@ -75,6 +87,16 @@ bool ReadFile(const std::string& path, std::string* out) {
   *out = ss.str();
   if (!in) std::cerr << "adaptctl: cannot read " << path << "\n";
   return static_cast<bool>(in);
+}
+
+// A CreateSession request with the --options flag's SessionOptions; false (and a message) if
+// they do not parse.
+bool NewSessionRequest(const std::string& id, adaptd::v1::CreateSessionRequest* req) {
+  req->set_session_id(id);
+  const std::string text = absl::GetFlag(FLAGS_options);
+  if (google::protobuf::TextFormat::ParseFromString(text, req->mutable_options())) return true;
+  std::cerr << "adaptctl: --options is not SessionOptions in text format: " << text << "\n";
+  return false;
 }
 
 // The verbs that answer with the Session (-1: not one of them).
@@ -85,7 +107,7 @@ int SessionVerb(Client& c, const std::string& verb, const std::vector<char*>& ar
   grpc::Status status;
   if (verb == "create") {
     adaptd::v1::CreateSessionRequest req;
-    req.set_session_id(id);
+    if (!NewSessionRequest(id, &req)) return 2;
     status = c.stub().CreateSession(c.Context(id).get(), req, &s);
   } else if (verb == "get" && !id.empty()) {
     adaptd::v1::GetSessionRequest req;
@@ -118,7 +140,7 @@ int SessionVerb(Client& c, const std::string& verb, const std::vector<char*>& ar
     return -1;
   }
   if (int rc = Check(status)) return rc;
-  PrintSession(s);
+  DescribeSession(s);
   return 0;
 }
 
@@ -158,7 +180,8 @@ int Sessions(Client& c, const std::vector<char*>& args) {
     } while (!token.empty());
     return 0;
   }
-  std::cerr << "usage: adaptctl sessions create [ID] | get ID | list | delete ID | fork ID NEW_ID | reset ID |\n"
+  std::cerr << "usage: adaptctl sessions create [ID] [--options TEXT] | get ID | list | delete ID | fork ID NEW_ID |\n"
+               "                         reset ID |"
                "                         rollback ID VERSION | migrate ID | export ID FILE | import FILE [ID]\n";
   return 2;
 }
@@ -184,7 +207,7 @@ int Turn(Client& c, const std::string& id, const std::string& text, bool first) 
     auto status = c.stub().GetSession(c.Context(id).get(), get, &s);
     if (status.error_code() == grpc::StatusCode::NOT_FOUND) {
       adaptd::v1::CreateSessionRequest create;
-      create.set_session_id(id);
+      if (!NewSessionRequest(id, &create)) return 2;
       status = c.stub().CreateSession(c.Context(id).get(), create, &s);
     }
     if (int rc = Check(status)) return rc;

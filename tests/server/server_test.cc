@@ -389,6 +389,12 @@ TEST_F(ServerTest, AdaptctlCreatesChatsAndLists) {
   EXPECT_NE(Shell(base + "sessions list").find("cli-1\tversion 1"), std::string::npos);
   EXPECT_NE(Shell(base + "sessions delete cli-1 2>&1; " + base + "sessions get cli-1 2>&1").find("NOT_FOUND"),
             std::string::npos);
+  const std::string created =
+      Shell(base + "sessions create cli-2 --options='roles_not_learned: \"system\" snapshot_policy: SNAPSHOT_ON_EVICTION'");
+  EXPECT_NE(created.find("roles_not_learned: \"system\""), std::string::npos) << created;
+  EXPECT_NE(created.find("SNAPSHOT_ON_EVICTION"), std::string::npos) << created;
+  EXPECT_NE(Shell(base + "sessions create cli-3 --options='no_such_field: 1' 2>&1; echo rc=$?").find("rc=2"),
+            std::string::npos);
   ::setenv("ADAPTD_API_KEY", "wrong", 1);
   EXPECT_NE(Shell(base + "sessions list 2>&1").find("unknown API key"), std::string::npos);
 }
