@@ -14,6 +14,8 @@ APT_PACKAGES=(
   libicu-dev
   # server tests: TLS certificates, a real Prometheus scraping /metrics (promtool too)
   openssl prometheus
+  # deploy tests: HAProxy routing sessions to their replicas
+  haproxy
   # corpus sources (tools/corpus/build_corpus.py)
   python3.11-doc linux-doc-6.1
 )
@@ -28,6 +30,8 @@ PIP_PACKAGES=(
   "grpcio==1.76.0"
   "grpcio-tools==1.76.0"
   "matplotlib==3.10.7"
+  "kubernetes-validate==1.32.0"
+  "jsonschema==4.25.1"
 )
 
 die() { echo "setup.sh: $*" >&2; exit 1; }

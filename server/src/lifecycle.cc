@@ -87,7 +87,9 @@ grpc::ServerUnaryReactor* AdaptdService::ForkSession(grpc::CallbackServerContext
   auto tenant = Tenant(ctx, &req->session_id());
   if (!tenant.ok()) return Done(ctx, tenant.status());
   const session_store::SessionKey from{*tenant, req->session_id()};
-  const session_store::SessionKey to{*tenant, req->new_session_id().empty() ? NewSessionId() : req->new_session_id()};
+  auto to_id = NewSessionId(req->new_session_id());  // a fork stays on this replica
+  if (!to_id.ok()) return Done(ctx, to_id.status());
+  const session_store::SessionKey to{*tenant, *to_id};
   uint64_t version = req->version();
   if (version == 0) {
     auto info = store_.Get(from);
@@ -147,7 +149,9 @@ grpc::ServerReadReactor<v1::ImportSessionRequest>* AdaptdService::ImportSession(
   auto tenant = Tenant(ctx);
   return new ImportReactor(tenant.status(), options_.max_import_bytes,
                            [this, resp, tenant = tenant.value_or("")](const std::string& id, const std::string& blob) {
-                             const session_store::SessionKey key{tenant, id.empty() ? NewSessionId() : id};
+                             auto new_id = NewSessionId(id);
+                             if (!new_id.ok()) return new_id.status();
+                             const session_store::SessionKey key{tenant, *new_id};
                              if (auto s = quotas_.ReserveSession(tenant); !s.ok()) return s;
                              const absl::Status imported = store_.Import(key, blob);
                              Audit("import", key.tenant, key.session, imported, absl::StrCat(blob.size(), " bytes"));

@@ -34,7 +34,10 @@ ABSL_FLAG(std::string, model, "models/adaptd-tiny-ttt", "checkpoint directory (c
 ABSL_FLAG(std::string, store, "runs/store", "session store directory (RocksDB)");
 ABSL_FLAG(std::string, api_keys, "", "file of \"tenant sha256-hex-of-key\" lines (required)");
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051", "address:port of the API");
-ABSL_FLAG(std::string, replica_id, "r0", "this replica's id (reported by GetServerInfo)");
+ABSL_FLAG(std::string, replica_id, "r0", "this replica's id (reported by GetServerInfo; named in --ownership_map)");
+ABSL_FLAG(std::string, ownership_map, "",
+          "with several replicas: the file of \"bucket replica\" lines (tools/routing.py map) that HAProxy routes "
+          "by; this replica serves only its sessions (FAILED_PRECONDITION for others). Empty: it owns every session");
 ABSL_FLAG(int, shutdown_grace_seconds, 10, "on SIGTERM: time for calls in flight to finish");
 ABSL_FLAG(int64_t, max_context_tokens, 1024, "default KV window of a session, in tokens");
 ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9464", "address:port of /metrics (Prometheus); empty: off");
@@ -153,6 +156,11 @@ int main(int argc, char** argv) {
   server::ServiceOptions options;
   options.model_name = std::filesystem::path(model_dir).filename().string();
   options.replica_id = absl::GetFlag(FLAGS_replica_id);
+  if (!absl::GetFlag(FLAGS_ownership_map).empty()) {
+    auto ownership = server::Ownership::Load(absl::GetFlag(FLAGS_ownership_map), options.replica_id);
+    if (!ownership.ok()) return Fail(ownership.status());
+    options.ownership = *std::move(ownership);
+  }
   options.chat_format = std::string(engine::ChatFormatName(engine::DetectChatFormat(**tokenizer)));
   if (absl::GetFlag(FLAGS_memory_budget_bytes) < 0) return Fail(absl::InvalidArgumentError("--memory_budget_bytes < 0"));
   options.memory_budget_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_memory_budget_bytes));

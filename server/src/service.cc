@@ -23,12 +23,18 @@ grpc::ServerUnaryReactor* Done(grpc::CallbackServerContext* ctx, const absl::Sta
   return reactor;
 }
 
-std::string NewSessionId() {
+absl::StatusOr<std::string> AdaptdService::NewSessionId(const std::string& requested) const {
+  if (!requested.empty()) {
+    if (auto s = options_.ownership.Check(requested); !s.ok()) return s;
+    return requested;
+  }
   static thread_local std::mt19937_64 rng(std::random_device{}());
   static constexpr char kHex[] = "0123456789abcdef";
-  std::string id = "s-";
-  for (int i = 0; i < 24; ++i) id.push_back(kHex[rng() % 16]);
-  return id;
+  for (;;) {  // about as many tries as there are replicas
+    std::string id = "s-";
+    for (int i = 0; i < 24; ++i) id.push_back(kHex[rng() % 16]);
+    if (options_.ownership.Owns(id)) return id;
+  }
 }
 
 grpc::Status ToGrpc(const absl::Status& status) {
@@ -47,6 +53,7 @@ absl::StatusOr<std::string> AdaptdService::Tenant(grpc::CallbackServerContext* c
   if (route != md.end() && std::string(route->second.data(), route->second.size()) != *session_id) {
     return absl::InvalidArgumentError("the x-adaptd-session header names another session than the request");
   }
+  if (auto s = options_.ownership.Check(*session_id); !s.ok()) return s;
   return tenant;
 }
 
@@ -79,11 +86,12 @@ grpc::ServerUnaryReactor* AdaptdService::CreateSession(grpc::CallbackServerConte
   auto tenant = Tenant(ctx);
   if (!tenant.ok()) return Done(ctx, tenant.status());
   if (auto s = ValidateOptions(req->options()); !s.ok()) return Done(ctx, s);
-  const std::string id = req->session_id().empty() ? NewSessionId() : req->session_id();
+  auto id = NewSessionId(req->session_id());
+  if (!id.ok()) return Done(ctx, id.status());
   v1::Session stored;
   *stored.mutable_options() = req->options();
   stored.set_model_fingerprint(model_.fingerprint());
-  const session_store::SessionKey key{*tenant, id};
+  const session_store::SessionKey key{*tenant, *id};
   if (auto s = quotas_.ReserveSession(*tenant); !s.ok()) return Done(ctx, s);
   const absl::Status created = store_.Create(key, stored.SerializeAsString());
   Audit("create", key.tenant, key.session, created);

@@ -14,6 +14,7 @@
 #include "auth.h"
 #include "chat_call.h"
 #include "quotas.h"
+#include "routing.h"
 
 namespace adaptd::server {
 
@@ -26,12 +27,11 @@ struct ServiceOptions {
   int64_t max_context_tokens = 1024;
   size_t max_import_bytes = size_t{256} << 20;
   QuotaOptions quotas;
+  Ownership ownership;  // the sessions this replica serves (default: all)
 };
 
 // Finishes a unary call with `status` on a default reactor.
 grpc::ServerUnaryReactor* Done(grpc::CallbackServerContext* ctx, const absl::Status& status);
-// A new session id: "s-" and 24 hex digits.
-std::string NewSessionId();
 
 class AdaptdService final : public adaptd::v1::Adaptd::CallbackService {
  public:
@@ -91,6 +91,9 @@ class AdaptdService final : public adaptd::v1::Adaptd::CallbackService {
   // The caller's tenant, from the authorization header, admitted by its rate limit; with
   // `session_id`, also checks the routing header x-adaptd-session (when sent) names that session.
   absl::StatusOr<std::string> Tenant(grpc::CallbackServerContext* ctx, const std::string* session_id = nullptr);
+  // The id a new session (create, fork, import) gets: `requested`, if this replica owns it
+  // (else FAILED_PRECONDITION), or a generated one it owns ("s-" and 24 hex digits).
+  absl::StatusOr<std::string> NewSessionId(const std::string& requested) const;
   // Score's work: an error to finish the call with, or OK once the call is answered or posted.
   absl::Status StartScore(const std::string& tenant, const v1::ScoreRequest& req, v1::ScoreResponse* resp,
                           grpc::ServerUnaryReactor* reactor);
