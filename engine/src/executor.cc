@@ -241,6 +241,7 @@ void Executor::Impl::Step() {
   stats.prefill_tokens += prefill;
   stats.decode_tokens += decode;
   stats.max_batch = std::max<int64_t>(stats.max_batch, plan.pieces.size());
+  stats.step_requests += static_cast<int64_t>(plan.pieces.size());
   stats.forward_seconds += forward_seconds;
 }
 

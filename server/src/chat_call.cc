@@ -83,6 +83,7 @@ class Turn {
   std::string replied_text_;         // the text sent
   std::string request_id_text_;      // the client's request id (may be empty)
   const std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
+  std::chrono::steady_clock::time_point last_token_at_;  // engine thread
   bool stop_string_ = false;
 
   std::mutex mu_;
@@ -248,8 +249,14 @@ absl::Status Turn::Enqueue(std::vector<int32_t> prompt, int max_new, bool learn,
 }
 
 void Turn::OnResult(const engine::GenerateResult& r) {
-  if (generated_.empty() && !r.tokens.empty()) {
-    deps_.metrics.FirstToken(std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count());
+  const auto now = std::chrono::steady_clock::now();
+  if (!r.tokens.empty()) {
+    if (generated_.empty()) {
+      deps_.metrics.FirstToken(std::chrono::duration<double>(now - start_).count());
+    } else {
+      deps_.metrics.InterToken(std::chrono::duration<double>(now - last_token_at_).count(), r.tokens.size());
+    }
+    last_token_at_ = now;
   }
   v1::ChatResponse msg;
   for (int32_t t : r.tokens) {
@@ -311,6 +318,11 @@ void Turn::Complete(absl::Status engine_status) {
   usage->set_updates_rejected(live_->state->updates_rejected() - rejected_before_);
   usage->set_version(live_->version + 1);
   usage->set_update_seconds(live_->state->update_seconds() - update_seconds_before_);
+  if (usage->updates_applied() > 0) {
+    if (auto norms = deps_.model.DeltaNorms(*live_->state); norms.ok() && !norms->empty()) {
+      deps_.metrics.DeltaNorm(*std::max_element(norms->begin(), norms->end()));
+    }
+  }
   if (kind_ != TurnKind::kIngest) {
     const bool stopped = stop_string_ || (!generated_.empty() && std::find(stop_ids_.begin(), stop_ids_.end(),
                                                                            generated_.back()) != stop_ids_.end());
@@ -421,7 +433,8 @@ void WriteSnapshot(SessionManager& sessions, Metrics& metrics, const SessionMana
   auto written = sessions.WriteSnapshot(committed);
   if (written.ok()) {
     metrics.Snapshot(written->first, static_cast<int64_t>(written->second));
-  } else {  // not lost: the log replays it; but the session cannot be evicted until one is written
+  } else {  // not lost: the log replays it (and eviction tries again first)
+    metrics.SnapshotFailed();
     LogLine("error").Str("error", "snapshot: " + written.status().ToString()).Str("tenant", committed.key.tenant)
         .Str("session", committed.key.session).Write();
   }

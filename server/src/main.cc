@@ -156,6 +156,7 @@ int main(int argc, char** argv) {
   server::ServiceOptions options;
   options.model_name = std::filesystem::path(model_dir).filename().string();
   options.replica_id = absl::GetFlag(FLAGS_replica_id);
+  options.store_path = store_options.path;
   if (!absl::GetFlag(FLAGS_ownership_map).empty()) {
     auto ownership = server::Ownership::Load(absl::GetFlag(FLAGS_ownership_map), options.replica_id);
     if (!ownership.ok()) return Fail(ownership.status());
@@ -219,6 +220,7 @@ int main(int argc, char** argv) {
   }
   server->GetHealthCheckService()->SetServingStatus(true);
   if (health != nullptr) health->GetHealthCheckService()->SetServingStatus(true);
+  metrics.SetReady(true);
   std::signal(SIGPIPE, SIG_IGN);  // a closed log pipe or socket is an error to handle, not a death
   std::signal(SIGTERM, OnSignal);
   std::signal(SIGINT, OnSignal);
@@ -238,6 +240,7 @@ int main(int argc, char** argv) {
   }
   server->GetHealthCheckService()->SetServingStatus(false);
   if (health != nullptr) health->GetHealthCheckService()->SetServingStatus(false);
+  metrics.SetReady(false);
   // Drain: calls in flight get the grace period to finish (an idle server stops at once: gRPC's
   // Shutdown alone would wait out the deadline while any client keeps a connection open); what
   // is left then is cancelled.

@@ -49,8 +49,20 @@ class GaugeCollectable : public prometheus::Collectable {
             one("adaptd_forward_seconds_total", "Wall time of the engine's batched forward passes (TTT updates included)",
                 T::Counter, c.forward_seconds),
             one("adaptd_engine_steps_total", "Batched engine steps", T::Counter, static_cast<double>(c.steps)),
+            one("adaptd_engine_step_requests_total",
+                "Requests served by batched engine steps, summed over steps (/ steps: the mean batch size)", T::Counter,
+                static_cast<double>(c.step_requests)),
             one("adaptd_engine_active_requests", "Requests queued or running in the engine", T::Gauge,
-                static_cast<double>(c.active_requests))};
+                static_cast<double>(c.active_requests)),
+            one("adaptd_active_turns", "Turns and scores in flight (the turn quota's count)", T::Gauge,
+                static_cast<double>(c.active_turns)),
+            one("adaptd_sessions_stored", "Sessions in the store (every tier)", T::Gauge,
+                static_cast<double>(c.stored_sessions)),
+            one("adaptd_store_bytes", "Bytes of the store's files on disk", T::Gauge, static_cast<double>(c.store_bytes)),
+            one("adaptd_store_disk_bytes", "Size of the file system holding the store", T::Gauge,
+                static_cast<double>(c.disk_bytes)),
+            one("adaptd_store_disk_free_bytes", "Bytes free for the store on its file system", T::Gauge,
+                static_cast<double>(c.disk_free_bytes))};
   }
 
  private:
@@ -94,7 +106,32 @@ Metrics::Metrics(std::function<Gauges()> gauges)
                     .Help("Writing a session snapshot")
                     .Register(*registry_)
                     .Add({}, LatencyBuckets())),
-      snapshot_bytes_(BuildCounter().Name("adaptd_snapshot_bytes_total").Help("Snapshot bytes written").Register(*registry_).Add({})) {}
+      snapshot_bytes_(BuildCounter().Name("adaptd_snapshot_bytes_total").Help("Snapshot bytes written").Register(*registry_).Add({})),
+      snapshot_failures_(BuildCounter()
+                             .Name("adaptd_snapshot_failures_total")
+                             .Help("Snapshots that could not be written (the log still recovers the session)")
+                             .Register(*registry_)
+                             .Add({})),
+      inter_token_(BuildHistogram()
+                       .Name("adaptd_inter_token_seconds")
+                       .Help("Between a turn's generated tokens, as streamed")
+                       .Register(*registry_)
+                       .Add({}, LatencyBuckets())),
+      load_(BuildHistogram()
+                .Name("adaptd_session_load_seconds")
+                .Help("Loading a session from the store (snapshot and replay of later events)")
+                .Register(*registry_)
+                .Add({}, LatencyBuckets())),
+      delta_norm_(BuildHistogram()
+                      .Name("adaptd_session_delta_norm")
+                      .Help("The largest ||dW||_F over a session's TTT layers, at each committed turn that updated it")
+                      .Register(*registry_)
+                      .Add({}, prometheus::Histogram::BucketBoundaries{0.01, 0.1, 0.3, 1, 3, 10, 30, 100, 300, 1000})),
+      ready_(prometheus::BuildGauge()
+                 .Name("adaptd_ready")
+                 .Help("1 while serving, 0 while loading or draining")
+                 .Register(*registry_)
+                 .Add({})) {}
 
 absl::StatusOr<int> Metrics::Serve(const std::string& address) {
   try {
@@ -123,6 +160,10 @@ void Metrics::Updates(int64_t applied, int64_t rejected, double seconds) {
   updates_.Increment(static_cast<double>(applied));
   rejected_.Increment(static_cast<double>(rejected));
   update_seconds_.Increment(seconds);
+}
+
+void Metrics::InterToken(double seconds, size_t tokens) {
+  for (size_t i = 0; i < tokens; ++i) inter_token_.Observe(seconds / static_cast<double>(tokens));
 }
 
 void Metrics::Snapshot(double seconds, int64_t bytes) {

@@ -11,6 +11,7 @@
 
 #include <prometheus/counter.h>
 #include <prometheus/exposer.h>
+#include <prometheus/gauge.h>
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
 
@@ -24,7 +25,9 @@ class Metrics {
   struct Gauges {
     int64_t in_memory = 0, memory_bytes = 0, loads = 0, evictions = 0, replayed_events = 0, deferred_snapshots = 0;
     double forward_seconds = 0;
-    int64_t steps = 0, active_requests = 0;
+    int64_t steps = 0, step_requests = 0, active_requests = 0;
+    int64_t stored_sessions = 0, active_turns = 0;
+    int64_t store_bytes = 0, disk_bytes = 0, disk_free_bytes = 0;  // the store's files; its file system
   };
   explicit Metrics(std::function<Gauges()> gauges);
   // Serves /metrics on `address` ("host:port"; port 0 picks one). UNAVAILABLE if it cannot bind.
@@ -36,6 +39,14 @@ class Metrics {
   void Updates(int64_t applied, int64_t rejected, double seconds = 0);
   void Commit(double seconds) { commit_.Observe(seconds); }
   void Snapshot(double seconds, int64_t bytes);
+  void SnapshotFailed() { snapshot_failures_.Increment(); }
+  // The gap before each generated token after a turn's first (a result of `tokens` tokens).
+  void InterToken(double seconds, size_t tokens);
+  void Load(double seconds) { load_.Observe(seconds); }
+  // The largest ||dW||_F over a session's TTT layers, at each committed turn that updated it.
+  void DeltaNorm(double norm) { delta_norm_.Observe(norm); }
+  // 1 while serving, 0 while loading or draining (what the health service answers).
+  void SetReady(bool ready) { ready_.Set(ready ? 1 : 0); }
 
  private:
   std::shared_ptr<prometheus::Registry> registry_;
@@ -54,6 +65,11 @@ class Metrics {
   prometheus::Histogram& commit_;
   prometheus::Histogram& snapshot_;
   prometheus::Counter& snapshot_bytes_;
+  prometheus::Counter& snapshot_failures_;
+  prometheus::Histogram& inter_token_;
+  prometheus::Histogram& load_;
+  prometheus::Histogram& delta_norm_;
+  prometheus::Gauge& ready_;
 };
 
 }  // namespace adaptd::server

@@ -91,6 +91,18 @@ void Quotas::SessionAdded(const std::string& tenant, int64_t n) {
   t.sessions = std::max<int64_t>(0, t.sessions + n);
 }
 
+int64_t Quotas::StoredSessions() {
+  std::lock_guard<std::mutex> lock(mu_);
+  int64_t n = 0;
+  for (const auto& [name, t] : tenants_) n += t.sessions;
+  return n;
+}
+
+int Quotas::ActiveTurns() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return active_turns_;
+}
+
 absl::StatusOr<Quotas::TurnSlot> Quotas::BeginTurn(const std::string& tenant) {
   std::lock_guard<std::mutex> lock(mu_);
   Tenant& t = Get(tenant);

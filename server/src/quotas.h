@@ -44,6 +44,9 @@ class Quotas {
   void SessionAdded(const std::string& tenant, int64_t n = 1);
   // Counts the known tenants' sessions again (after the store expired some).
   void Recount();
+  // For the metrics: sessions of every tenant, and turns in flight.
+  int64_t StoredSessions();
+  int ActiveTurns();
   // A slot for a turn (or a score) in flight, returned when the last copy of it is destroyed.
   using TurnSlot = std::shared_ptr<void>;
   absl::StatusOr<TurnSlot> BeginTurn(const std::string& tenant);

@@ -2,6 +2,7 @@
 #include "service.h"
 
 #include <cmath>
+#include <filesystem>
 #include <random>
 
 #include "absl/strings/str_cat.h"
@@ -293,8 +294,20 @@ absl::StatusOr<int> AdaptdService::Shutdown() {
 Metrics::Gauges AdaptdService::Gauges() {
   const auto s = sessions_.GetStats();
   const auto e = executor_.GetStats();
-  return {static_cast<int64_t>(s.loaded), static_cast<int64_t>(s.bytes), s.loads, s.evictions, s.replayed_events,
-          s.deferred_snapshots, e.forward_seconds, e.steps, e.active};
+  Metrics::Gauges g{static_cast<int64_t>(s.loaded), static_cast<int64_t>(s.bytes), s.loads, s.evictions,
+                    s.replayed_events, s.deferred_snapshots, e.forward_seconds, e.steps, e.step_requests, e.active,
+                    quotas_.StoredSessions(), quotas_.ActiveTurns()};
+  if (!options_.store_path.empty()) {
+    std::error_code ec;
+    for (const auto& f : std::filesystem::recursive_directory_iterator(options_.store_path, ec)) {
+      if (f.is_regular_file(ec)) g.store_bytes += static_cast<int64_t>(f.file_size(ec));
+    }
+    if (const auto space = std::filesystem::space(options_.store_path, ec); !ec) {
+      g.disk_bytes = static_cast<int64_t>(space.capacity);
+      g.disk_free_bytes = static_cast<int64_t>(space.available);
+    }
+  }
+  return g;
 }
 
 grpc::ServerUnaryReactor* AdaptdService::GetServerInfo(grpc::CallbackServerContext* ctx,

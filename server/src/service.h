@@ -27,6 +27,7 @@ struct ServiceOptions {
   int64_t max_context_tokens = 1024;
   size_t max_import_bytes = size_t{256} << 20;
   QuotaOptions quotas;
+  std::string store_path;  // for the store's size on disk (metrics)
   Ownership ownership;  // the sessions this replica serves (default: all)
 };
 
@@ -42,7 +43,8 @@ class AdaptdService final : public adaptd::v1::Adaptd::CallbackService {
         executor_(executor),
         store_(store),
         metrics_(metrics),
-        sessions_(model, store, options.memory_budget_bytes, options.max_context_tokens),
+        sessions_(model, store, options.memory_budget_bytes, options.max_context_tokens,
+                  {[&metrics](double s) { metrics.Load(s); }, [&metrics] { metrics.SnapshotFailed(); }}),
         keys_(std::move(keys)),
         options_(std::move(options)),
         quotas_(options_.quotas, store, keys_.Tenants()) {}

@@ -279,7 +279,9 @@ absl::StatusOr<LiveSession*> SessionManager::Acquire(const session_store::Sessio
     sessions_[{key.tenant, key.session}].busy = true;  // reserved while it loads
   }
   uint64_t snapshotted = 0;
+  const auto start = std::chrono::steady_clock::now();
   auto live = Load(key, &snapshotted);
+  if (live.ok()) observer_.loaded(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   std::lock_guard<std::mutex> lock(mu_);
   auto& entry = sessions_[{key.tenant, key.session}];
   if (!live.ok()) {
@@ -323,6 +325,7 @@ void SessionManager::EvictOverBudget() {
     const Id id = victim->first;
     tried.insert(id);
     if (auto written = SnapshotIfDirty(lock, id); !written.ok()) {  // never discard: it stays
+      observer_.snapshot_failed();
       LogLine("error").Str("error", "snapshot before eviction: " + written.status().ToString())
           .Str("tenant", id.first).Str("session", id.second).Write();
       continue;

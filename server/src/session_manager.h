@@ -7,6 +7,7 @@
 #ifndef ADAPTD_SERVER_SESSION_MANAGER_H_
 #define ADAPTD_SERVER_SESSION_MANAGER_H_
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -64,9 +65,18 @@ class SessionManager {
   // `memory_budget_bytes`: loaded sessions past it are evicted, least recently used first; one
   // whose latest event has no snapshot yet gets one first (an evicted session reloads
   // bit-exactly, without replay).
+  // What the manager reports as it goes (the server's metrics); called on the caller's thread.
+  struct Observer {
+    std::function<void(double seconds)> loaded;
+    std::function<void()> snapshot_failed;
+  };
   SessionManager(const engine::Model& model, session_store::SessionStore& store, size_t memory_budget_bytes,
-                 int64_t default_max_context_tokens)
-      : model_(model), store_(store), budget_(memory_budget_bytes), default_context_(default_max_context_tokens) {}
+                 int64_t default_max_context_tokens, Observer observer)
+      : model_(model),
+        store_(store),
+        budget_(memory_budget_bytes),
+        default_context_(default_max_context_tokens),
+        observer_(std::move(observer)) {}
 
   // The window rule, before a turn of `prompt_tokens` with room for `max_new_tokens`: drops whole
   // old turns until it fits and re-reads the rest without learning (positions from 0). A
@@ -169,6 +179,7 @@ class SessionManager {
   std::map<Id, Entry> sessions_;  // guarded by mu_
   const size_t budget_;
   const int64_t default_context_;
+  const Observer observer_;
   uint64_t clock_ = 0;            // guarded by mu_
   Stats stats_;                   // guarded by mu_ (loaded and bytes computed on demand)
 };

@@ -33,7 +33,7 @@ struct GenerateRequest {
   // With learn: empty (every prompt token is learned) or one flag per prompt token; a 0 feeds
   // that token without learning it (it enters the KV window; N and the fast weights stay), as
   // for a system prompt a session's policy does not learn.
-  std::vector<uint8_t> prompt_learn;
+  std::vector<uint8_t> prompt_learn = {};
 };
 
 // A streamed result: the tokens generated since the previous result of the request. The final
@@ -73,6 +73,7 @@ class Executor {
     int64_t steps = 0, prefill_tokens = 0, decode_tokens = 0;
     int64_t active = 0;        // requests queued or running
     int64_t max_batch = 0;     // most requests in one step
+    int64_t step_requests = 0; // requests served by steps, summed over steps (/ steps: mean batch)
     double forward_seconds = 0;  // wall time in batched forward passes (TTT updates included)
   };
 
