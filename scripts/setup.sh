@@ -32,6 +32,7 @@ PIP_PACKAGES=(
   "matplotlib==3.10.7"
   "kubernetes-validate==1.32.0"
   "jsonschema==4.25.1"
+  "pyyaml==6.0.4"
 )
 
 die() { echo "setup.sh: $*" >&2; exit 1; }
