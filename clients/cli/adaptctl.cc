@@ -10,6 +10,7 @@
 //   adaptctl ingest ID FILE [--keep_in_context]   learn a file, in pieces, with a progress bar
 //   adaptctl score ID FILE [--adapt]     log-likelihood of FILE as the session's continuation
 //   adaptctl info
+//   adaptctl backup                      operators: back up this replica's store (its --backup_dir)
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -319,10 +320,18 @@ int Score(Client& c, const std::vector<char*>& args) {
   return 0;
 }
 
+int Backup(Client& c) {
+  adaptd::v1::BackupStoreResponse resp;
+  if (int rc = Check(c.stub().BackupStore(c.Context().get(), {}, &resp))) return rc;
+  std::cout << "backed up in " << resp.seconds() << " s; backup directory " << resp.backup_dir_bytes() << " bytes\n";
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage("adaptctl [--target HOST:PORT] (sessions ... | chat ID | ingest ID FILE | score ID FILE | info)");
+  absl::SetProgramUsageMessage(
+      "adaptctl [--target HOST:PORT] (sessions ... | chat ID | ingest ID FILE | score ID FILE | info | backup)");
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
   Client client(ClientOptions());
   const std::string cmd = args.size() > 1 ? args[1] : "";
@@ -331,6 +340,7 @@ int main(int argc, char** argv) {
   if (cmd == "info") return Info(client);
   if (cmd == "ingest") return Ingest(client, args);
   if (cmd == "score") return Score(client, args);
-  std::cerr << "usage: adaptctl [--target HOST:PORT] (sessions ... | chat ID | ingest ID FILE | score ID FILE | info)\n";
+  if (cmd == "backup") return Backup(client);
+  std::cerr << "usage: adaptctl [--target HOST:PORT] (sessions ... | chat ID | ingest ID FILE | score ID FILE | info | backup)\n";
   return 2;
 }

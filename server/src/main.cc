@@ -16,6 +16,7 @@
 #include <mutex>
 #include <sstream>
 #include <thread>
+#include <vector>
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
@@ -35,6 +36,11 @@ ABSL_FLAG(std::string, store, "runs/store", "session store directory (RocksDB)")
 ABSL_FLAG(std::string, api_keys, "", "file of \"tenant sha256-hex-of-key\" lines (required)");
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051", "address:port of the API");
 ABSL_FLAG(std::string, replica_id, "r0", "this replica's id (reported by GetServerInfo; named in --ownership_map)");
+ABSL_FLAG(std::string, backup_dir, "",
+          "where BackupStore writes (RocksDB BackupEngine: incremental, verified); put it on another volume");
+ABSL_FLAG(std::vector<std::string>, admin_tenants, {}, "tenants (of --api_keys) that may call BackupStore");
+ABSL_FLAG(std::string, restore_from, "",
+          "a --backup_dir to restore the latest backup from into --store, which must not exist yet; then serve");
 ABSL_FLAG(std::string, ownership_map, "",
           "with several replicas: the file of \"bucket replica\" lines (tools/routing.py map) that HAProxy routes "
           "by; this replica serves only its sessions (FAILED_PRECONDITION for others). Empty: it owns every session");
@@ -149,6 +155,14 @@ int main(int argc, char** argv) {
   if (store_options.idle_ttl_seconds < 0) return Fail(absl::InvalidArgumentError("--session_idle_ttl_seconds < 0"));
   if (absl::GetFlag(FLAGS_store_memtable_bytes) < (1 << 20)) return Fail(absl::InvalidArgumentError("--store_memtable_bytes < 1 MiB"));
   store_options.memtable_bytes = static_cast<uint64_t>(absl::GetFlag(FLAGS_store_memtable_bytes));
+  if (const std::string from = absl::GetFlag(FLAGS_restore_from); !from.empty()) {
+    if (std::filesystem::exists(store_options.path)) {
+      return Fail(absl::FailedPreconditionError(absl::StrCat("--restore_from: --store ", store_options.path,
+                                                             " exists; restore only into a new path")));
+    }
+    if (auto s = session_store::SessionStore::RestoreLatestBackup(from, store_options.path); !s.ok()) return Fail(s);
+    server::LogLine("restored").Str("from", from).Str("store", store_options.path).Write();
+  }
   std::filesystem::create_directories(store_options.path);
   auto store = session_store::SessionStore::Open(store_options);
   if (!store.ok()) return Fail(store.status());
@@ -157,6 +171,8 @@ int main(int argc, char** argv) {
   options.model_name = std::filesystem::path(model_dir).filename().string();
   options.replica_id = absl::GetFlag(FLAGS_replica_id);
   options.store_path = store_options.path;
+  options.backup_dir = absl::GetFlag(FLAGS_backup_dir);
+  options.admin_tenants = absl::GetFlag(FLAGS_admin_tenants);
   if (!absl::GetFlag(FLAGS_ownership_map).empty()) {
     auto ownership = server::Ownership::Load(absl::GetFlag(FLAGS_ownership_map), options.replica_id);
     if (!ownership.ok()) return Fail(ownership.status());

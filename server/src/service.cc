@@ -1,6 +1,8 @@
 // Session resource methods. Every method: authenticate, validate, call the store, convert.
 #include "service.h"
 
+#include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <random>
@@ -22,6 +24,15 @@ grpc::ServerUnaryReactor* Done(grpc::CallbackServerContext* ctx, const absl::Sta
   auto* reactor = ctx->DefaultReactor();
   reactor->Finish(ToGrpc(status));
   return reactor;
+}
+
+int64_t DirectoryBytes(const std::string& path) {
+  std::error_code ec;
+  int64_t bytes = 0;
+  for (const auto& f : std::filesystem::recursive_directory_iterator(path, ec)) {
+    if (f.is_regular_file(ec)) bytes += static_cast<int64_t>(f.file_size(ec));
+  }
+  return bytes;
 }
 
 absl::StatusOr<std::string> AdaptdService::NewSessionId(const std::string& requested) const {
@@ -285,7 +296,29 @@ absl::StatusOr<int> AdaptdService::ExpireIdle() {
   return static_cast<int>(expired->size());
 }
 
+grpc::ServerUnaryReactor* AdaptdService::BackupStore(grpc::CallbackServerContext* ctx, const v1::BackupStoreRequest*,
+                                                     v1::BackupStoreResponse* resp) {
+  auto tenant = Tenant(ctx);
+  if (!tenant.ok()) return Done(ctx, tenant.status());
+  const auto& admins = options_.admin_tenants;
+  if (std::find(admins.begin(), admins.end(), *tenant) == admins.end()) {
+    return Done(ctx, absl::PermissionDeniedError(absl::StrCat("tenant ", *tenant, " may not back up the store")));
+  }
+  if (options_.backup_dir.empty()) return Done(ctx, absl::FailedPreconditionError("the server has no --backup_dir"));
+  auto* reactor = ctx->DefaultReactor();
+  admin_.Post([this, reactor, resp, tenant = *tenant] {
+    const auto start = std::chrono::steady_clock::now();
+    const absl::Status backed_up = store_.Backup(options_.backup_dir);
+    resp->set_seconds(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    resp->set_backup_dir_bytes(DirectoryBytes(options_.backup_dir));
+    Audit("backup", tenant, "", backed_up, absl::StrCat(resp->seconds(), " s"));
+    reactor->Finish(ToGrpc(backed_up));
+  });
+  return reactor;
+}
+
 absl::StatusOr<int> AdaptdService::Shutdown() {
+  admin_.Stop();
   scorer_.Stop();
   worker_.Stop();
   return sessions_.SnapshotDirty();
@@ -299,9 +332,7 @@ Metrics::Gauges AdaptdService::Gauges() {
                     quotas_.StoredSessions(), quotas_.ActiveTurns()};
   if (!options_.store_path.empty()) {
     std::error_code ec;
-    for (const auto& f : std::filesystem::recursive_directory_iterator(options_.store_path, ec)) {
-      if (f.is_regular_file(ec)) g.store_bytes += static_cast<int64_t>(f.file_size(ec));
-    }
+    g.store_bytes = DirectoryBytes(options_.store_path);
     if (const auto space = std::filesystem::space(options_.store_path, ec); !ec) {
       g.disk_bytes = static_cast<int64_t>(space.capacity);
       g.disk_free_bytes = static_cast<int64_t>(space.available);

@@ -28,9 +28,13 @@ struct ServiceOptions {
   size_t max_import_bytes = size_t{256} << 20;
   QuotaOptions quotas;
   std::string store_path;  // for the store's size on disk (metrics)
+  std::string backup_dir;  // BackupStore's target (empty: no backups)
+  std::vector<std::string> admin_tenants;  // may call BackupStore
   Ownership ownership;  // the sessions this replica serves (default: all)
 };
 
+// The bytes of the regular files under `path` (0 if it cannot be read).
+int64_t DirectoryBytes(const std::string& path);
 // Finishes a unary call with `status` on a default reactor.
 grpc::ServerUnaryReactor* Done(grpc::CallbackServerContext* ctx, const absl::Status& status);
 
@@ -59,6 +63,8 @@ class AdaptdService final : public adaptd::v1::Adaptd::CallbackService {
                                           v1::DeleteSessionResponse* resp) override;
   grpc::ServerUnaryReactor* GetServerInfo(grpc::CallbackServerContext* ctx, const v1::GetServerInfoRequest* req,
                                           v1::ServerInfo* resp) override;
+  grpc::ServerUnaryReactor* BackupStore(grpc::CallbackServerContext* ctx, const v1::BackupStoreRequest* req,
+                                        v1::BackupStoreResponse* resp) override;
   grpc::ServerWriteReactor<v1::ChatResponse>* Chat(grpc::CallbackServerContext* ctx, const v1::ChatRequest* req) override;
   grpc::ServerWriteReactor<v1::ChatResponse>* Generate(grpc::CallbackServerContext* ctx,
                                                        const v1::GenerateRequest* req) override;
@@ -120,6 +126,7 @@ class AdaptdService final : public adaptd::v1::Adaptd::CallbackService {
   ServiceOptions options_;
   Quotas quotas_;
   Worker scorer_;  // scores, off the gRPC threads and out of the commits' way
+  Worker admin_;   // backups: long, one at a time
   Worker worker_;  // last: destroyed first, finishing the turns it holds
 };
 

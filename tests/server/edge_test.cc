@@ -272,6 +272,37 @@ TEST_F(EdgeTest, StoredBytesQuota) {
   EXPECT_TRUE(Chat("key-globex", "g", "hi", 4).status.ok());
 }
 
+// Operators back up a replica's store over the API; a new replica restores the latest backup
+// into a new store and serves what it held (turns after the backup are not in it).
+TEST_F(EdgeTest, BackupAndRestore) {
+  const std::string backup = dir_ + "/backup";
+  Restart({"--backup_dir=" + backup, "--admin_tenants=globex"});
+  ASSERT_TRUE(Create("key-acme", "kept").ok());
+  for (const char* q : {"What is a page?", "And a slab?"}) ASSERT_TRUE(Chat("key-acme", "kept", q, 4).status.ok());
+  v1::BackupStoreResponse resp;
+  EXPECT_EQ(server_->stub().BackupStore(As("key-acme").get(), {}, &resp).error_code(), StatusCode::PERMISSION_DENIED);
+  ASSERT_TRUE(server_->stub().BackupStore(As("key-globex").get(), {}, &resp).ok());
+  EXPECT_GT(resp.backup_dir_bytes(), 0);
+  EXPECT_NE(server_->ReadLog().find("\"action\":\"backup\",\"tenant\":\"globex\""), std::string::npos);
+  ASSERT_TRUE(Chat("key-acme", "kept", "After the backup.", 4).status.ok());  // version 3: not in it
+
+  server_->Kill(SIGTERM);
+  const std::string into_existing = Shell(std::string(ADAPTD_BINARY) + " --model=" + ADAPTD_MODEL + " --api_keys=" +
+                                          dir_ + "/keys.txt --store=" + dir_ + "/store --restore_from=" + backup +
+                                          " --listen=127.0.0.1:0 --metrics_listen= 2>&1; echo rc=$?");
+  EXPECT_NE(into_existing.find("exists; restore only into a new path"), std::string::npos) << into_existing;
+  EXPECT_EQ(into_existing.find("rc=0"), std::string::npos);
+  server_->Start({"--store=" + dir_ + "/restored", "--restore_from=" + backup});
+  v1::Session s;
+  ASSERT_TRUE(Get("key-acme", "kept", &s).ok());
+  EXPECT_EQ(s.version(), 2u);
+  auto next = Chat("key-acme", "kept", "Again?", 4);
+  ASSERT_TRUE(next.status.ok()) << next.status.error_message();
+  EXPECT_EQ(next.usage.version(), 3u);
+  Restart({});  // no --backup_dir
+  EXPECT_EQ(server_->stub().BackupStore(As("key-acme").get(), {}, &resp).error_code(), StatusCode::PERMISSION_DENIED);
+}
+
 // Generates a CA, a server certificate for 127.0.0.1/localhost and a client certificate.
 void MakeCertificates(const std::string& dir) {
   const std::string q = " 2>/dev/null";

@@ -196,3 +196,7 @@ class Client:
 
     def server_info(self) -> pb.ServerInfo:
         return self._call(self._stub.GetServerInfo, pb.GetServerInfoRequest())
+
+    def backup_store(self) -> pb.BackupStoreResponse:
+        """Operators only: a backup of the replica's whole store into its --backup_dir."""
+        return self._call(self._stub.BackupStore, pb.BackupStoreRequest())
