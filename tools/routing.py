@@ -7,6 +7,7 @@ moves only the buckets it wins (about B / n of them), and only to it.
 
   python -m tools.routing map r0 r1 r2 [--buckets 1024] > owners.map
   python -m tools.routing haproxy --map owners.map --listen 127.0.0.1:8080 r0=127.0.0.1:50051 ... > haproxy.cfg
+  (deploy/k8s/base/routing/ holds the map and config of the Kubernetes StatefulSet: scripts/k8s_routing.sh)
   python -m tools.routing owner --map owners.map SESSION_ID
   python -m tools.routing moves old.map new.map      # the buckets whose owner changes
 """
@@ -57,12 +58,13 @@ def owner(owners: list[str], session_id: str) -> str:
     return owners[zlib.crc32(session_id.encode()) % len(owners)]
 
 
-def render_haproxy(map_path: str, buckets: int, listen: str, servers: dict[str, str]) -> str:
+def render_haproxy(map_path: str, buckets: int, listen: str, servers: dict[str, str], dns: bool = False) -> str:
     """An HAProxy config: gRPC (HTTP/2) in on `listen`, each session to its owner's backend.
 
     A backend per replica holds only that replica: while it is down its sessions get 503, which
     gRPC clients see as UNAVAILABLE, never another replica. Calls without a session (create with
-    a server-made id, list, server info) go to any replica that is up."""
+    a server-made id, list, server info) go to any replica that is up. With `dns`, server names
+    are resolved at run time (Kubernetes: a pod's name resolves only while it exists)."""
     lines = [
         "# Rendered by tools/routing.py haproxy; route by the session-id header, see deploy/README.md.",
         "global",
@@ -73,6 +75,12 @@ def render_haproxy(map_path: str, buckets: int, listen: str, servers: dict[str, 
         "  timeout client 1h",
         "  timeout server 1h",
         "  retries 1",
+    ]
+    server_opts = "proto h2 check inter 1s fall 1 rise 1"
+    if dns:
+        lines += ["resolvers cluster", "  parse-resolv-conf", "  hold valid 5s"]
+        server_opts += " resolvers cluster init-addr none"
+    lines += [
         "frontend grpc",
         f"  bind {listen} proto h2",
         f"  http-request set-var(txn.owner) req.hdr(x-adaptd-session),crc32,mod({buckets}),map_int({map_path})"
@@ -81,9 +89,9 @@ def render_haproxy(map_path: str, buckets: int, listen: str, servers: dict[str, 
         "  default_backend any",
     ]
     for name, address in servers.items():
-        lines += [f"backend owner_{name}", f"  server {name} {address} proto h2 check inter 1s fall 1 rise 1"]
+        lines += [f"backend owner_{name}", f"  server {name} {address} {server_opts}"]
     lines += ["backend any", "  balance roundrobin"]
-    lines += [f"  server {name} {address} proto h2 check inter 1s fall 1 rise 1" for name, address in servers.items()]
+    lines += [f"  server {name} {address} {server_opts}" for name, address in servers.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -95,7 +103,9 @@ def main(argv: list[str]) -> int:
     m.add_argument("--buckets", type=int, default=1024)
     h = sub.add_parser("haproxy", help="an HAProxy config routing by the map")
     h.add_argument("--map", required=True, help="the map's path as HAProxy will read it")
+    h.add_argument("--map-file", help="the map's path here, if not --map")
     h.add_argument("--listen", default="0.0.0.0:8080")
+    h.add_argument("--dns", action="store_true", help="resolve the servers' names at run time (Kubernetes)")
     h.add_argument("servers", nargs="+", help="REPLICA=HOST:PORT, one per replica of the map")
     o = sub.add_parser("owner", help="the replica that owns a session")
     o.add_argument("--map", required=True)
@@ -107,11 +117,11 @@ def main(argv: list[str]) -> int:
     if args.cmd == "map":
         sys.stdout.write(render_map(make_map(args.replicas, args.buckets)))
     elif args.cmd == "haproxy":
-        owners = read_map(args.map)
+        owners = read_map(args.map_file or args.map)
         servers = dict(s.split("=", 1) for s in args.servers)
         if set(servers) != set(owners):
             ap.error(f"servers must name exactly the map's replicas: {sorted(set(owners))}")
-        sys.stdout.write(render_haproxy(args.map, len(owners), args.listen, servers))
+        sys.stdout.write(render_haproxy(args.map, len(owners), args.listen, servers, args.dns))
     elif args.cmd == "owner":
         print(owner(read_map(args.map), args.session_id))
     else:

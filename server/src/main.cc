@@ -32,6 +32,7 @@
 #include "service.h"
 
 ABSL_FLAG(std::string, model, "models/adaptd-tiny-ttt", "checkpoint directory (config.json, safetensors, tokenizer.json)");
+ABSL_FLAG(std::string, device, "cpu", "where the model runs: cpu, cuda or cuda:<index> (a CUDA-enabled LibTorch)");
 ABSL_FLAG(std::string, store, "runs/store", "session store directory (RocksDB)");
 ABSL_FLAG(std::string, api_keys, "", "file of \"tenant sha256-hex-of-key\" lines (required)");
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051", "address:port of the API");
@@ -145,7 +146,9 @@ int main(int argc, char** argv) {
     server::LogLine("health").Num("port", health_port).Write();
   }
   const std::string model_dir = absl::GetFlag(FLAGS_model);
-  auto model = engine::Model::Load(model_dir);
+  engine::LoadOptions load_options;
+  load_options.device = absl::GetFlag(FLAGS_device);
+  auto model = engine::Model::Load(model_dir, load_options);
   if (!model.ok()) return Fail(model.status());
   auto tokenizer = engine::Tokenizer::Load(model_dir + "/tokenizer.json");
   if (!tokenizer.ok()) return Fail(tokenizer.status());
