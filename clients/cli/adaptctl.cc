@@ -11,6 +11,7 @@
 //   adaptctl score ID FILE [--adapt]     log-likelihood of FILE as the session's continuation
 //   adaptctl info
 //   adaptctl backup                      operators: back up this replica's store (its --backup_dir)
+//   adaptctl health                      grpc.health.v1: exit 0 while SERVING (probes, Docker)
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -320,6 +321,13 @@ int Score(Client& c, const std::vector<char*>& args) {
   return 0;
 }
 
+int Health(Client& c) {
+  int serving = 0;
+  if (int rc = Check(c.Health(&serving))) return rc;
+  std::cout << (serving == 1 ? "SERVING" : "NOT_SERVING") << "\n";
+  return serving == 1 ? 0 : 1;
+}
+
 int Backup(Client& c) {
   adaptd::v1::BackupStoreResponse resp;
   if (int rc = Check(c.stub().BackupStore(c.Context().get(), {}, &resp))) return rc;
@@ -331,7 +339,7 @@ int Backup(Client& c) {
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
-      "adaptctl [--target HOST:PORT] (sessions ... | chat ID | ingest ID FILE | score ID FILE | info | backup)");
+      "adaptctl [--target HOST:PORT] (sessions ... | chat ID | ingest ID FILE | score ID FILE | info | backup | health)");
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
   Client client(ClientOptions());
   const std::string cmd = args.size() > 1 ? args[1] : "";
@@ -341,6 +349,8 @@ int main(int argc, char** argv) {
   if (cmd == "ingest") return Ingest(client, args);
   if (cmd == "score") return Score(client, args);
   if (cmd == "backup") return Backup(client);
-  std::cerr << "usage: adaptctl [--target HOST:PORT] (sessions ... | chat ID | ingest ID FILE | score ID FILE | info | backup)\n";
+  if (cmd == "health") return Health(client);
+  std::cerr << "usage: adaptctl [--target HOST:PORT] (sessions ... | chat ID | ingest ID FILE | score ID FILE | info | backup |"
+               " health)\n";
   return 2;
 }

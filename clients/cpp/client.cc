@@ -1,6 +1,11 @@
 #include "client.h"
 
+#include <condition_variable>
 #include <cstdlib>
+#include <mutex>
+#include <vector>
+
+#include <grpcpp/generic/generic_stub.h>
 
 #include "absl/status/status.h"
 
@@ -58,6 +63,35 @@ grpc::Status Client::Import(const std::string& blob, const std::string& session,
 
 std::string CodeName(grpc::StatusCode code) {
   return absl::StatusCodeToString(static_cast<absl::StatusCode>(code));  // the same numbering
+}
+
+grpc::Status Client::Health(int* serving) {
+  // The health service's messages by hand (no generated code for them here): the request is
+  // empty (all services); the response is field 1, a varint status.
+  grpc::GenericStub generic(channel_);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  grpc::Slice empty("");
+  grpc::ByteBuffer request(&empty, 1), response;
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+  grpc::Status status;
+  generic.UnaryCall(&ctx, "/grpc.health.v1.Health/Check", {}, &request, &response, [&](grpc::Status s) {
+    std::lock_guard<std::mutex> lock(mu);
+    status = std::move(s);
+    done = true;
+    cv.notify_one();
+  });
+  std::unique_lock<std::mutex> lock(mu);
+  cv.wait(lock, [&] { return done; });
+  if (!status.ok()) return status;
+  std::vector<grpc::Slice> slices;
+  if (!response.Dump(&slices).ok()) return grpc::Status(grpc::StatusCode::INTERNAL, "unreadable health response");
+  std::string bytes;
+  for (const auto& sl : slices) bytes.append(reinterpret_cast<const char*>(sl.begin()), sl.size());
+  *serving = bytes.size() == 2 && bytes[0] == 0x08 ? bytes[1] : 0;
+  return grpc::Status::OK;
 }
 
 }  // namespace adaptd::client

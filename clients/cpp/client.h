@@ -41,6 +41,9 @@ class Client {
   grpc::Status Export(const std::string& session, std::string* blob);
   // Imports `blob` as `session` (empty: the server picks an id), sent in 1 MiB chunks.
   grpc::Status Import(const std::string& blob, const std::string& session, v1::Session* out);
+  // grpc.health.v1 Check of the whole server: *serving is 1 (SERVING), 2 (NOT_SERVING) or 0.
+  // Works on the API port and on a plaintext health port (a client made for it).
+  grpc::Status Health(int* serving);
 
  private:
   Options options_;

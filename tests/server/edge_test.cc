@@ -327,6 +327,9 @@ TEST_F(EdgeTest, TlsMutualTlsAndThePlaintextHealthPort) {
                  grpc::SslCredentials(trust));
   EXPECT_TRUE(Info("key-acme").ok());
   EXPECT_EQ(HealthStatus(server_->health_port()), 1);  // SERVING, in plaintext
+  const std::string probe = Shell(std::string(ADAPTCTL_BINARY) + " --target=127.0.0.1:" +
+                                  std::to_string(server_->health_port()) + " health; echo rc=$?");
+  EXPECT_NE(probe.find("SERVING\nrc=0"), std::string::npos) << probe;  // the container's health check
   // The health port serves nothing else.
   auto plain = v1::Adaptd::NewStub(grpc::CreateChannel("127.0.0.1:" + std::to_string(server_->health_port()),
                                                        grpc::InsecureChannelCredentials()));

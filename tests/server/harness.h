@@ -12,10 +12,8 @@
 #include <unistd.h>
 
 #include <gtest/gtest.h>
-#include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 
-#include <condition_variable>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -26,6 +24,7 @@
 
 #include "adaptd/v1/adaptd.grpc.pb.h"
 #include "auth.h"
+#include "client.h"
 
 namespace adaptd::server {
 
@@ -238,32 +237,13 @@ inline std::string Shell(const std::string& command) {
 // grpc.health.v1 Check on 127.0.0.1:port, over plaintext: 1 SERVING, 2 NOT_SERVING, or minus
 // the call's status code. Hand-encoded (HealthCheckRequest{} is empty; the response is field 1,
 // a varint), so the tests need no health stubs.
-inline int HealthStatus(int port) {
-  auto channel = grpc::CreateChannel("127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials());
-  grpc::GenericStub stub(channel);
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-  grpc::ByteBuffer request, response;
-  grpc::Slice empty("");
-  request = grpc::ByteBuffer(&empty, 1);
-  std::mutex mu;
-  std::condition_variable cv;
-  bool done = false;
-  grpc::Status status;
-  stub.UnaryCall(&ctx, "/grpc.health.v1.Health/Check", {}, &request, &response, [&](grpc::Status s) {
-    std::lock_guard<std::mutex> lock(mu);
-    status = s;
-    done = true;
-    cv.notify_one();
-  });
-  std::unique_lock<std::mutex> lock(mu);
-  cv.wait(lock, [&] { return done; });
-  if (!status.ok()) return -static_cast<int>(status.error_code());
-  std::vector<grpc::Slice> slices;
-  if (!response.Dump(&slices).ok()) return -1;
-  std::string bytes;
-  for (const auto& sl : slices) bytes.append(reinterpret_cast<const char*>(sl.begin()), sl.size());
-  return bytes.size() == 2 && bytes[0] == 0x08 ? bytes[1] : 0;
+inline int HealthStatus(int port) {  // 1 SERVING, 2 NOT_SERVING; -code when the call fails
+  adaptd::client::Options o;
+  o.target = "127.0.0.1:" + std::to_string(port);
+  adaptd::client::Client c(o);
+  int serving = 0;
+  const grpc::Status status = c.Health(&serving);
+  return status.ok() ? serving : -static_cast<int>(status.error_code());
 }
 
 }  // namespace adaptd::server
