@@ -5,6 +5,8 @@
 #include <chrono>
 #include <cmath>
 
+#include <ATen/core/grad_mode.h>
+
 #include "model_impl.h"
 
 namespace adaptd::engine {
@@ -141,13 +143,11 @@ at::Tensor ChunkDelta(const LayerWeights& L, const at::Tensor& t, const at::Tens
   return parity ? at::matmul(v.t(), z) * lr : at::matmul((v * lr).t(), z);
 }
 
-// Applies one completed chunk to the layer's state, or refuses it (non-finite update, or the
-// norm ceiling) and leaves the state as it was. Returns whether it was applied.
-bool UpdateW(const Model::Impl& m, const LayerWeights& L, TttLayerState& st, const SessionOptions& opt,
-             const at::Tensor& t, const at::Tensor& z) {
+// Adds one chunk's update d [d, f] to the layer's state (after clipping it to clip_tau and
+// decaying the old dW), or refuses it (non-finite, or past the norm ceiling) and leaves the
+// state as it was. Returns whether it was applied.
+bool ApplyUpdate(const LayerWeights& L, TttLayerState& st, const SessionOptions& opt, at::Tensor d) {
   const bool parity = opt.numeric == NumericMode::kParity;
-  const double lr = m.config.ttt.lr * opt.lr_scale;
-  at::Tensor d = parity ? ChunkDelta(L, t, z, lr, true) : ChunkDelta(L, t.to(at::kFloat), z.to(at::kFloat), lr, false);  // [d, f]
   const double norm = at::linalg_vector_norm(d.to(at::kFloat)).item<double>();
   if (!std::isfinite(norm)) return false;
   if (opt.clip_tau && norm > *opt.clip_tau) d = d * (*opt.clip_tau / norm);
@@ -164,6 +164,15 @@ bool UpdateW(const Model::Impl& m, const LayerWeights& L, TttLayerState& st, con
   }
   (parity ? st.whole : st.delta) = next;
   return true;
+}
+
+// In-Place TTT: one completed chunk's eta (conv(T) P)^T Z, applied.
+bool UpdateW(const Model::Impl& m, const LayerWeights& L, TttLayerState& st, const SessionOptions& opt,
+             const at::Tensor& t, const at::Tensor& z) {
+  const bool parity = opt.numeric == NumericMode::kParity;
+  const double lr = m.config.ttt.lr * opt.lr_scale;
+  return ApplyUpdate(L, st, opt,
+                     parity ? ChunkDelta(L, t, z, lr, true) : ChunkDelta(L, t.to(at::kFloat), z.to(at::kFloat), lr, false));
 }
 
 at::Tensor ZOf(const LayerWeights& L, const at::Tensor& x) {
@@ -186,7 +195,7 @@ void ReserveTail(at::Tensor& tail, int64_t keep, int64_t rows, int64_t C, const 
 at::Tensor SessionTttMlp(const Model::Impl& m, const LayerWeights& L, SessionState::Impl& s, TttLayerState& st,
                          const at::Tensor& h, const at::Tensor& t, const at::Tensor& z, const at::Tensor& base,
                          bool learn) {
-  if (!learn || s.options.rule == UpdateRule::kOff) return ApplyW(st, z, base);
+  if (!learn || s.options.rule != UpdateRule::kInplace) return ApplyW(st, z, base);
   const int64_t C = m.config.ttt.chunk, len = h.size(0);
   const bool embed_target = m.config.ttt.target == TttConfig::Target::kInputEmbed;
   int64_t r = s.n_learned % C;
@@ -222,9 +231,14 @@ at::Tensor TttMlp(const Model::Impl& m, const LayerWeights& L, int layer, const 
   std::vector<at::Tensor> outs;
   for (const BatchItem& it : items) {
     const int64_t len = it.ids.size(0);
+    if (!it.session->ttt[layer]) {  // no fast weights here (a stock layer another session learns in)
+      outs.push_back(base.narrow(0, it.row, len));
+      continue;
+    }
+    // In-place updates need the layer's TTT tensors; ntp_gradient updates after the pass.
     outs.push_back(SessionTttMlp(m, L, *it.session, *it.session->ttt[layer], h.narrow(0, it.row, len),
                                  t.narrow(0, it.row, len), z.narrow(0, it.row, len), base.narrow(0, it.row, len),
-                                 it.learn));
+                                 it.learn && m.is_ttt[layer]));
   }
   return outs.size() == 1 ? outs[0] : at::cat(outs);
 }
@@ -271,7 +285,10 @@ std::vector<at::Tensor> ForwardBatch(const Model::Impl& m, std::vector<BatchItem
     const LayerWeights& L = m.layers[i];
     x = x + Attention(m, L, i, items, ropes, RmsNorm(x, L.input_norm, c.rms_norm_eps));
     at::Tensor h = RmsNorm(x, L.post_norm, c.rms_norm_eps);  // [T, d]
-    x = x + (m.is_ttt[i] ? TttMlp(m, L, i, items, h, embeds) : at::linear(ZOf(L, h), L.down));
+    const bool fast = m.is_ttt[i] || std::any_of(items.begin(), items.end(), [&](const BatchItem& it) {
+      return it.session->ttt[i].has_value();  // ntp_gradient's dW in a layer without TTT tensors
+    });
+    x = x + (fast ? TttMlp(m, L, i, items, h, embeds) : at::linear(ZOf(L, h), L.down));
   }
   std::vector<at::Tensor> out;
   for (BatchItem& it : items) {
@@ -286,6 +303,46 @@ std::vector<at::Tensor> ForwardBatch(const Model::Impl& m, std::vector<BatchItem
   std::vector<int64_t> sizes;
   for (const at::Tensor& r : out) sizes.push_back(r.size(0));
   return logits.split_with_sizes(sizes);
+}
+
+void NtpUpdate(const Model::Impl& m, SessionState::Impl& s) {
+  const auto start = std::chrono::steady_clock::now();
+  const int64_t C = static_cast<int64_t>(s.ntp_ids.size());
+  // A scratch session with the same dW as leaves that autograd differentiates.
+  SessionState::Impl scratch;
+  scratch.options = s.options;
+  scratch.kv.resize(m.config.num_layers);
+  scratch.ttt.resize(m.config.num_layers);
+  std::vector<int> layers;
+  std::vector<at::Tensor> leaves;
+  for (int l = 0; l < m.config.num_layers; ++l) {
+    if (!s.ttt[l]) continue;
+    const at::Tensor& w0 = m.layers[l].down;
+    at::Tensor leaf = s.ttt[l]->delta.defined() ? s.ttt[l]->delta.detach().clone()
+                                                : at::zeros(w0.sizes(), w0.options().dtype(at::kFloat));
+    leaf.requires_grad_(true);
+    scratch.ttt[l].emplace();
+    scratch.ttt[l]->delta = leaf;
+    layers.push_back(l);
+    leaves.push_back(leaf);
+  }
+  if (C >= 2 && !layers.empty()) {
+    {
+      at::AutoGradMode grad(true);
+      at::Tensor ids = at::tensor(std::vector<int64_t>(s.ntp_ids.begin(), s.ntp_ids.end()), at::kLong).to(m.device);
+      std::vector<BatchItem> items{{&scratch, ids, /*learn=*/false}};
+      at::Tensor logits = ForwardBatch(m, items, /*all_logits=*/true)[0];  // [C, V] fp32
+      at::cross_entropy_loss(logits.narrow(0, 0, C - 1), ids.narrow(0, 1, C - 1)).backward();
+    }
+    const double lr = m.config.ttt.lr * s.options.lr_scale;
+    for (size_t k = 0; k < layers.size(); ++k) {
+      const at::Tensor g = leaves[k].grad();
+      const bool applied = g.defined() && ApplyUpdate(m.layers[layers[k]], *s.ttt[layers[k]], s.options, g * -lr);
+      ++(applied ? s.updates_applied : s.updates_rejected);
+    }
+  }
+  s.ntp_ids.clear();
+  s.update_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
 }  // namespace adaptd::engine

@@ -63,7 +63,9 @@ const ModelConfig& Model::config() const { return impl_->config; }
 const std::string& Model::fingerprint() const { return impl_->fingerprint; }
 
 absl::Status ValidateSessionOptions(const SessionOptions& o) {
-  if (o.rule == UpdateRule::kNtpGradient) return absl::UnimplementedError("update rule ntp_gradient is not implemented yet");
+  if (o.rule == UpdateRule::kNtpGradient && o.numeric != NumericMode::kSplit) {
+    return absl::InvalidArgumentError("update rule ntp_gradient needs the split numeric mode");
+  }
   if (o.clip_tau && !(*o.clip_tau > 0)) return absl::InvalidArgumentError("clip_tau must be > 0");
   if (!(o.decay >= 0 && o.decay <= 1)) return absl::InvalidArgumentError("decay must be in [0, 1]");
   if (o.max_delta_norm && !(*o.max_delta_norm > 0)) return absl::InvalidArgumentError("max_delta_norm must be > 0");
@@ -78,7 +80,8 @@ absl::StatusOr<std::unique_ptr<SessionState>> Model::NewSession(const SessionOpt
   const ModelConfig& c = impl_->config;
   s->kv.resize(c.num_layers);
   s->ttt.resize(c.num_layers);
-  for (int l : c.ttt.layers) s->ttt[l].emplace();  // nothing dense until tokens arrive
+  // ntp_gradient learns in ttt_layers whatever ttt_mode (a stock checkpoint has no TTT tensors).
+  for (int l : options.rule == UpdateRule::kNtpGradient ? c.ttt.fast_layers : c.ttt.layers) s->ttt[l].emplace();
   return std::make_unique<SessionState>(std::move(s));
 }
 
@@ -145,15 +148,42 @@ absl::StatusOr<std::vector<std::vector<float>>> Model::ForwardBatch(absl::Span<c
   }
   try {
     at::NoGradGuard no_grad;
-    std::vector<BatchItem> items;
-    for (const BatchInput& in : inputs) {
-      at::Tensor ids = at::tensor(std::vector<int64_t>(in.ids.begin(), in.ids.end()), at::kLong);
-      items.push_back({&in.session->impl(), ids.to(impl_->device), in.learn});
-    }
-    std::vector<std::vector<float>> out;
-    for (const at::Tensor& l : engine::ForwardBatch(*impl_, items, all_logits)) {
-      at::Tensor cpu = l.contiguous().cpu();  // [m, V] or [1, V]
-      out.emplace_back(cpu.data_ptr<float>(), cpu.data_ptr<float>() + cpu.numel());
+    // Passes until every input is fed. A learning ntp_gradient session's input is cut at its
+    // next chunk boundary and the chunk's update runs after the pass, so the tokens after the
+    // boundary see the updated weights (apply, then update) however the input was split.
+    const int64_t C = impl_->config.ttt.chunk;
+    std::vector<size_t> fed(inputs.size(), 0);
+    std::vector<std::vector<float>> out(inputs.size());
+    for (bool left = true; left;) {
+      std::vector<BatchItem> items;
+      std::vector<size_t> which;
+      for (size_t i = 0; i < inputs.size(); ++i) {
+        const BatchInput& in = inputs[i];
+        SessionState::Impl& s = in.session->impl();
+        size_t n = in.ids.size() - fed[i];
+        if (n == 0) continue;
+        const bool ntp = in.learn && s.options.rule == UpdateRule::kNtpGradient;
+        if (ntp) n = std::min<size_t>(n, static_cast<size_t>(C - s.n_learned % C));
+        const auto piece = in.ids.subspan(fed[i], n);
+        if (ntp) s.ntp_ids.insert(s.ntp_ids.end(), piece.begin(), piece.end());
+        at::Tensor ids = at::tensor(std::vector<int64_t>(piece.begin(), piece.end()), at::kLong);
+        items.push_back({&s, ids.to(impl_->device), in.learn});
+        which.push_back(i);
+        fed[i] += n;
+      }
+      const auto logits = engine::ForwardBatch(*impl_, items, all_logits);
+      left = false;
+      for (size_t k = 0; k < items.size(); ++k) {
+        const size_t i = which[k];
+        at::Tensor cpu = logits[k].contiguous().cpu();  // [m, V] or [1, V]
+        if (!all_logits) out[i].clear();  // only the last token's row is kept
+        out[i].insert(out[i].end(), cpu.data_ptr<float>(), cpu.data_ptr<float>() + cpu.numel());
+        SessionState::Impl& s = *items[k].session;
+        if (s.options.rule == UpdateRule::kNtpGradient && static_cast<int64_t>(s.ntp_ids.size()) == C) {
+          NtpUpdate(*impl_, s);
+        }
+        left = left || fed[i] < inputs[i].ids.size();
+      }
     }
     return out;
   } catch (const std::exception& e) {
@@ -183,7 +213,8 @@ absl::StatusOr<std::vector<float>> Model::FastWeight(const SessionState& session
 absl::StatusOr<std::vector<double>> Model::DeltaNorms(const SessionState& session) const {
   std::vector<double> norms;
   try {
-    for (int layer : impl_->config.ttt.layers) {
+    for (size_t layer = 0; layer < session.impl().ttt.size(); ++layer) {
+      if (!session.impl().ttt[layer]) continue;
       const TttLayerState& st = *session.impl().ttt[layer];
       const at::Tensor delta = st.whole.defined() ? st.whole.to(at::kFloat) - impl_->layers[layer].down.to(at::kFloat)
                                                   : st.delta;

@@ -114,6 +114,7 @@ absl::Status ParseTtt(const json& j, int64_t num_layers, TttConfig& ttt) {
   }
   ttt.layers.clear();
   if (ttt.enabled) ttt.layers.assign(layers.begin(), layers.end());
+  ttt.fast_layers.assign(layers.begin(), layers.end());
   return absl::OkStatus();
 }
 

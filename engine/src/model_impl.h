@@ -54,6 +54,7 @@ struct SessionState::Impl {
   bool poisoned = false;  // a forward failed mid-pass: the state is inconsistent, refuse it
   std::vector<KvCache> kv;                           // per layer
   std::vector<std::optional<TttLayerState>> ttt;     // per layer; set for TTT layers
+  std::vector<int32_t> ntp_ids;  // ntp_gradient: the open chunk's learned ids (N mod C of them)
 };
 
 // FAILED_PRECONDITION for a session whose last forward failed mid-pass.
@@ -73,6 +74,12 @@ struct BatchItem {
 // The forward pass of every item in one batch (forward.cc); sessions must be distinct. Returns
 // per item its logits fp32: [m, V] with all_logits, else [1, V] of its last token.
 std::vector<at::Tensor> ForwardBatch(const Model::Impl& model, std::vector<BatchItem>& items, bool all_logits);
+
+// ntp_gradient at a completed chunk (session.ntp_ids holds its C ids): one gradient step of the
+// chunk's next-token loss on every fast layer's dW, the chunk read on its own (positions 0..C-1,
+// no outside context) under an explicit grad scope; then the ids are cleared. Counted as
+// updates applied or rejected per layer, timed in update_seconds.
+void NtpUpdate(const Model::Impl& model, SessionState::Impl& session);
 
 // Fills model.rope_cos/sin for positions < min(max_position_embeddings, kRopeTableRows).
 inline constexpr int64_t kRopeTableRows = 8192;

@@ -1,12 +1,14 @@
 // Session state to bytes and back (snapshots, export, migration between replicas).
 //
-// Format version 1, little-endian:
+// Format version 2 (a state of the ntp_gradient rule; others are still written as version 1),
+// little-endian:
 //   "ADAPTDSS"  u32 format version  u32 header length  header JSON  tensor bytes  u64 checksum
 // The header holds the model fingerprint and compute dtype, encoding and lossy flag, the counters (N, P, updates),
 // the session options, and per tensor {name, dtype, shape, offset, nbytes} into the tensor bytes.
 // The checksum is FNV-1a 64 over everything before it. Tensors: layers.<l>.delta (split dW,
 // fp32 or int8 with layers.<l>.delta.scale per row), layers.<l>.whole (parity W),
-// layers.<l>.tail_x / tail_t (the r = N mod C open-chunk rows), kv.<l>.k / kv.<l>.v ([KV, P, hd]).
+// layers.<l>.tail_x / tail_t (the r = N mod C open-chunk rows), kv.<l>.k / kv.<l>.v ([KV, P, hd]),
+// ntp_ids (ntp_gradient: the open chunk's r token ids, int32; version 2).
 // Readers accept every version up to theirs; golden files of each version stay in the tests.
 #include <cstring>
 #include <map>
@@ -21,7 +23,7 @@ namespace adaptd::engine {
 namespace {
 
 constexpr char kMagic[8] = {'A', 'D', 'A', 'P', 'T', 'D', 'S', 'S'};
-constexpr uint32_t kFormatVersion = 1;
+constexpr uint32_t kFormatVersion = 2;
 
 uint64_t Fnv64(std::string_view bytes) {
   uint64_t h = 1469598103934665603ull;
@@ -35,12 +37,13 @@ const char* DTypeTag(at::ScalarType t) {
     case at::kBFloat16: return "BF16";
     case at::kHalf: return "F16";
     case at::kChar: return "I8";
+    case at::kInt: return "I32";
     default: return "";
   }
 }
 
 std::optional<at::ScalarType> FromTag(const std::string& tag) {
-  for (at::ScalarType t : {at::kFloat, at::kBFloat16, at::kHalf, at::kChar}) {
+  for (at::ScalarType t : {at::kFloat, at::kBFloat16, at::kHalf, at::kChar, at::kInt}) {
     if (tag == DTypeTag(t)) return t;
   }
   return std::nullopt;
@@ -77,8 +80,9 @@ absl::Status Corrupt(const std::string& why) { return absl::DataLossError("sessi
 absl::StatusOr<std::string> Model::EncodeSession(const SessionState& session, const EncodeOptions& options) const {
   const SessionState::Impl& s = session.impl();
   if (s.poisoned) return Poisoned();
-  // Rule off keeps no open-chunk rows (nothing will be updated from them).
-  const int64_t C = impl_->config.ttt.chunk, r = s.options.rule == UpdateRule::kOff ? 0 : s.n_learned % C;
+  // Only the in-place rule keeps open-chunk rows (off updates nothing; ntp_gradient keeps ids).
+  const bool ntp = s.options.rule == UpdateRule::kNtpGradient;
+  const int64_t C = impl_->config.ttt.chunk, r = s.options.rule == UpdateRule::kInplace ? s.n_learned % C : 0;
   Writer w;
   bool lossy = false;
   try {
@@ -95,6 +99,9 @@ absl::StatusOr<std::string> Model::EncodeSession(const SessionState& session, co
       if (st.whole.defined()) w.Add(p + "whole", st.whole);
       if (r > 0) w.Add(p + "tail_x", st.tail_x.narrow(0, 0, r));
       if (r > 0 && st.tail_t.defined()) w.Add(p + "tail_t", st.tail_t.narrow(0, 0, r));
+    }
+    if (ntp && !s.ntp_ids.empty()) {
+      w.Add("ntp_ids", at::tensor(s.ntp_ids, at::TensorOptions().dtype(at::kInt)));
     }
     for (size_t l = 0; options.include_kv && l < s.kv.size() && s.position > 0; ++l) {
       w.Add(absl::StrCat("kv.", l, ".k"), s.kv[l].k.narrow(1, 0, s.position));
@@ -115,7 +122,7 @@ absl::StatusOr<std::string> Model::EncodeSession(const SessionState& session, co
       {"updates_rejected", s.updates_rejected},
       {"options",
        {{"numeric", o.numeric == NumericMode::kParity ? "parity" : "split"},
-        {"rule", o.rule == UpdateRule::kOff ? "off" : "inplace"},
+        {"rule", o.rule == UpdateRule::kOff ? "off" : ntp ? "ntp_gradient" : "inplace"},
         {"clip_tau", o.clip_tau ? nlohmann::json(*o.clip_tau) : nlohmann::json()},
         {"decay", o.decay},
         {"max_delta_norm", o.max_delta_norm ? nlohmann::json(*o.max_delta_norm) : nlohmann::json()},
@@ -123,7 +130,7 @@ absl::StatusOr<std::string> Model::EncodeSession(const SessionState& session, co
       {"tensors", w.tensors()}};
   const std::string h = header.dump();
   std::string out(kMagic, sizeof(kMagic));
-  const uint32_t version = kFormatVersion, hlen = static_cast<uint32_t>(h.size());
+  const uint32_t version = ntp ? 2 : 1, hlen = static_cast<uint32_t>(h.size());
   out.append(reinterpret_cast<const char*>(&version), 4);
   out.append(reinterpret_cast<const char*>(&hlen), 4);
   out += h;
@@ -186,11 +193,11 @@ absl::Status ReadHeader(const nlohmann::json& h, SessionOptions& o, SessionState
   try {
     const auto& jo = h.at("options");
     const std::string numeric = jo.at("numeric"), rule = jo.at("rule");
-    if ((numeric != "split" && numeric != "parity") || (rule != "inplace" && rule != "off")) {
+    if ((numeric != "split" && numeric != "parity") || (rule != "inplace" && rule != "off" && rule != "ntp_gradient")) {
       return Corrupt("unknown numeric mode or update rule");
     }
     o.numeric = numeric == "parity" ? NumericMode::kParity : NumericMode::kSplit;
-    o.rule = rule == "off" ? UpdateRule::kOff : UpdateRule::kInplace;
+    o.rule = rule == "off" ? UpdateRule::kOff : rule == "ntp_gradient" ? UpdateRule::kNtpGradient : UpdateRule::kInplace;
     if (!jo.at("clip_tau").is_null()) o.clip_tau = jo.at("clip_tau").get<double>();
     o.decay = jo.at("decay").get<double>();
     if (!jo.at("max_delta_norm").is_null()) o.max_delta_norm = jo.at("max_delta_norm").get<double>();
@@ -232,7 +239,8 @@ absl::StatusOr<std::unique_ptr<SessionState>> Model::DecodeSession(std::string_v
   s.updates_applied = counters.updates_applied;
   s.updates_rejected = counters.updates_rejected;
   const ModelConfig& c = impl_->config;
-  const int64_t r = s.options.rule == UpdateRule::kOff ? 0 : s.n_learned % c.ttt.chunk;
+  const bool ntp = s.options.rule == UpdateRule::kNtpGradient;
+  const int64_t r = s.options.rule == UpdateRule::kInplace ? s.n_learned % c.ttt.chunk : 0;
   const int64_t d = c.hidden_size, f = c.intermediate_size;
   const bool parity = o.numeric == NumericMode::kParity;
   auto take = [&](const std::string& name, std::vector<int64_t> shape, at::ScalarType dtype) -> absl::StatusOr<at::Tensor> {
@@ -246,7 +254,7 @@ absl::StatusOr<std::unique_ptr<SessionState>> Model::DecodeSession(std::string_v
     return t;
   };
   try {
-    for (int l : c.ttt.layers) {
+    for (int l : ntp ? c.ttt.fast_layers : c.ttt.layers) {
       TttLayerState& st = *s.ttt[l];
       const std::string pre = absl::StrCat("layers.", l, ".");
       if (!parity && p.tensors.count(pre + "delta.scale")) {
@@ -264,6 +272,15 @@ absl::StatusOr<std::unique_ptr<SessionState>> Model::DecodeSession(std::string_v
         if (c.ttt.target == TttConfig::Target::kInputEmbed) {
           ASSIGN_OR_RETURN(st.tail_t, take(pre + "tail_t", {r, d}, impl_->dtype));
         }
+      }
+    }
+    if (const int64_t open = s.n_learned % c.ttt.chunk; ntp && open > 0) {
+      ASSIGN_OR_RETURN(at::Tensor ids, take("ntp_ids", {open}, at::kInt));
+      at::Tensor cpu = ids.cpu();
+      for (int64_t i = 0; i < open; ++i) {
+        const int32_t id = cpu.data_ptr<int32_t>()[i];
+        if (id < 0 || id >= c.vocab_size) return Corrupt("ntp_ids outside the vocabulary");
+        s.ntp_ids.push_back(id);
       }
     }
     for (int64_t l = 0; l < c.num_layers && s.position > 0; ++l) {

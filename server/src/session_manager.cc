@@ -130,7 +130,10 @@ absl::Status SessionManager::FitWindow(LiveSession& session, int64_t prompt_toke
 
 engine::SessionOptions EngineOptions(const v1::SessionOptions& options) {
   engine::SessionOptions o;
-  o.rule = options.update_rule() == "off" ? engine::UpdateRule::kOff : engine::UpdateRule::kInplace;
+  const std::string& rule = options.update_rule();
+  o.rule = rule == "off" ? engine::UpdateRule::kOff
+           : rule == "ntp_gradient" ? engine::UpdateRule::kNtpGradient
+                                    : engine::UpdateRule::kInplace;
   if (options.clip_tau() != 0) o.clip_tau = options.clip_tau();
   o.decay = options.decay();
   if (options.max_delta_norm() != 0) o.max_delta_norm = options.max_delta_norm();
@@ -140,8 +143,8 @@ engine::SessionOptions EngineOptions(const v1::SessionOptions& options) {
 
 absl::Status ValidateOptions(const v1::SessionOptions& o) {
   const std::string& rule = o.update_rule();
-  if (!rule.empty() && rule != "inplace" && rule != "off") {
-    return absl::InvalidArgumentError(absl::StrCat("options.update_rule '", rule, "' (inplace or off)"));
+  if (!rule.empty() && rule != "inplace" && rule != "off" && rule != "ntp_gradient") {
+    return absl::InvalidArgumentError(absl::StrCat("options.update_rule '", rule, "' (inplace, off or ntp_gradient)"));
   }
   if (o.max_context_tokens() < 0 || o.max_context_tokens() > (1 << 20)) {
     return absl::InvalidArgumentError("options.max_context_tokens must be in [0, 2^20]");

@@ -143,6 +143,30 @@ def write_ttt_case(out: pathlib.Path, name: str, cfg, seed: int) -> dict:
             "dumps": dumps}
 
 
+def write_ntp_oracle(out: pathlib.Path, case: dict) -> None:
+    """The ntp_gradient rule by autograd in transformers: two chunks of the case's ids, each read
+    on its own; after each, every TTT layer's dW -= lr * d(mean next-token NLL of the chunk)/dW."""
+    hf = AutoModelForCausalLM.from_pretrained(str(out / "model"), dtype=torch.float32).eval()  # the stock MLP
+    ids = torch.randint(0, VOCAB, (2 * CHUNK,), generator=torch.Generator().manual_seed(99))
+    lr = TTT_FIELDS["ttt_lr"]
+    layers = case["ttt_layers"]
+    w0 = {l: hf.model.layers[l].mlp.down_proj.weight.detach().clone() for l in layers}
+    delta = {l: torch.zeros_like(w0[l]) for l in layers}
+    tensors = {}
+    for k in range(2):
+        chunk = ids[k * CHUNK:(k + 1) * CHUNK]
+        for l in layers:
+            hf.model.layers[l].mlp.down_proj.weight.data = w0[l] + delta[l]
+        hf.zero_grad()
+        logits = hf(chunk[None]).logits[0].float()
+        torch.nn.functional.cross_entropy(logits[:-1], chunk[1:]).backward()
+        for l in layers:
+            delta[l] = delta[l] - lr * hf.model.layers[l].mlp.down_proj.weight.grad
+            tensors[f"chunk{k}.layers.{l}.delta"] = delta[l].clone().contiguous()
+    save_file(tensors, str(out / "ntp.safetensors"))
+    case["ntp"] = {"file": f"ttt/{case['name']}/ntp.safetensors", "ids": ids.tolist()}
+
+
 def write_checkpoint_cases(root: pathlib.Path, stock: pathlib.Path, ttt: pathlib.Path) -> list[dict]:
     """Variants of two fixture models; code OK means the load must succeed."""
     cases = []
@@ -240,6 +264,7 @@ def main() -> None:
         manifest["hf"].append(write_hf_case(root / "hf" / name, name, cfg, seed))
     for seed, (name, cfg) in enumerate(TTT_CASES.items(), start=20):
         manifest["ttt"].append(write_ttt_case(root / "ttt" / name, name, cfg, seed))
+    write_ntp_oracle(root / "ttt" / "ttt_qwen3_hidden_proj", manifest["ttt"][0])
     manifest["checkpoints"] = write_checkpoint_cases(
         root / "checkpoints", root / "hf/qwen3_gqa_tied/model", root / "ttt/ttt_qwen3_hidden_proj/model")
     write_tokenizer_cases(root / "tokenizer", ROOT / "models/adaptd-tiny-ttt/tokenizer.json")

@@ -188,7 +188,113 @@ TEST(SessionTest, RejectsBadOptions) {
   EXPECT_EQ(model->NewSession(o).status().code(), absl::StatusCode::kInvalidArgument);
   o = {};
   o.rule = UpdateRule::kNtpGradient;
-  EXPECT_EQ(model->NewSession(o).status().code(), absl::StatusCode::kUnimplemented);
+  o.numeric = NumericMode::kParity;  // ntp_gradient keeps dW apart from W0
+  EXPECT_EQ(model->NewSession(o).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// ntp_gradient against transformers' autograd (make_fixtures.py write_ntp_oracle): after each of
+// two chunks, every TTT layer's dW equals -lr * the summed gradients of each chunk's own
+// next-token loss. Fed in pieces that straddle the chunk boundary: the tokens after it see the
+// first update, as the oracle's second chunk does.
+TEST(NtpGradientTest, MatchesTheAutogradOracleInAnySplit) {
+  auto model = LoadModel(kModel);
+  ASSERT_NE(model, nullptr);
+  const auto& ntp = Case("ttt", "ttt_qwen3_hidden_proj").at("ntp");
+  const auto ids = ntp.at("ids").get<std::vector<int32_t>>();
+  const std::string file = ntp.at("file").get<std::string>();
+  const int64_t C = model->config().ttt.chunk;
+  ASSERT_EQ(static_cast<int64_t>(ids.size()), 2 * C);
+  SessionOptions o;
+  o.rule = UpdateRule::kNtpGradient;
+  auto fresh = model->NewSession(o).value();
+  for (const std::vector<size_t>& pieces : std::vector<std::vector<size_t>>{{8, 8}, {16}, {3, 7, 6}, {5, 1, 1, 9}}) {
+    auto s = model->NewSession(o).value();
+    size_t at = 0;
+    for (size_t n : pieces) {
+      ASSERT_TRUE(model->Forward(*s, absl::MakeConstSpan(ids).subspan(at, n)).ok());
+      at += n;
+      if (at == static_cast<size_t>(C)) {  // one chunk in: the first update
+        for (int l : model->config().ttt.layers) {
+          const auto w = W(*model, *s, l), w0 = W(*model, *fresh, l);
+          const auto want = ReadFloats(file, "chunk0.layers." + std::to_string(l) + ".delta");
+          ASSERT_EQ(w.size(), want.size());
+          double err = 0, scale = 0;
+          for (size_t i = 0; i < w.size(); ++i) {
+            err = std::max(err, std::abs(static_cast<double>(w[i] - w0[i] - want[i])));
+            scale = std::max(scale, std::abs(static_cast<double>(want[i])));
+          }
+          EXPECT_GT(scale, 1e-4) << "the oracle's update is not trivially small";
+          EXPECT_LT(err, 1e-5 + 1e-3 * scale) << "layer " << l << " after chunk 0, pieces " << pieces.size();
+        }
+      }
+    }
+    ASSERT_EQ(at, ids.size());
+    EXPECT_EQ(s->n_learned(), 2 * C);
+    EXPECT_EQ(s->updates_applied(), 2 * static_cast<int64_t>(model->config().ttt.layers.size()));
+    for (int l : model->config().ttt.layers) {
+      const auto w = W(*model, *s, l), w0 = W(*model, *fresh, l);
+      const auto want = ReadFloats(file, "chunk1.layers." + std::to_string(l) + ".delta");
+      double err = 0, scale = 0;
+      for (size_t i = 0; i < w.size(); ++i) {
+        err = std::max(err, std::abs(static_cast<double>(w[i] - w0[i] - want[i])));
+        scale = std::max(scale, std::abs(static_cast<double>(want[i])));
+      }
+      EXPECT_LT(err, 1e-5 + 1e-3 * scale) << "layer " << l << " after chunk 1, pieces " << pieces.size();
+    }
+  }
+}
+
+// An open ntp_gradient chunk survives the codec: the restored session finishes it as the
+// uninterrupted one does.
+TEST(NtpGradientTest, OpenChunkRoundTrips) {
+  auto model = LoadModel(kModel);
+  ASSERT_NE(model, nullptr);
+  SessionOptions o;
+  o.rule = UpdateRule::kNtpGradient;
+  const auto ids = Tokens(21, 4);
+  const size_t cut = 13;  // mid-chunk
+  auto whole = model->NewSession(o).value();
+  Feed(*model, *whole, ids);
+  auto first = model->NewSession(o).value();
+  Feed(*model, *first, std::vector<int32_t>(ids.begin(), ids.begin() + cut));
+  auto bytes = model->EncodeSession(*first);
+  ASSERT_TRUE(bytes.ok()) << bytes.status();
+  auto restored = model->DecodeSession(*bytes);
+  ASSERT_TRUE(restored.ok()) << restored.status();
+  Feed(*model, **restored, std::vector<int32_t>(ids.begin() + cut, ids.end()));
+  EXPECT_GT(whole->updates_applied(), 0);
+  EXPECT_EQ((*restored)->updates_applied(), whole->updates_applied());
+  for (int l : model->config().ttt.layers) EXPECT_EQ(W(*model, **restored, l), W(*model, *whole, l)) << l;
+}
+
+// A stock checkpoint (no TTT tensors) learns with ntp_gradient in its ttt_layers (here the
+// default list, layer 0, with the chunk set to 8); the in-place rule learns nothing there.
+TEST(NtpGradientTest, StockCheckpointsLearn) {
+  LoadOptions lo;
+  lo.edit_config = [](ModelConfig& c) { c.ttt.chunk = 8; };
+  auto model = LoadModel("hf/qwen3_gqa_tied/model", lo);
+  ASSERT_NE(model, nullptr);
+  ASSERT_TRUE(model->config().ttt.layers.empty());
+  ASSERT_EQ(model->config().ttt.fast_layers, std::vector<int>{0});
+  SessionOptions o;
+  o.rule = UpdateRule::kNtpGradient;
+  auto ntp = model->NewSession(o).value();
+  auto stock = model->NewSession().value();
+  const auto ids = Tokens(20, 9);
+  auto before = model->Forward(*ntp, ids).value();
+  auto plain = model->Forward(*stock, ids).value();
+  EXPECT_EQ(ntp->updates_applied(), 2);  // two chunks of 8, one fast layer
+  EXPECT_EQ(stock->updates_applied(), 0);
+  const auto norms = model->DeltaNorms(*ntp).value();
+  ASSERT_EQ(norms.size(), 1u);
+  EXPECT_GT(norms[0], 0);
+  // The first chunk's logits are the stock model's (apply, then update); later ones differ.
+  const int64_t V = model->config().vocab_size;
+  const auto rows = [&](const std::vector<float>& x, int64_t from, int64_t to) {
+    return std::vector<float>(x.begin() + from * V, x.begin() + to * V);
+  };
+  EXPECT_LT(MaxAbsDiff(rows(before, 0, 8), rows(plain, 0, 8)), kF32Tol);
+  EXPECT_GT(MaxAbsDiff(rows(before, 8, 20), rows(plain, 8, 20)), 100 * kF32Tol);
 }
 
 // Layer 0's chunk updates do not depend on the fast weights (its inputs come before any TTT

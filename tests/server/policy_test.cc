@@ -164,6 +164,35 @@ TEST_F(PolicyTest, SnapshotPoliciesDecideWhatIsWrittenWhen) {
   EXPECT_EQ(s.tier(), "store");
 }
 
+// The ntp_gradient rule through the server: turns learn by gradient steps, and a replay after
+// kill -9 (the snapshot deferred) rebuilds the same fast weights.
+TEST_F(PolicyTest, NtpGradientSessionsLearnAndReplay) {
+  v1::SessionOptions ntp;
+  ntp.set_update_rule("ntp_gradient");
+  ntp.set_snapshot_policy(v1::SNAPSHOT_ON_EVICTION);
+  ASSERT_TRUE(CreateWith("ntp", ntp).ok());
+  auto turn = Chat("key-acme", "ntp", kUser, 8);
+  ASSERT_TRUE(turn.status.ok()) << turn.status.error_message();
+  EXPECT_GT(turn.usage.updates_applied(), 0);
+  EXPECT_GT(turn.usage.update_seconds(), 0);
+  const auto before = State("ntp");
+  ASSERT_GT(before.delta_norms_size(), 0);
+  EXPECT_GT(before.delta_norms(0), 0);
+  server_->Kill(SIGKILL);
+  server_->Start();
+  v1::ScoreRequest score;  // a dry-run Score loads it: a replay of the turn
+  score.set_session_id("ntp");
+  score.set_text("the page allocator");
+  v1::ScoreResponse scored;
+  ASSERT_TRUE(server_->stub().Score(As("key-acme").get(), score, &scored).ok());
+  const auto after = State("ntp");
+  EXPECT_EQ(after.tokens_learned(), before.tokens_learned());
+  ASSERT_EQ(after.delta_norms_size(), before.delta_norms_size());
+  for (int i = 0; i < before.delta_norms_size(); ++i) {
+    EXPECT_NEAR(after.delta_norms(i), before.delta_norms(i), 1e-4 * before.delta_norms(i)) << "layer " << i;
+  }
+}
+
 TEST_F(PolicyTest, BadPoliciesAreInvalidArguments) {
   v1::SessionOptions role, zero_n, big_n, stray_n, policy;
   role.add_roles_not_learned("tool");

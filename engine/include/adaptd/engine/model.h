@@ -40,7 +40,7 @@ struct LoadOptions {
 enum class UpdateRule {
   kInplace,      // W += eta (UP)^T Z per chunk (the checkpoint's trained TTT modules)
   kOff,          // W stays W0; N still counts learned tokens
-  kNtpGradient,  // one next-token-loss gradient step per chunk (not implemented yet)
+  kNtpGradient,  // one next-token-loss gradient step per chunk (dynamic evaluation; split mode)
 };
 
 struct SessionOptions {
@@ -52,7 +52,7 @@ struct SessionOptions {
   double lr_scale = 1.0;                 // multiplies the checkpoint's TTT learning rate, > 0
 };
 
-// INVALID_ARGUMENT naming the field for out-of-range options; UNIMPLEMENTED for kNtpGradient.
+// INVALID_ARGUMENT naming the field for out-of-range options (kNtpGradient needs kSplit).
 absl::Status ValidateSessionOptions(const SessionOptions& options);
 
 // How EncodeSession stores split-mode dW (everything else is always stored exactly).
@@ -124,7 +124,8 @@ class Model {
   absl::StatusOr<std::vector<std::vector<float>>> ForwardBatch(absl::Span<const BatchInput> inputs,
                                                                bool all_logits = false) const;
 
-  // ||dW||_F of each TTT layer, in the order of config().ttt.layers (0 before any update).
+  // ||dW||_F of each layer the session learns in, ascending: config().ttt.layers, or
+  // ttt.fast_layers for ntp_gradient (0 before any update).
   absl::StatusOr<std::vector<double>> DeltaNorms(const SessionState& session) const;
 
   // The effective fast weight W0 + dW of TTT layer `layer` as fp32 [d, f] row-major.

@@ -29,7 +29,8 @@ struct RopeConfig {
 struct TttConfig {
   enum class Target { kHiddenStates, kInputEmbed };
   bool enabled = false;             // ttt_mode
-  std::vector<int> layers;          // ttt_layers that exist in the model, ascending
+  std::vector<int> layers;          // ttt_layers that exist in the model, ascending (with ttt_mode)
+  std::vector<int> fast_layers;     // the same, whatever ttt_mode: where ntp_gradient learns
   bool proj = true;                 // ttt_proj
   double lr = 0.3;                  // ttt_lr (eta)
   int64_t chunk = 8192;             // ttt_chunk (C)
