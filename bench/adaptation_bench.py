@@ -18,6 +18,9 @@ Variants, all with the same pieces:
   (c) TTT off:  models/adaptd-tiny-ttt, update rule off, window W (ablation)
   (b') adaptd with the session option decay (dW shrinks before each update): a variant of (b)
   (d) full context: models/adaptd-tiny-base with the whole document in its window
+  (e) ntp_gradient on models/adaptd-tiny-ttt, window W: one gradient step of each chunk's
+      next-token loss instead of the trained In-Place update
+  (f) ntp_gradient on the baseline (a stock checkpoint: no TTT modules), window W
 Then (b) again with the server stopped half-way (every session evicted) and restarted: the
 continued sessions, restored from their snapshots, must score what the uninterrupted ones did.
 """
@@ -89,6 +92,9 @@ def pieces(text: str, offsets, turns: int, turn_tokens: int) -> list[str]:
     return [text[cuts[k]:cuts[k + 1]] for k in range(turns)]
 
 
+COST: dict[str, list[float]] = {}  # session -> [update seconds, chunk updates] of its ingests
+
+
 def converse(target: str, session: str, turns: list[str], window: int, rule: str = "",
              stop_after: int | None = None, resume: bool = False, options: dict | None = None) -> list[float]:
     """Scores then ingests each piece; returns the per-turn NLLs."""
@@ -99,7 +105,10 @@ def converse(target: str, session: str, turns: list[str], window: int, rule: str
         nll = []
         for k, piece in enumerate(turns[start:stop_after], start=start):
             nll.append(c.score(session, piece).nll)
-            c.ingest(session, piece, keep_in_context=True, request_id=f"turn-{k}")
+            usage = c.ingest(session, piece, keep_in_context=True, request_id=f"turn-{k}")
+            cost = COST.setdefault(session, [0.0, 0])
+            cost[0] += usage.update_seconds
+            cost[1] += usage.updates_applied
         return nll
 
 
@@ -120,6 +129,7 @@ def main() -> None:
     ap.add_argument("--turn_tokens", type=int, default=64)
     ap.add_argument("--window", type=int, default=256)
     ap.add_argument("--decay", type=float, default=0.1, help="the decay of variant (b')")
+    ap.add_argument("--ntp_lr_scale", type=float, default=1.0, help="lr_scale of variants (e) and (f)")
     ap.add_argument("--out", default="runs/bench/adaptation")
     ap.add_argument("--plot", default="bench/adaptation.png")
     args = ap.parse_args()
@@ -140,6 +150,10 @@ def main() -> None:
             "(c) TTT off, window": run(ttt.target, "c", docs, args.window, rule="off"),
             f"(b') adaptd, decay {args.decay}": run(ttt.target, "e", docs, args.window, options={"decay": args.decay}),
             "(d) baseline, full context": run(base.target, "d", docs, full),
+            "(e) ntp_gradient on the TTT model, window": run(ttt.target, "n", docs, args.window, rule="ntp_gradient",
+                                                             options={"lr_scale": args.ntp_lr_scale}),
+            "(f) ntp_gradient on the baseline, window": run(base.target, "f", docs, args.window, rule="ntp_gradient",
+                                                            options={"lr_scale": args.ntp_lr_scale}),
         }
         # (b) with every session evicted half-way: stop the server, restart it, continue.
         half = args.turns // 2
@@ -168,15 +182,22 @@ def main() -> None:
     a = summary["(a) baseline, window"]["beyond_window"]
     c = summary["(c) TTT off, window"]["beyond_window"]
     print()
-    for name in ("(b) adaptd (TTT), window", f"(b') adaptd, decay {args.decay}"):
+    for name in ("(b) adaptd (TTT), window", f"(b') adaptd, decay {args.decay}",
+                 "(e) ntp_gradient on the TTT model, window", "(f) ntp_gradient on the baseline, window"):
         b = summary[name]["beyond_window"]
         wins = sum(1 for ra, rb in zip(results["(a) baseline, window"], results[name])
                    if statistics.fmean(rb[beyond:]) < statistics.fmean(ra[beyond:]))
         print(f"beyond the window, {name}: {100 * (a - b) / a:+.2f}% lower NLL than the baseline (target 10%), "
               f"{100 * (c - b) / c:+.2f}% than TTT off; better on {wins}/{len(docs)} documents")
+    layers = 2  # both models learn in layers 1 and 3; a chunk counts one update per layer
+    for name, prefix in (("(b) inplace", "b-"), ("(e) ntp_gradient, TTT model", "n-"), ("(f) ntp_gradient, baseline", "f-")):
+        sec = sum(v[0] for k, v in COST.items() if k.startswith(prefix))
+        chunks = sum(v[1] for k, v in COST.items() if k.startswith(prefix)) / layers
+        print(f"update cost, {name}: {1e3 * sec / max(chunks, 1):.2f} ms per chunk ({chunks:.0f} chunks)")
     diff = max(abs(x - y) for rr, rb in zip(restored, results["(b) adaptd (TTT), window"]) for x, y in zip(rr, rb))
     print(f"evicted half-way, restored and continued: max |NLL difference| per turn vs uninterrupted = {diff:.2e}")
     (out / "summary.json").write_text(json.dumps({"args": vars(args), "summary": summary, "restore_max_diff": diff,
+                                                  "update_cost": COST,
                                                   "per_document": results}, indent=1))
 
     import matplotlib
