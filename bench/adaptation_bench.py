@@ -216,9 +216,11 @@ def main() -> None:
     right.plot(range(args.turns), [x - y for x, y in zip(means["(a) baseline, window"],
                                                          means["(b) adaptd (TTT), window"])], color="black", lw=2,
                label="(b) mean")
-    right.plot(range(args.turns), [x - y for x, y in zip(means["(a) baseline, window"],
-                                                         means[f"(b') adaptd, decay {args.decay}"])],
-               color="tab:red", lw=2, label=f"(b') decay {args.decay}, mean")
+    for name, color, label in ((f"(b') adaptd, decay {args.decay}", "tab:red", f"(b') decay {args.decay}, mean"),
+                               ("(e) ntp_gradient on the TTT model, window", "tab:brown", "(e) ntp_gradient, mean"),
+                               ("(f) ntp_gradient on the baseline, window", "tab:pink", "(f) ntp_gradient on the baseline, mean")):
+        right.plot(range(args.turns), [x - y for x, y in zip(means["(a) baseline, window"], means[name])],
+                   color=color, lw=2, label=label)
     right.legend(fontsize=8)
     right.axhline(0, color="grey", lw=1)
     right.axvline(beyond - 0.5, color="grey", ls=":", lw=1)
