@@ -130,8 +130,11 @@ grpc::ServerUnaryReactor* AdaptdService::RollbackSession(grpc::CallbackServerCon
   if (auto s = sessions_.Hold(key); !s.ok()) return Done(ctx, s);
   const absl::Status rolled = store_.Rollback(key, req->version());
   Audit("rollback", key.tenant, key.session, rolled, absl::StrCat("to version ", req->version()));
+  if (!rolled.ok()) {
+    sessions_.Unhold(key);
+    return Done(ctx, rolled);
+  }
   sessions_.ReleaseAndDrop(key);  // the next call loads the rolled-back history
-  if (!rolled.ok()) return Done(ctx, rolled);
   return Done(ctx, Describe(key, resp));
 }
 

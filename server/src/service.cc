@@ -29,8 +29,12 @@ grpc::ServerUnaryReactor* Done(grpc::CallbackServerContext* ctx, const absl::Sta
 int64_t DirectoryBytes(const std::string& path) {
   std::error_code ec;
   int64_t bytes = 0;
-  for (const auto& f : std::filesystem::recursive_directory_iterator(path, ec)) {
-    if (f.is_regular_file(ec)) bytes += static_cast<int64_t>(f.file_size(ec));
+  // Non-throwing all the way: files may vanish under the walk (compactions, backups).
+  for (std::filesystem::recursive_directory_iterator it(path, ec), end; !ec && it != end; it.increment(ec)) {
+    std::error_code fec;
+    if (!it->is_regular_file(fec)) continue;
+    const auto size = it->file_size(fec);
+    if (!fec) bytes += static_cast<int64_t>(size);
   }
   return bytes;
 }
@@ -148,8 +152,12 @@ grpc::ServerUnaryReactor* AdaptdService::DeleteSession(grpc::CallbackServerConte
   if (auto s = sessions_.Hold(key); !s.ok()) return Done(ctx, s);  // ABORTED while a turn runs
   const absl::Status deleted = store_.Delete(key);
   Audit("delete", key.tenant, key.session, deleted);
+  if (!deleted.ok()) {
+    sessions_.Unhold(key);
+    return Done(ctx, deleted);
+  }
   sessions_.ReleaseAndDrop(key);
-  if (deleted.ok()) quotas_.SessionAdded(*tenant, -1);
+  quotas_.SessionAdded(*tenant, -1);
   return Done(ctx, deleted);
 }
 

@@ -367,11 +367,13 @@ absl::StatusOr<int> SessionManager::SnapshotDirty() {
   std::vector<Id> ids;
   for (const auto& [id, e] : sessions_) ids.push_back(id);
   int written = 0;
-  for (const Id& id : ids) {
+  absl::Status first_error;
+  for (const Id& id : ids) {  // one failure does not keep the others from their snapshots
     auto w = SnapshotIfDirty(lock, id);
-    if (!w.ok()) return w.status();
-    written += *w;
+    if (w.ok()) written += *w;
+    if (!w.ok() && first_error.ok()) first_error = w.status();
   }
+  if (!first_error.ok()) return first_error;
   return written;
 }
 
@@ -434,6 +436,17 @@ absl::StatusOr<std::unique_ptr<LiveSession>> SessionManager::Clone(const session
 void SessionManager::ReleaseAndDrop(const session_store::SessionKey& key) {
   std::lock_guard<std::mutex> lock(mu_);
   sessions_.erase({key.tenant, key.session});
+}
+
+void SessionManager::Unhold(const session_store::SessionKey& key) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = sessions_.find({key.tenant, key.session});
+  if (it == sessions_.end()) return;
+  if (it->second.live == nullptr) {
+    sessions_.erase(it);  // the placeholder Hold made
+  } else {
+    it->second.busy = false;
+  }
 }
 
 absl::Status SessionManager::Hold(const session_store::SessionKey& key) {
@@ -530,9 +543,15 @@ absl::StatusOr<std::string> SessionManager::EncodeSnapshot(const LiveSession& se
 }
 
 absl::StatusOr<std::pair<double, size_t>> SessionManager::WriteSnapshot(const Committed& c) {
-  if (!c.snapshot.ok()) return c.snapshot.status();
+  if (!c.snapshot.ok()) {
+    EvictOverBudget();  // others may go; this one stays until a snapshot is written
+    return c.snapshot.status();
+  }
   const auto start = std::chrono::steady_clock::now();
-  if (auto s = StoreSnapshot(c.key, c.version, *c.snapshot); !s.ok()) return s;
+  if (auto s = StoreSnapshot(c.key, c.version, *c.snapshot); !s.ok()) {
+    EvictOverBudget();
+    return s;
+  }
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   {
     std::lock_guard<std::mutex> lock(mu_);

@@ -93,6 +93,8 @@ class SessionManager {
   // Holds the session against every other call, without loading it, while its records are
   // rewritten (delete, rollback; ABORTED if a call holds it). ReleaseAndDrop ends the hold.
   absl::Status Hold(const session_store::SessionKey& key);
+  // Ends a Hold whose rewrite failed (nothing changed): a loaded session stays as it was.
+  void Unhold(const session_store::SessionKey& key);
 
   // An independent copy of the session (its state, window and bookkeeping; ABORTED while a
   // call holds it).

@@ -193,6 +193,31 @@ TEST_F(PolicyTest, NtpGradientSessionsLearnAndReplay) {
   }
 }
 
+// A rewrite that fails changes nothing: the session stays in memory with its unsnapshotted
+// events (no reload, no replay).
+TEST_F(PolicyTest, FailedRewritesKeepTheLoadedSession) {
+  v1::SessionOptions on_eviction;
+  on_eviction.set_snapshot_policy(v1::SNAPSHOT_ON_EVICTION);
+  ASSERT_TRUE(CreateWith("kept", on_eviction).ok());
+  for (const char* q : {"What is a page?", "And a slab?"}) ASSERT_TRUE(Chat("key-acme", "kept", q, 4).status.ok());
+  v1::RollbackSessionRequest rollback;
+  rollback.set_session_id("kept");
+  rollback.set_version(7);  // past its version 2
+  v1::Session out;
+  EXPECT_FALSE(server_->stub().RollbackSession(As("key-acme").get(), rollback, &out).ok());
+  v1::Session s;
+  ASSERT_TRUE(Get("key-acme", "kept", &s).ok());
+  EXPECT_EQ(s.tier(), "memory");
+  ASSERT_TRUE(Chat("key-acme", "kept", "Still here?", 4).status.ok());
+  EXPECT_EQ(Metric("adaptd_session_loads_total"), 1);  // the first turn's, none since
+  EXPECT_EQ(Metric("adaptd_session_replayed_events_total"), 0);
+  v1::DeleteSessionRequest del;  // the same for a delete of an unknown session: nothing is left held
+  del.set_session_id("absent");
+  v1::DeleteSessionResponse gone;
+  EXPECT_EQ(server_->stub().DeleteSession(As("key-acme").get(), del, &gone).error_code(), StatusCode::NOT_FOUND);
+  EXPECT_EQ(Get("key-acme", "absent").error_code(), StatusCode::NOT_FOUND);
+}
+
 TEST_F(PolicyTest, BadPoliciesAreInvalidArguments) {
   v1::SessionOptions role, zero_n, big_n, stray_n, policy;
   role.add_roles_not_learned("tool");
