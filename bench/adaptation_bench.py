@@ -39,8 +39,9 @@ import sys
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "clients/python"), str(ROOT / "build/python")]
+sys.path[:0] = [str(ROOT), str(ROOT / "clients/python"), str(ROOT / "build/python")]
 from adaptd_client import Client  # noqa: E402
+from tools import adaptd_process  # noqa: E402
 
 KEY = "bench-key"
 
@@ -52,19 +53,11 @@ class Server:
         self.start()
 
     def start(self) -> None:
-        log = open(self.store.with_suffix(".log"), "a+")
-        begin = log.tell()  # this start's lines only
-        self.proc = subprocess.Popen([str(ROOT / "build/bin/adaptd"), f"--model={ROOT / 'models' / self.model}",
-                                      f"--store={self.store}", f"--api_keys={self.keys}", "--listen=127.0.0.1:0",
-                                      "--metrics_listen=", "--max_context_tokens=4096"], stderr=log)
-        self.target = None
-        while self.target is None:
-            assert self.proc.poll() is None, pathlib.Path(log.name).read_text()
-            log.seek(begin)
-            for line in log:
-                if '"msg":"serving"' in line:
-                    self.target = f"127.0.0.1:{json.loads(line)['port']}"
-            time.sleep(0.05)
+        self.proc, ports = adaptd_process.start(
+            ROOT / "build/bin/adaptd", [f"--model={ROOT / 'models' / self.model}", f"--store={self.store}",
+                                        f"--api_keys={self.keys}", "--listen=127.0.0.1:0", "--metrics_listen=",
+                                        "--max_context_tokens=4096"], self.store.with_suffix(".log"))
+        self.target = f"127.0.0.1:{ports['serving']}"
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)

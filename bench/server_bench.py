@@ -30,8 +30,9 @@ import time
 import urllib.request
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "clients/python"), str(ROOT / "build/python")]
+sys.path[:0] = [str(ROOT), str(ROOT / "clients/python"), str(ROOT / "build/python")]
 from adaptd_client import Client  # noqa: E402
+from tools import adaptd_process  # noqa: E402
 from adaptd.v1 import adaptd_pb2 as pb  # noqa: E402
 
 KEY = "bench-key"
@@ -58,21 +59,11 @@ def timed_turn(c: Client, session: str) -> float:
 
 def start_server(out: pathlib.Path, store: str, budget: int) -> tuple[subprocess.Popen, dict]:
     """adaptd on free ports with a fresh store under `out`; its ports from its JSON startup lines."""
-    log = open(out / f"{store}.log", "w+")
-    server = subprocess.Popen([str(ROOT / "build/bin/adaptd"), f"--model={ROOT / 'models/adaptd-tiny-ttt'}",
-                               f"--store={out / store}", f"--api_keys={out / 'keys.txt'}", "--listen=127.0.0.1:0",
-                               "--metrics_listen=127.0.0.1:0", f"--memory_budget_bytes={budget}",
-                               "--max_active_turns_per_tenant=1000"], stderr=log)
-    ports = {}
-    while "serving" not in ports:
-        assert server.poll() is None, (out / f"{store}.log").read_text()
-        log.seek(0)
-        for line in log:
-            j = json.loads(line)
-            if "port" in j:
-                ports[j["msg"]] = j["port"]
-        time.sleep(0.05)
-    return server, ports
+    return adaptd_process.start(ROOT / "build/bin/adaptd",
+                                [f"--model={ROOT / 'models/adaptd-tiny-ttt'}", f"--store={out / store}",
+                                 f"--api_keys={out / 'keys.txt'}", "--listen=127.0.0.1:0",
+                                 "--metrics_listen=127.0.0.1:0", f"--memory_budget_bytes={budget}",
+                                 "--max_active_turns_per_tenant=1000"], out / f"{store}.log")
 
 
 def compare_snapshot_policies(target: str, metrics_port: int, sessions: int, turns: int, label: str) -> dict:

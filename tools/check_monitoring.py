@@ -28,6 +28,8 @@ import urllib.request
 
 import yaml
 
+from tools import adaptd_process
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DASHBOARD = ROOT / "deploy/grafana/adaptd.json"
 RULES = ROOT / "deploy/prometheus/alerts.yml"
@@ -96,22 +98,10 @@ def query(port: int, promql: str) -> dict:
 
 def start_adaptd(binary: str, work: pathlib.Path) -> tuple[subprocess.Popen, dict]:
     (work / "keys.txt").write_text(f"acme {hashlib.sha256(KEY.encode()).hexdigest()}\n")
-    log = open(work / "adaptd.log", "w+")
-    proc = subprocess.Popen([binary, f"--model={ROOT / 'models/adaptd-tiny-ttt'}", f"--store={work / 'store'}",
-                             f"--api_keys={work / 'keys.txt'}", "--listen=127.0.0.1:0",
-                             "--metrics_listen=127.0.0.1:0", "--memory_budget_bytes=1"], stderr=log)
-    ports: dict = {}
-    deadline = time.time() + 120
-    while not {"serving", "metrics"} <= ports.keys():
-        if proc.poll() is not None or time.time() > deadline:
-            raise SystemExit(f"adaptd did not start: {(work / 'adaptd.log').read_text()}")
-        log.seek(0)
-        for line in log:
-            j = json.loads(line)
-            if "port" in j:
-                ports[j["msg"]] = j["port"]
-        time.sleep(0.05)
-    return proc, ports
+    return adaptd_process.start(binary, [f"--model={ROOT / 'models/adaptd-tiny-ttt'}", f"--store={work / 'store'}",
+                                         f"--api_keys={work / 'keys.txt'}", "--listen=127.0.0.1:0",
+                                         "--metrics_listen=127.0.0.1:0", "--memory_budget_bytes=1"],
+                                work / "adaptd.log")
 
 
 def load(target: str) -> None:

@@ -16,7 +16,7 @@ import time
 import pytest
 
 from adaptd_client import AdaptdError, Client
-from tools import routing
+from tools import adaptd_process, routing
 
 KEY = "route-key"
 REPLICAS = ["r0", "r1", "r2"]
@@ -61,12 +61,11 @@ class Cluster:
         wait_for_port(self.proxy_port, self.proxy, log)
 
     def start(self, r: str) -> None:
-        log = self.root / f"{r}.log"
-        self.procs[r] = subprocess.Popen(
-            [os.environ["ADAPTD_BINARY"], f"--model={os.environ['ADAPTD_MODEL']}", f"--store={self.root / r}",
-             f"--api_keys={self.root / 'keys.txt'}", f"--listen=127.0.0.1:{self.ports[r]}", "--metrics_listen=",
-             f"--replica_id={r}", f"--ownership_map={self.map}"], stderr=open(log, "a"))
-        wait_for_port(self.ports[r], self.procs[r], log)
+        self.procs[r], _ = adaptd_process.start(
+            os.environ["ADAPTD_BINARY"],
+            [f"--model={os.environ['ADAPTD_MODEL']}", f"--store={self.root / r}", f"--api_keys={self.root / 'keys.txt'}",
+             f"--listen=127.0.0.1:{self.ports[r]}", "--metrics_listen=", f"--replica_id={r}",
+             f"--ownership_map={self.map}"], self.root / f"{r}.log")
 
     def kill(self, r: str, sig=signal.SIGKILL) -> int:
         self.procs[r].send_signal(sig)

@@ -2,7 +2,6 @@
 and the example. Run by ctest (label integration), which passes ADAPTD_BINARY, ADAPTD_MODEL and a
 PYTHONPATH with the client and its generated stubs."""
 import hashlib
-import json
 import os
 import pathlib
 import signal
@@ -12,6 +11,7 @@ import sys
 import pytest
 
 from adaptd_client import AdaptdError, Client
+from tools import adaptd_process
 
 KEY = "py-key"
 
@@ -20,18 +20,11 @@ KEY = "py-key"
 def server(tmp_path):
     keys = tmp_path / "keys.txt"
     keys.write_text(f"acme {hashlib.sha256(KEY.encode()).hexdigest()}\n")
-    log = open(tmp_path / "adaptd.log", "w+")
-    proc = subprocess.Popen([os.environ["ADAPTD_BINARY"], f"--model={os.environ['ADAPTD_MODEL']}",
-                             f"--store={tmp_path / 'store'}", f"--api_keys={keys}", "--listen=127.0.0.1:0",
-                             "--metrics_listen="], stderr=log)
-    port = None
-    while port is None and proc.poll() is None:
-        log.seek(0)
-        for line in log:
-            if '"msg":"serving"' in line:
-                port = json.loads(line)["port"]
-    assert port, f"adaptd exited: {pathlib.Path(log.name).read_text()}"
-    yield f"127.0.0.1:{port}"
+    proc, ports = adaptd_process.start(os.environ["ADAPTD_BINARY"],
+                                       [f"--model={os.environ['ADAPTD_MODEL']}", f"--store={tmp_path / 'store'}",
+                                        f"--api_keys={keys}", "--listen=127.0.0.1:0", "--metrics_listen="],
+                                       tmp_path / "adaptd.log")
+    yield f"127.0.0.1:{ports['serving']}"
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
 
