@@ -269,9 +269,17 @@ absl::StatusOr<std::unique_ptr<LiveSession>> SessionManager::Load(const session_
   return live;
 }
 
+void SessionManager::AwaitSnapshot(std::unique_lock<std::mutex>& lock, const Id& id) {
+  snapshot_done_.wait(lock, [&] {
+    auto it = sessions_.find(id);
+    return it == sessions_.end() || !it->second.snapshotting;
+  });
+}
+
 absl::StatusOr<LiveSession*> SessionManager::Acquire(const session_store::SessionKey& key) {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    std::unique_lock<std::mutex> lock(mu_);
+    AwaitSnapshot(lock, {key.tenant, key.session});
     auto it = sessions_.find({key.tenant, key.session});
     if (it != sessions_.end()) {
       if (it->second.busy) return absl::AbortedError("session busy: another call is using it");
@@ -321,7 +329,7 @@ void SessionManager::EvictOverBudget() {
     auto victim = sessions_.end();
     for (auto it = sessions_.begin(); it != sessions_.end(); ++it) {
       const Entry& e = it->second;
-      if (e.busy || !e.live || tried.count(it->first)) continue;
+      if (e.busy || e.snapshotting || !e.live || tried.count(it->first)) continue;
       if (victim == sessions_.end() || e.used < victim->second.used) victim = it;
     }
     if (victim == sessions_.end()) return;
@@ -334,7 +342,7 @@ void SessionManager::EvictOverBudget() {
       continue;
     }
     auto it = sessions_.find(id);
-    if (it == sessions_.end() || it->second.busy || !it->second.live ||
+    if (it == sessions_.end() || it->second.busy || it->second.snapshotting || !it->second.live ||
         it->second.snapshotted != it->second.live->version) {
       continue;  // taken or changed while its snapshot was written
     }
@@ -345,20 +353,23 @@ void SessionManager::EvictOverBudget() {
 
 absl::StatusOr<bool> SessionManager::SnapshotIfDirty(std::unique_lock<std::mutex>& lock, const Id& id) {
   auto it = sessions_.find(id);
-  if (it == sessions_.end() || it->second.busy || !it->second.live) return false;
+  if (it == sessions_.end() || it->second.busy || it->second.snapshotting || !it->second.live) return false;
   const LiveSession& live = *it->second.live;
   if (it->second.snapshotted == live.version) return false;
+  // No call can take, change or drop the session while `snapshotting` is set (they wait), so it
+  // is read without mu_, which other sessions' calls need meanwhile.
+  it->second.snapshotting = true;
   const uint64_t version = live.version;
-  const session_store::SessionKey key = live.key;
-  auto bytes = EncodeSnapshot(live);  // under mu_: no call can take the session meanwhile
-  if (!bytes.ok()) return bytes.status();
   lock.unlock();
-  const absl::Status written = StoreSnapshot(key, version, *bytes);
+  auto bytes = EncodeSnapshot(live);
+  const absl::Status written = bytes.ok() ? StoreSnapshot(live.key, version, *bytes) : bytes.status();
   lock.lock();
+  it = sessions_.find(id);  // still there: nothing erases a snapshotting entry
+  it->second.snapshotting = false;
+  snapshot_done_.notify_all();
   if (!written.ok()) return written;
   ++stats_.deferred_snapshots;
-  it = sessions_.find(id);
-  if (it != sessions_.end()) it->second.snapshotted = std::max(it->second.snapshotted, version);
+  it->second.snapshotted = std::max(it->second.snapshotted, version);
   return true;
 }
 
@@ -378,8 +389,9 @@ absl::StatusOr<int> SessionManager::SnapshotDirty() {
 }
 
 void SessionManager::DropExpired(const std::vector<session_store::SessionKey>& keys) {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::unique_lock<std::mutex> lock(mu_);
   for (const auto& key : keys) {
+    AwaitSnapshot(lock, {key.tenant, key.session});
     auto it = sessions_.find({key.tenant, key.session});
     if (it != sessions_.end() && !it->second.busy) sessions_.erase(it);
   }
@@ -450,7 +462,8 @@ void SessionManager::Unhold(const session_store::SessionKey& key) {
 }
 
 absl::Status SessionManager::Hold(const session_store::SessionKey& key) {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::unique_lock<std::mutex> lock(mu_);
+  AwaitSnapshot(lock, {key.tenant, key.session});
   auto& entry = sessions_[{key.tenant, key.session}];
   if (entry.busy) return absl::AbortedError("session busy: another call is using it");
   entry.busy = true;

@@ -7,6 +7,7 @@
 #ifndef ADAPTD_SERVER_SESSION_MANAGER_H_
 #define ADAPTD_SERVER_SESSION_MANAGER_H_
 
+#include <condition_variable>
 #include <functional>
 #include <map>
 #include <memory>
@@ -156,7 +157,12 @@ class SessionManager {
     size_t bytes = 0;
     uint64_t used = 0;         // LRU clock
     uint64_t snapshotted = 0;  // the version of its newest written snapshot
+    // An eviction or the shutdown flush is encoding and writing its snapshot, without mu_: the
+    // entry stays, and calls that would take or drop it wait (snapshot_done_).
+    bool snapshotting = false;
   };
+  // Waits (mu_ held by `lock`) until the entry of `id`, if any, is not snapshotting.
+  void AwaitSnapshot(std::unique_lock<std::mutex>& lock, const Id& id);
   // The session from its latest snapshot of this model and the events after it. With `migrate`,
   // a session bound to another model loads too (from its whole log).
   // *snapshotted: the version of the snapshot it started from (0: none).
@@ -172,13 +178,14 @@ class SessionManager {
   absl::StatusOr<std::string> EncodeSnapshot(const LiveSession& session) const;
   absl::Status StoreSnapshot(const session_store::SessionKey& key, uint64_t version, const std::string& bytes);
   // Writes the snapshot of a loaded session no call holds, if it lacks one; false if none was
-  // needed. The snapshot is encoded under mu_ (`lock`, released while writing, then retaken).
+  // needed. `lock` (mu_) is released while the snapshot is encoded and written.
   absl::StatusOr<bool> SnapshotIfDirty(std::unique_lock<std::mutex>& lock, const Id& id);
 
   const engine::Model& model_;
   session_store::SessionStore& store_;
   std::mutex mu_;
   std::map<Id, Entry> sessions_;  // guarded by mu_
+  std::condition_variable snapshot_done_;  // an entry's snapshotting ended
   const size_t budget_;
   const int64_t default_context_;
   const Observer observer_;
