@@ -108,9 +108,10 @@ def load(target: str) -> None:
     """A little of everything: turns (TTT updates), a score, evictions and reloads, a client error."""
     sys.path[:0] = [str(ROOT / "clients/python"), str(ROOT / "build/python")]
     from adaptd_client import AdaptdError, Client
+    from adaptd.v1 import adaptd_pb2 as pb
     with Client(target, KEY) as c:
-        for s in ("m1", "m2"):
-            c.create_session(s, snapshot_policy=3 if s == "m2" else 0)  # m2: SNAPSHOT_ON_EVICTION
+        c.create_session("m1")
+        c.create_session("m2", snapshot_policy=pb.SNAPSHOT_ON_EVICTION)  # its snapshots come at evictions
         for _ in range(3):
             for s in ("m1", "m2"):
                 c.chat_turn(s, "Tell me about the page allocator and its free lists. " * 6, max_new_tokens=8)

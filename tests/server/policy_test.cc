@@ -34,6 +34,26 @@ class PolicyTest : public ServerTest {
     const size_t at = body.find("\n" + name + " ");
     return at == std::string::npos ? -1 : std::strtod(body.c_str() + at + name.size() + 2, nullptr);
   }
+  // Kills the server (-9), restarts it and loads the session by a dry-run Score (which leaves it
+  // unchanged): its learning state as the log and snapshots rebuild it.
+  v1::SessionState CrashAndReload(const std::string& id) {
+    server_->Kill(SIGKILL);
+    server_->Start();
+    v1::ScoreRequest score;
+    score.set_session_id(id);
+    score.set_text("the page allocator");
+    v1::ScoreResponse scored;
+    EXPECT_TRUE(server_->stub().Score(As("key-acme").get(), score, &scored).ok());
+    return State(id);
+  }
+  // The same tokens learned and the same ||dW|| per layer (replay matches within tolerance).
+  static void ExpectSameLearning(const v1::SessionState& got, const v1::SessionState& want) {
+    EXPECT_EQ(got.tokens_learned(), want.tokens_learned());
+    ASSERT_EQ(got.delta_norms_size(), want.delta_norms_size());
+    for (int i = 0; i < want.delta_norms_size(); ++i) {
+      EXPECT_NEAR(got.delta_norms(i), want.delta_norms(i), 1e-4 * want.delta_norms(i)) << "layer " << i;
+    }
+  }
   // Waits for the snapshot written just after a turn's acknowledgement.
   void AwaitSnapshot(const std::string& id, uint64_t version) {
     for (int i = 0; i < 100 && SnapshotVersion(id) < version; ++i) {
@@ -104,19 +124,7 @@ TEST_F(PolicyTest, RolesNotLearnedEnterTheContextOnly) {
   const auto after = State("skip");
   // One more user turn learned on top: its tokens (template and reply included) only.
   EXPECT_GT(after.tokens_learned(), before.tokens_learned());
-  server_->Kill(SIGKILL);
-  server_->Start();
-  v1::ScoreRequest score;  // a dry-run Score loads the session without changing it: as replayed
-  score.set_session_id("skip");
-  score.set_text("the page allocator");
-  v1::ScoreResponse scored;
-  ASSERT_TRUE(server_->stub().Score(As("key-acme").get(), score, &scored).ok());
-  const auto replayed = State("skip");
-  EXPECT_EQ(replayed.tokens_learned(), after.tokens_learned());
-  ASSERT_EQ(replayed.delta_norms_size(), after.delta_norms_size());
-  for (int i = 0; i < after.delta_norms_size(); ++i) {
-    EXPECT_NEAR(replayed.delta_norms(i), after.delta_norms(i), 1e-4 * after.delta_norms(i)) << "layer " << i;
-  }
+  ExpectSameLearning(CrashAndReload("skip"), after);
 }
 
 // Every event (default), every third, or only when the session leaves memory: the log makes each
@@ -178,19 +186,7 @@ TEST_F(PolicyTest, NtpGradientSessionsLearnAndReplay) {
   const auto before = State("ntp");
   ASSERT_GT(before.delta_norms_size(), 0);
   EXPECT_GT(before.delta_norms(0), 0);
-  server_->Kill(SIGKILL);
-  server_->Start();
-  v1::ScoreRequest score;  // a dry-run Score loads it: a replay of the turn
-  score.set_session_id("ntp");
-  score.set_text("the page allocator");
-  v1::ScoreResponse scored;
-  ASSERT_TRUE(server_->stub().Score(As("key-acme").get(), score, &scored).ok());
-  const auto after = State("ntp");
-  EXPECT_EQ(after.tokens_learned(), before.tokens_learned());
-  ASSERT_EQ(after.delta_norms_size(), before.delta_norms_size());
-  for (int i = 0; i < before.delta_norms_size(); ++i) {
-    EXPECT_NEAR(after.delta_norms(i), before.delta_norms(i), 1e-4 * before.delta_norms(i)) << "layer " << i;
-  }
+  ExpectSameLearning(CrashAndReload("ntp"), before);  // the snapshot deferred: a replay of the turn
 }
 
 // A rewrite that fails changes nothing: the session stays in memory with its unsnapshotted
