@@ -20,6 +20,20 @@ at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& w, double eps) {
   return w * xf.to(x.scalar_type());
 }
 
+// x W^T for rows x [n, in] and W [out, in], plus `add` if given. On the CPU up to 16 rows
+// (decode) go as W X^T with at least two columns: the wheel's MKL serves x W^T for one row as a
+// GEMV and for a few rows with a slow GEMM shape, while W X^T is a GEMM that streams W at memory
+// speed (bench/small_rows.py, f32, this 2-core machine: 1.5-2.6x faster for one row, 1.0-4.5x for
+// 2-16 rows, even from 32 on). One row is doubled, and its first column kept.
+at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& add = {}) {
+  const int64_t rows = x.size(0);
+  if (!x.is_cpu() || x.scalar_type() != at::kFloat || rows > 16) {
+    return add.defined() ? at::addmm(add, x, w.t()) : at::linear(x, w);
+  }
+  at::Tensor y = rows == 1 ? at::mm(w, x.repeat({2, 1}).t()).narrow(1, 0, 1).t() : at::mm(w, x.t()).t();
+  return add.defined() ? y + add : y;
+}
+
 at::Tensor RotateHalf(const at::Tensor& x) {
   const int64_t half = x.size(-1) / 2;
   return at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
@@ -67,7 +81,7 @@ at::Tensor Attention(const Model::Impl& m, const LayerWeights& L, int layer, con
                      const std::vector<Rope>& ropes, const at::Tensor& h) {
   const ModelConfig& c = m.config;
   const int64_t rows = h.size(0), hd = c.head_dim;
-  const auto qkv = at::linear(h, L.qkv).split_with_sizes({c.num_heads * hd, c.num_kv_heads * hd, c.num_kv_heads * hd}, 1);
+  const auto qkv = Linear(h, L.qkv).split_with_sizes({c.num_heads * hd, c.num_kv_heads * hd, c.num_kv_heads * hd}, 1);
   at::Tensor q = qkv[0].reshape({rows, c.num_heads, hd});     // [T, H, hd]
   at::Tensor k = qkv[1].reshape({rows, c.num_kv_heads, hd});  // [T, KV, hd]
   at::Tensor v = qkv[2].reshape({rows, c.num_kv_heads, hd});
@@ -102,15 +116,15 @@ at::Tensor Attention(const Model::Impl& m, const LayerWeights& L, int layer, con
     o = o.reshape({c.num_heads, len, hd});  // [1, KV, G m, hd] -> [H, m, hd]
     outs.push_back(o.transpose(0, 1).reshape({len, c.num_heads * hd}));
   }
-  return at::linear(outs.size() == 1 ? outs[0] : at::cat(outs), L.o);  // [T, d]
+  return Linear(outs.size() == 1 ? outs[0] : at::cat(outs), L.o);  // [T, d]
 }
 
 // Z W^T for rows of one session: base = Z W0^T (computed batched for all rows) plus Z dW^T in
 // fp32 (split), or Z W^T with the whole W (parity, once updated).
 at::Tensor ApplyW(const TttLayerState& st, const at::Tensor& z, const at::Tensor& base) {
-  if (st.whole.defined()) return at::linear(z, st.whole);
+  if (st.whole.defined()) return Linear(z, st.whole);
   if (!st.delta.defined()) return base;  // no chunk completed: the stock MLP exactly
-  return at::addmm(base.to(at::kFloat), z.to(at::kFloat), st.delta.t()).to(z.scalar_type());
+  return Linear(z.to(at::kFloat), st.delta, base.to(at::kFloat)).to(z.scalar_type());
 }
 
 // The chunk-local depthwise conv (kernel 5, padding 2, zero outside the chunk) of t [C, d]:
@@ -176,7 +190,7 @@ bool UpdateW(const Model::Impl& m, const LayerWeights& L, TttLayerState& st, con
 }
 
 at::Tensor ZOf(const LayerWeights& L, const at::Tensor& x) {
-  const auto gu = at::linear(x, L.gate_up).chunk(2, -1);  // [n, f] each
+  const auto gu = Linear(x, L.gate_up).chunk(2, -1);  // [n, f] each
   return at::silu(gu[0]) * gu[1];                         // [n, f]
 }
 
@@ -226,7 +240,7 @@ at::Tensor SessionTttMlp(const Model::Impl& m, const LayerWeights& L, SessionSta
 at::Tensor TttMlp(const Model::Impl& m, const LayerWeights& L, int layer, const std::vector<BatchItem>& items,
                   const at::Tensor& h, const at::Tensor& embeds) {
   const at::Tensor z = ZOf(L, h);              // [T, f]
-  const at::Tensor base = at::linear(z, L.down);  // [T, d]
+  const at::Tensor base = Linear(z, L.down);  // [T, d]
   const at::Tensor& t = m.config.ttt.target == TttConfig::Target::kInputEmbed ? embeds : h;
   std::vector<at::Tensor> outs;
   for (const BatchItem& it : items) {
@@ -288,7 +302,7 @@ std::vector<at::Tensor> ForwardBatch(const Model::Impl& m, std::vector<BatchItem
     const bool fast = m.is_ttt[i] || std::any_of(items.begin(), items.end(), [&](const BatchItem& it) {
       return it.session->ttt[i].has_value();  // ntp_gradient's dW in a layer without TTT tensors
     });
-    x = x + (fast ? TttMlp(m, L, i, items, h, embeds) : at::linear(ZOf(L, h), L.down));
+    x = x + (fast ? TttMlp(m, L, i, items, h, embeds) : Linear(ZOf(L, h), L.down));
   }
   std::vector<at::Tensor> out;
   for (BatchItem& it : items) {
@@ -299,7 +313,7 @@ std::vector<at::Tensor> ForwardBatch(const Model::Impl& m, std::vector<BatchItem
     out.push_back(xr);
   }
   // lm_head once for all rows that need logits: [R, V] fp32, split per item.
-  at::Tensor logits = at::linear(RmsNorm(at::cat(out), m.final_norm, c.rms_norm_eps), m.lm_head).to(at::kFloat);
+  at::Tensor logits = Linear(RmsNorm(at::cat(out), m.final_norm, c.rms_norm_eps), m.lm_head).to(at::kFloat);
   std::vector<int64_t> sizes;
   for (const at::Tensor& r : out) sizes.push_back(r.size(0));
   return logits.split_with_sizes(sizes);
