@@ -327,6 +327,13 @@ void NtpUpdate(const Model::Impl& m, SessionState::Impl& s) {
   scratch.options = s.options;
   scratch.kv.resize(m.config.num_layers);
   scratch.ttt.resize(m.config.num_layers);
+  if (s.ntp_start > 0 && s.ntp_start + C == s.position) {  // the window before the chunk, as served
+    scratch.position = s.ntp_start;
+    for (int l = 0; l < m.config.num_layers; ++l) {
+      // Views of exactly the context's rows: appending the chunk copies them to a new buffer.
+      scratch.kv[l] = {s.kv[l].k.narrow(1, 0, s.ntp_start), s.kv[l].v.narrow(1, 0, s.ntp_start)};
+    }
+  }
   std::vector<int> layers;
   std::vector<at::Tensor> leaves;
   for (int l = 0; l < m.config.num_layers; ++l) {
@@ -356,6 +363,7 @@ void NtpUpdate(const Model::Impl& m, SessionState::Impl& s) {
     }
   }
   s.ntp_ids.clear();
+  s.ntp_start = -1;
   s.update_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 

@@ -113,7 +113,9 @@ absl::Status Model::RewindWindow(SessionState& session, int64_t position) const 
     return absl::InvalidArgumentError(
         absl::StrCat("rewind to position ", position, " outside the window [0, ", session.impl().position, "]"));
   }
-  session.impl().position = position;  // KV rows past it are overwritten by the next tokens
+  SessionState::Impl& s = session.impl();
+  s.position = position;  // KV rows past it are overwritten by the next tokens
+  if (s.ntp_start + static_cast<int64_t>(s.ntp_ids.size()) > position) s.ntp_start = -1;  // the open chunk's rows
   return absl::OkStatus();
 }
 
@@ -165,7 +167,14 @@ absl::StatusOr<std::vector<std::vector<float>>> Model::ForwardBatch(absl::Span<c
         const bool ntp = in.learn && s.options.rule == UpdateRule::kNtpGradient;
         if (ntp) n = std::min<size_t>(n, static_cast<size_t>(C - s.n_learned % C));
         const auto piece = in.ids.subspan(fed[i], n);
-        if (ntp) s.ntp_ids.insert(s.ntp_ids.end(), piece.begin(), piece.end());
+        if (ntp) {  // the chunk keeps its context while its ids enter the window back to back
+          if (s.ntp_ids.empty()) {
+            s.ntp_start = s.position;
+          } else if (s.ntp_start >= 0 && s.ntp_start + static_cast<int64_t>(s.ntp_ids.size()) != s.position) {
+            s.ntp_start = -1;
+          }
+          s.ntp_ids.insert(s.ntp_ids.end(), piece.begin(), piece.end());
+        }
         at::Tensor ids = at::tensor(std::vector<int64_t>(piece.begin(), piece.end()), at::kLong);
         items.push_back({&s, ids.to(impl_->device), in.learn});
         which.push_back(i);

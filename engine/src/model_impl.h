@@ -55,6 +55,7 @@ struct SessionState::Impl {
   std::vector<KvCache> kv;                           // per layer
   std::vector<std::optional<TttLayerState>> ttt;     // per layer; set for TTT layers
   std::vector<int32_t> ntp_ids;  // ntp_gradient: the open chunk's learned ids (N mod C of them)
+  int64_t ntp_start = -1;        // the window position of its first id while they are consecutive rows, else -1
 };
 
 // FAILED_PRECONDITION for a session whose last forward failed mid-pass.
@@ -76,9 +77,11 @@ struct BatchItem {
 std::vector<at::Tensor> ForwardBatch(const Model::Impl& model, std::vector<BatchItem>& items, bool all_logits);
 
 // ntp_gradient at a completed chunk (session.ntp_ids holds its C ids): one gradient step of the
-// chunk's next-token loss on every fast layer's dW, the chunk read on its own (positions 0..C-1,
-// no outside context) under an explicit grad scope; then the ids are cleared. Counted as
-// updates applied or rejected per layer, timed in update_seconds.
+// chunk's next-token loss on every fast layer's dW under an explicit grad scope; then the ids
+// are cleared. The chunk is read in its context, the window before it as served (no gradient
+// through it), when its ids are the window's last C rows (ntp_start); otherwise (a chunk fed
+// around unlearned tokens, a rebuilt window) on its own at positions 0..C-1. Counted as updates
+// applied or rejected per layer, timed in update_seconds.
 void NtpUpdate(const Model::Impl& model, SessionState::Impl& session);
 
 // Fills model.rope_cos/sin for positions < min(max_position_embeddings, kRopeTableRows).

@@ -8,7 +8,8 @@
 // The checksum is FNV-1a 64 over everything before it. Tensors: layers.<l>.delta (split dW,
 // fp32 or int8 with layers.<l>.delta.scale per row), layers.<l>.whole (parity W),
 // layers.<l>.tail_x / tail_t (the r = N mod C open-chunk rows), kv.<l>.k / kv.<l>.v ([KV, P, hd]),
-// ntp_ids (ntp_gradient: the open chunk's r token ids, int32; version 2).
+// ntp_ids (ntp_gradient: the open chunk's r token ids, int32; version 2; the header's
+// ntp_start is their first window position, -1 when they are not consecutive rows of it).
 // Readers accept every version up to theirs; golden files of each version stay in the tests.
 #include <cstring>
 #include <map>
@@ -128,6 +129,7 @@ absl::StatusOr<std::string> Model::EncodeSession(const SessionState& session, co
         {"max_delta_norm", o.max_delta_norm ? nlohmann::json(*o.max_delta_norm) : nlohmann::json()},
         {"lr_scale", o.lr_scale}}},
       {"tensors", w.tensors()}};
+  if (ntp) header["ntp_start"] = options.include_kv && !s.ntp_ids.empty() ? s.ntp_start : -1;
   const std::string h = header.dump();
   std::string out(kMagic, sizeof(kMagic));
   const uint32_t version = ntp ? 2 : 1, hlen = static_cast<uint32_t>(h.size());
@@ -204,6 +206,7 @@ absl::Status ReadHeader(const nlohmann::json& h, SessionOptions& o, SessionState
     o.lr_scale = jo.value("lr_scale", 1.0);  // states written before it had none
     counters.n_learned = h.at("n_learned").get<int64_t>();
     counters.position = h.at("position").get<int64_t>();
+    counters.ntp_start = h.value("ntp_start", int64_t{-1});  // states written before it read chunks alone
     counters.updates_applied = h.at("updates_applied").get<int64_t>();
     counters.updates_rejected = h.at("updates_rejected").get<int64_t>();
   } catch (const std::exception& e) {
@@ -282,6 +285,10 @@ absl::StatusOr<std::unique_ptr<SessionState>> Model::DecodeSession(std::string_v
         if (id < 0 || id >= c.vocab_size) return Corrupt("ntp_ids outside the vocabulary");
         s.ntp_ids.push_back(id);
       }
+      if (counters.ntp_start < -1 || (counters.ntp_start >= 0 && counters.ntp_start + open > s.position)) {
+        return Corrupt("ntp_start outside the window");
+      }
+      s.ntp_start = counters.ntp_start;
     }
     for (int64_t l = 0; l < c.num_layers && s.position > 0; ++l) {
       const std::vector<int64_t> shape{c.num_kv_heads, s.position, c.head_dim};

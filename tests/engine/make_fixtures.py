@@ -144,25 +144,33 @@ def write_ttt_case(out: pathlib.Path, name: str, cfg, seed: int) -> dict:
 
 
 def write_ntp_oracle(out: pathlib.Path, case: dict) -> None:
-    """The ntp_gradient rule by autograd in transformers: two chunks of the case's ids, each read
-    on its own; after each, every TTT layer's dW -= lr * d(mean next-token NLL of the chunk)/dW."""
+    """The ntp_gradient rule by autograd in transformers: two chunks of the case's ids; after each,
+    every TTT layer's dW -= lr * d(mean next-token NLL of the chunk)/dW. The second chunk is read
+    after the first one's keys and values as they were served (before the first update, no
+    gradient through them); `alone.chunk1` is the second update with the chunk read on its own."""
     hf = AutoModelForCausalLM.from_pretrained(str(out / "model"), dtype=torch.float32).eval()  # the stock MLP
     ids = torch.randint(0, VOCAB, (2 * CHUNK,), generator=torch.Generator().manual_seed(99))
+    chunks = ids[:CHUNK], ids[CHUNK:]
     lr = TTT_FIELDS["ttt_lr"]
     layers = case["ttt_layers"]
     w0 = {l: hf.model.layers[l].mlp.down_proj.weight.detach().clone() for l in layers}
-    delta = {l: torch.zeros_like(w0[l]) for l in layers}
-    tensors = {}
-    for k in range(2):
-        chunk = ids[k * CHUNK:(k + 1) * CHUNK]
+
+    def step(delta, chunk, past=None):
         for l in layers:
             hf.model.layers[l].mlp.down_proj.weight.data = w0[l] + delta[l]
         hf.zero_grad()
-        logits = hf(chunk[None]).logits[0].float()
+        logits = hf(chunk[None], past_key_values=past).logits[0].float()
         torch.nn.functional.cross_entropy(logits[:-1], chunk[1:]).backward()
+        return {l: delta[l] - lr * hf.model.layers[l].mlp.down_proj.weight.grad for l in layers}
+
+    zero = {l: torch.zeros_like(w0[l]) for l in layers}
+    with torch.no_grad():
         for l in layers:
-            delta[l] = delta[l] - lr * hf.model.layers[l].mlp.down_proj.weight.grad
-            tensors[f"chunk{k}.layers.{l}.delta"] = delta[l].clone().contiguous()
+            hf.model.layers[l].mlp.down_proj.weight.data = w0[l]
+        served = hf(chunks[0][None], use_cache=True).past_key_values  # the first chunk as served: dW = 0
+    first = step(zero, chunks[0])
+    updates = {"chunk0": first, "chunk1": step(first, chunks[1], served), "alone.chunk1": step(first, chunks[1])}
+    tensors = {f"{name}.layers.{l}.delta": d[l].detach().clone().contiguous() for name, d in updates.items() for l in layers}
     save_file(tensors, str(out / "ntp.safetensors"))
     case["ntp"] = {"file": f"ttt/{case['name']}/ntp.safetensors", "ids": ids.tolist()}
 

@@ -192,84 +192,125 @@ TEST(SessionTest, RejectsBadOptions) {
   EXPECT_EQ(model->NewSession(o).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
-// ntp_gradient against transformers' autograd (make_fixtures.py write_ntp_oracle): after each of
-// two chunks, every TTT layer's dW equals -lr * the summed gradients of each chunk's own
-// next-token loss. Fed in pieces that straddle the chunk boundary: the tokens after it see the
-// first update, as the oracle's second chunk does.
-TEST(NtpGradientTest, MatchesTheAutogradOracleInAnySplit) {
-  auto model = LoadModel(kModel);
-  ASSERT_NE(model, nullptr);
-  const auto& ntp = Case("ttt", "ttt_qwen3_hidden_proj").at("ntp");
-  const auto ids = ntp.at("ids").get<std::vector<int32_t>>();
-  const std::string file = ntp.at("file").get<std::string>();
-  const int64_t C = model->config().ttt.chunk;
-  ASSERT_EQ(static_cast<int64_t>(ids.size()), 2 * C);
-  SessionOptions o;
-  o.rule = UpdateRule::kNtpGradient;
-  auto fresh = model->NewSession(o).value();
+// The largest |dW - want| of every TTT layer of `s` against the ntp oracle's update `name`
+// (make_fixtures.py write_ntp_oracle), relative: within 1e-5 + 1e-3 * max |want|.
+void ExpectNtpUpdate(const Model& model, const SessionState& s, const std::string& file, const std::string& name,
+                     const std::string& what) {
+  auto fresh = model.NewSession().value();
+  for (int l : model.config().ttt.layers) {
+    const auto w = W(model, s, l), w0 = W(model, *fresh, l);
+    const auto want = ReadFloats(file, name + ".layers." + std::to_string(l) + ".delta");
+    ASSERT_EQ(w.size(), want.size());
+    double err = 0, scale = 0;
+    for (size_t i = 0; i < w.size(); ++i) {
+      err = std::max(err, std::abs(static_cast<double>(w[i] - w0[i] - want[i])));
+      scale = std::max(scale, std::abs(static_cast<double>(want[i])));
+    }
+    EXPECT_GT(scale, 1e-4) << "the oracle's update is not trivially small";
+    EXPECT_LT(err, 1e-5 + 1e-3 * scale) << "layer " << l << ", " << name << ", " << what;
+  }
+}
+
+class NtpGradientTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    model_ = LoadModel(kModel);
+    ASSERT_NE(model_, nullptr);
+    const auto& ntp = Case("ttt", "ttt_qwen3_hidden_proj").at("ntp");
+    ids_ = ntp.at("ids").get<std::vector<int32_t>>();
+    file_ = ntp.at("file").get<std::string>();
+    C_ = model_->config().ttt.chunk;
+    ASSERT_EQ(static_cast<int64_t>(ids_.size()), 2 * C_);
+    options_.rule = UpdateRule::kNtpGradient;
+  }
+  void Learn(SessionState& s, size_t from, size_t n) {
+    ASSERT_TRUE(model_->Forward(s, absl::MakeConstSpan(ids_).subspan(from, n)).ok());
+  }
+
+  std::unique_ptr<Model> model_;
+  std::vector<int32_t> ids_;
+  std::string file_;
+  int64_t C_ = 0;
+  SessionOptions options_;
+};
+
+// ntp_gradient against transformers' autograd: after each of two chunks, every TTT layer's dW
+// equals -lr * the summed gradients of each chunk's next-token loss, the second chunk read after
+// the first one's keys and values as served. Fed in pieces that straddle the chunk boundary: the
+// tokens after it see the first update, as the oracle's second chunk does.
+TEST_F(NtpGradientTest, MatchesTheAutogradOracleInAnySplit) {
   for (const std::vector<size_t>& pieces : std::vector<std::vector<size_t>>{{8, 8}, {16}, {3, 7, 6}, {5, 1, 1, 9}}) {
-    auto s = model->NewSession(o).value();
+    auto s = model_->NewSession(options_).value();
     size_t at = 0;
     for (size_t n : pieces) {
-      ASSERT_TRUE(model->Forward(*s, absl::MakeConstSpan(ids).subspan(at, n)).ok());
+      Learn(*s, at, n);
       at += n;
-      if (at == static_cast<size_t>(C)) {  // one chunk in: the first update
-        for (int l : model->config().ttt.layers) {
-          const auto w = W(*model, *s, l), w0 = W(*model, *fresh, l);
-          const auto want = ReadFloats(file, "chunk0.layers." + std::to_string(l) + ".delta");
-          ASSERT_EQ(w.size(), want.size());
-          double err = 0, scale = 0;
-          for (size_t i = 0; i < w.size(); ++i) {
-            err = std::max(err, std::abs(static_cast<double>(w[i] - w0[i] - want[i])));
-            scale = std::max(scale, std::abs(static_cast<double>(want[i])));
-          }
-          EXPECT_GT(scale, 1e-4) << "the oracle's update is not trivially small";
-          EXPECT_LT(err, 1e-5 + 1e-3 * scale) << "layer " << l << " after chunk 0, pieces " << pieces.size();
-        }
-      }
+      if (at == static_cast<size_t>(C_)) ExpectNtpUpdate(*model_, *s, file_, "chunk0", std::to_string(pieces.size()) + " pieces");
     }
-    ASSERT_EQ(at, ids.size());
-    EXPECT_EQ(s->n_learned(), 2 * C);
-    EXPECT_EQ(s->updates_applied(), 2 * static_cast<int64_t>(model->config().ttt.layers.size()));
-    for (int l : model->config().ttt.layers) {
-      const auto w = W(*model, *s, l), w0 = W(*model, *fresh, l);
-      const auto want = ReadFloats(file, "chunk1.layers." + std::to_string(l) + ".delta");
-      double err = 0, scale = 0;
-      for (size_t i = 0; i < w.size(); ++i) {
-        err = std::max(err, std::abs(static_cast<double>(w[i] - w0[i] - want[i])));
-        scale = std::max(scale, std::abs(static_cast<double>(want[i])));
-      }
-      EXPECT_LT(err, 1e-5 + 1e-3 * scale) << "layer " << l << " after chunk 1, pieces " << pieces.size();
+    ASSERT_EQ(at, ids_.size());
+    EXPECT_EQ(s->n_learned(), 2 * C_);
+    EXPECT_EQ(s->updates_applied(), 2 * static_cast<int64_t>(model_->config().ttt.layers.size()));
+    ExpectNtpUpdate(*model_, *s, file_, "chunk1", std::to_string(pieces.size()) + " pieces");
+  }
+}
+
+// A chunk keeps its context only while its ids are consecutive rows of the window: an unlearned
+// token among them, or a rewind into them, makes it read on its own (the oracle's alone.chunk1);
+// a dry run rewound away in the middle does not.
+TEST_F(NtpGradientTest, ChunkReadInItsWindowOrAlone) {
+  const auto alone = ReadFloats(file_, "alone.chunk1.layers." + std::to_string(model_->config().ttt.layers[0]) + ".delta");
+  const auto context = ReadFloats(file_, "chunk1.layers." + std::to_string(model_->config().ttt.layers[0]) + ".delta");
+  ASSERT_GT(MaxAbsDiff(alone, context), 1e-3) << "the two oracles must tell the cases apart";
+  const size_t cut = C_ + 3;
+  const int32_t other = 5;
+  auto interrupted = model_->NewSession(options_).value();
+  Learn(*interrupted, 0, cut);
+  ASSERT_TRUE(model_->Forward(*interrupted, absl::MakeConstSpan(&other, 1), /*learn=*/false).ok());
+  Learn(*interrupted, cut, ids_.size() - cut);
+  ExpectNtpUpdate(*model_, *interrupted, file_, "alone.chunk1", "an unlearned token inside the chunk");
+
+  auto dry_run = model_->NewSession(options_).value();
+  Learn(*dry_run, 0, cut);
+  ASSERT_TRUE(model_->Forward(*dry_run, absl::MakeConstSpan(&other, 1), /*learn=*/false).ok());
+  ASSERT_TRUE(model_->RewindWindow(*dry_run, cut).ok());
+  Learn(*dry_run, cut, ids_.size() - cut);
+  ExpectNtpUpdate(*model_, *dry_run, file_, "chunk1", "a dry run rewound away");
+
+  auto rewound = model_->NewSession(options_).value();
+  Learn(*rewound, 0, cut);
+  ASSERT_TRUE(model_->RewindWindow(*rewound, cut - 1).ok());
+  Learn(*rewound, cut, ids_.size() - cut);
+  ExpectNtpUpdate(*model_, *rewound, file_, "alone.chunk1", "a rewind into the chunk");
+}
+
+// An open ntp_gradient chunk survives the codec, with its window: the restored session finishes
+// it as the uninterrupted one does. Without the window it is finished on its own.
+TEST_F(NtpGradientTest, OpenChunkRoundTrips) {
+  const size_t cut = C_ + 3;  // mid-chunk
+  auto whole = model_->NewSession(options_).value();
+  Learn(*whole, 0, ids_.size());
+  for (bool include_kv : {true, false}) {
+    auto first = model_->NewSession(options_).value();
+    Learn(*first, 0, cut);
+    EncodeOptions eo;
+    eo.include_kv = include_kv;
+    auto bytes = model_->EncodeSession(*first, eo);
+    ASSERT_TRUE(bytes.ok()) << bytes.status();
+    auto restored = model_->DecodeSession(*bytes);
+    ASSERT_TRUE(restored.ok()) << restored.status();
+    Learn(**restored, cut, ids_.size() - cut);
+    EXPECT_EQ((*restored)->updates_applied(), whole->updates_applied());
+    if (include_kv) {
+      for (int l : model_->config().ttt.layers) EXPECT_EQ(W(*model_, **restored, l), W(*model_, *whole, l)) << l;
+    } else {
+      ExpectNtpUpdate(*model_, **restored, file_, "alone.chunk1", "restored without its window");
     }
   }
 }
 
-// An open ntp_gradient chunk survives the codec: the restored session finishes it as the
-// uninterrupted one does.
-TEST(NtpGradientTest, OpenChunkRoundTrips) {
-  auto model = LoadModel(kModel);
-  ASSERT_NE(model, nullptr);
-  SessionOptions o;
-  o.rule = UpdateRule::kNtpGradient;
-  const auto ids = Tokens(21, 4);
-  const size_t cut = 13;  // mid-chunk
-  auto whole = model->NewSession(o).value();
-  Feed(*model, *whole, ids);
-  auto first = model->NewSession(o).value();
-  Feed(*model, *first, std::vector<int32_t>(ids.begin(), ids.begin() + cut));
-  auto bytes = model->EncodeSession(*first);
-  ASSERT_TRUE(bytes.ok()) << bytes.status();
-  auto restored = model->DecodeSession(*bytes);
-  ASSERT_TRUE(restored.ok()) << restored.status();
-  Feed(*model, **restored, std::vector<int32_t>(ids.begin() + cut, ids.end()));
-  EXPECT_GT(whole->updates_applied(), 0);
-  EXPECT_EQ((*restored)->updates_applied(), whole->updates_applied());
-  for (int l : model->config().ttt.layers) EXPECT_EQ(W(*model, **restored, l), W(*model, *whole, l)) << l;
-}
-
 // A stock checkpoint (no TTT tensors) learns with ntp_gradient in its ttt_layers (here the
 // default list, layer 0, with the chunk set to 8); the in-place rule learns nothing there.
-TEST(NtpGradientTest, StockCheckpointsLearn) {
+TEST(NtpGradientStockTest, CheckpointsWithoutTttTensorsLearn) {
   LoadOptions lo;
   lo.edit_config = [](ModelConfig& c) { c.ttt.chunk = 8; };
   auto model = LoadModel("hf/qwen3_gqa_tied/model", lo);
