@@ -20,16 +20,18 @@ at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& w, double eps) {
   return w * xf.to(x.scalar_type());
 }
 
-// x W^T for rows x [n, in] and W [out, in], plus `add` if given. On the CPU up to 16 rows
-// (decode) go as W X^T with at least two columns: the wheel's MKL serves x W^T for one row as a
-// GEMV and for a few rows with a slow GEMM shape, while W X^T is a GEMM that streams W at memory
-// speed (bench/small_rows.py, f32, this 2-core machine: 1.5-2.6x faster for one row, 1.0-4.5x for
-// 2-16 rows, even from 32 on). One row is doubled, and its first column kept.
-at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& add = {}) {
+// x W^T for rows x [n, in] and W [out, in], plus `add` if given. On the CPU, with weights that
+// stream from memory (few_rows_as_gemm), up to 16 f32 rows (decode) go as W X^T with at least two
+// columns: the wheel's MKL serves x W^T for one row as a GEMV and for a few rows with a slow GEMM
+// shape, while W X^T is a GEMM that streams W at memory speed (bench/small_rows.py, this 2-core
+// machine: 1.5-2.6x faster for one row, 1.0-4.5x for 2-16). Weights that stay in the cache are
+// the other way round (the GEMV of a 192x512 one is 3x faster), so small models keep x W^T.
+at::Tensor Linear(const Model::Impl& m, const at::Tensor& x, const at::Tensor& w, const at::Tensor& add = {}) {
   const int64_t rows = x.size(0);
-  if (!x.is_cpu() || x.scalar_type() != at::kFloat || rows > 16) {
+  if (!m.few_rows_as_gemm || !x.is_cpu() || x.scalar_type() != at::kFloat || rows > 16) {
     return add.defined() ? at::addmm(add, x, w.t()) : at::linear(x, w);
   }
+  // One row is doubled, and its first column kept.
   at::Tensor y = rows == 1 ? at::mm(w, x.repeat({2, 1}).t()).narrow(1, 0, 1).t() : at::mm(w, x.t()).t();
   return add.defined() ? y + add : y;
 }
@@ -81,7 +83,7 @@ at::Tensor Attention(const Model::Impl& m, const LayerWeights& L, int layer, con
                      const std::vector<Rope>& ropes, const at::Tensor& h) {
   const ModelConfig& c = m.config;
   const int64_t rows = h.size(0), hd = c.head_dim;
-  const auto qkv = Linear(h, L.qkv).split_with_sizes({c.num_heads * hd, c.num_kv_heads * hd, c.num_kv_heads * hd}, 1);
+  const auto qkv = Linear(m, h, L.qkv).split_with_sizes({c.num_heads * hd, c.num_kv_heads * hd, c.num_kv_heads * hd}, 1);
   at::Tensor q = qkv[0].reshape({rows, c.num_heads, hd});     // [T, H, hd]
   at::Tensor k = qkv[1].reshape({rows, c.num_kv_heads, hd});  // [T, KV, hd]
   at::Tensor v = qkv[2].reshape({rows, c.num_kv_heads, hd});
@@ -116,15 +118,15 @@ at::Tensor Attention(const Model::Impl& m, const LayerWeights& L, int layer, con
     o = o.reshape({c.num_heads, len, hd});  // [1, KV, G m, hd] -> [H, m, hd]
     outs.push_back(o.transpose(0, 1).reshape({len, c.num_heads * hd}));
   }
-  return Linear(outs.size() == 1 ? outs[0] : at::cat(outs), L.o);  // [T, d]
+  return Linear(m, outs.size() == 1 ? outs[0] : at::cat(outs), L.o);  // [T, d]
 }
 
 // Z W^T for rows of one session: base = Z W0^T (computed batched for all rows) plus Z dW^T in
 // fp32 (split), or Z W^T with the whole W (parity, once updated).
-at::Tensor ApplyW(const TttLayerState& st, const at::Tensor& z, const at::Tensor& base) {
-  if (st.whole.defined()) return Linear(z, st.whole);
+at::Tensor ApplyW(const Model::Impl& m, const TttLayerState& st, const at::Tensor& z, const at::Tensor& base) {
+  if (st.whole.defined()) return Linear(m, z, st.whole);
   if (!st.delta.defined()) return base;  // no chunk completed: the stock MLP exactly
-  return Linear(z.to(at::kFloat), st.delta, base.to(at::kFloat)).to(z.scalar_type());
+  return Linear(m, z.to(at::kFloat), st.delta, base.to(at::kFloat)).to(z.scalar_type());
 }
 
 // The chunk-local depthwise conv (kernel 5, padding 2, zero outside the chunk) of t [C, d]:
@@ -189,8 +191,8 @@ bool UpdateW(const Model::Impl& m, const LayerWeights& L, TttLayerState& st, con
                      parity ? ChunkDelta(L, t, z, lr, true) : ChunkDelta(L, t.to(at::kFloat), z.to(at::kFloat), lr, false));
 }
 
-at::Tensor ZOf(const LayerWeights& L, const at::Tensor& x) {
-  const auto gu = Linear(x, L.gate_up).chunk(2, -1);  // [n, f] each
+at::Tensor ZOf(const Model::Impl& m, const LayerWeights& L, const at::Tensor& x) {
+  const auto gu = Linear(m, x, L.gate_up).chunk(2, -1);  // [n, f] each
   return at::silu(gu[0]) * gu[1];                         // [n, f]
 }
 
@@ -209,20 +211,20 @@ void ReserveTail(at::Tensor& tail, int64_t keep, int64_t rows, int64_t C, const 
 at::Tensor SessionTttMlp(const Model::Impl& m, const LayerWeights& L, SessionState::Impl& s, TttLayerState& st,
                          const at::Tensor& h, const at::Tensor& t, const at::Tensor& z, const at::Tensor& base,
                          bool learn) {
-  if (!learn || s.options.rule != UpdateRule::kInplace) return ApplyW(st, z, base);
+  if (!learn || s.options.rule != UpdateRule::kInplace) return ApplyW(m, st, z, base);
   const int64_t C = m.config.ttt.chunk, len = h.size(0);
   const bool embed_target = m.config.ttt.target == TttConfig::Target::kInputEmbed;
   int64_t r = s.n_learned % C;
   std::vector<at::Tensor> outs;
   for (int64_t a = 0; a < len;) {
     const int64_t n = std::min(len - a, C - r);  // rows up to the next chunk boundary
-    outs.push_back(ApplyW(st, z.narrow(0, a, n), base.narrow(0, a, n)));  // apply ...
+    outs.push_back(ApplyW(m, st, z.narrow(0, a, n), base.narrow(0, a, n)));  // apply ...
     ReserveTail(st.tail_x, r, r + n, C, h);
     if (embed_target) ReserveTail(st.tail_t, r, r + n, C, t);
     st.tail_x.narrow(0, r, n).copy_(h.narrow(0, a, n));
     if (embed_target) st.tail_t.narrow(0, r, n).copy_(t.narrow(0, a, n));
     if (r + n == C) {  // ... then update with the completed chunk (the tail's Z is recomputed)
-      at::Tensor zc = r == 0 ? z.narrow(0, a, n) : at::cat({ZOf(L, st.tail_x.narrow(0, 0, r)), z.narrow(0, a, n)});
+      at::Tensor zc = r == 0 ? z.narrow(0, a, n) : at::cat({ZOf(m, L, st.tail_x.narrow(0, 0, r)), z.narrow(0, a, n)});
       const auto start = std::chrono::steady_clock::now();
       ++(UpdateW(m, L, st, s.options, embed_target ? st.tail_t : st.tail_x, zc) ? s.updates_applied
                                                                                 : s.updates_rejected);
@@ -239,8 +241,8 @@ at::Tensor SessionTttMlp(const Model::Impl& m, const LayerWeights& L, SessionSta
 // TTT layer over the whole batch: Z W0^T batched for every row, then per session its own dW.
 at::Tensor TttMlp(const Model::Impl& m, const LayerWeights& L, int layer, const std::vector<BatchItem>& items,
                   const at::Tensor& h, const at::Tensor& embeds) {
-  const at::Tensor z = ZOf(L, h);              // [T, f]
-  const at::Tensor base = Linear(z, L.down);  // [T, d]
+  const at::Tensor z = ZOf(m, L, h);              // [T, f]
+  const at::Tensor base = Linear(m, z, L.down);  // [T, d]
   const at::Tensor& t = m.config.ttt.target == TttConfig::Target::kInputEmbed ? embeds : h;
   std::vector<at::Tensor> outs;
   for (const BatchItem& it : items) {
@@ -302,7 +304,7 @@ std::vector<at::Tensor> ForwardBatch(const Model::Impl& m, std::vector<BatchItem
     const bool fast = m.is_ttt[i] || std::any_of(items.begin(), items.end(), [&](const BatchItem& it) {
       return it.session->ttt[i].has_value();  // ntp_gradient's dW in a layer without TTT tensors
     });
-    x = x + (fast ? TttMlp(m, L, i, items, h, embeds) : Linear(ZOf(L, h), L.down));
+    x = x + (fast ? TttMlp(m, L, i, items, h, embeds) : Linear(m, ZOf(m, L, h), L.down));
   }
   std::vector<at::Tensor> out;
   for (BatchItem& it : items) {
@@ -313,7 +315,7 @@ std::vector<at::Tensor> ForwardBatch(const Model::Impl& m, std::vector<BatchItem
     out.push_back(xr);
   }
   // lm_head once for all rows that need logits: [R, V] fp32, split per item.
-  at::Tensor logits = Linear(RmsNorm(at::cat(out), m.final_norm, c.rms_norm_eps), m.lm_head).to(at::kFloat);
+  at::Tensor logits = Linear(m, RmsNorm(at::cat(out), m.final_norm, c.rms_norm_eps), m.lm_head).to(at::kFloat);
   std::vector<int64_t> sizes;
   for (const at::Tensor& r : out) sizes.push_back(r.size(0));
   return logits.split_with_sizes(sizes);

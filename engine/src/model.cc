@@ -50,6 +50,7 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& dir, const
   try {
     at::NoGradGuard no_grad;
     RETURN_IF_ERROR(LoadWeights(dir, *impl));
+    if (options.few_rows_as_gemm) impl->few_rows_as_gemm = *options.few_rows_as_gemm && impl->device.is_cpu();
     if (options.edit_config) options.edit_config(impl->config);
     impl->inv_freq = RopeInvFreq(impl->config).to(impl->device);
     BuildRopeTable(*impl);

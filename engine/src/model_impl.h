@@ -30,7 +30,12 @@ struct Model::Impl {
   std::vector<bool> is_ttt;                   // per layer
   at::Tensor inv_freq;                        // [hd/2] fp32
   at::Tensor rope_cos, rope_sin;              // [rows, hd] in the model dtype for positions < rows
+  bool few_rows_as_gemm = false;              // CPU weights past the cache: see Linear in forward.cc
 };
+
+// Weights past this size stream from memory on every decode step rather than stay in the cache
+// (a server CPU's last-level cache, per socket or core complex).
+inline constexpr int64_t kCacheBytes = int64_t{32} << 20;
 
 // Fast state of one TTT layer (architecture.md "Session state").
 struct TttLayerState {

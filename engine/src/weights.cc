@@ -190,6 +190,9 @@ absl::Status LoadWeights(const std::string& dir, Model::Impl& m) {
         "checkpoint has unexpected tensor ", unused[0], " (", unused.size(), " in all)",
         ttt_tensor ? ": TTT tensors, but config.json does not make this layer a TTT layer (ttt_mode/ttt_layers)" : ""));
   }
+  int64_t bytes = m.lm_head.nbytes();
+  for (const LayerWeights& L : m.layers) bytes += L.qkv.nbytes() + L.o.nbytes() + L.gate_up.nbytes() + L.down.nbytes();
+  m.few_rows_as_gemm = m.device.is_cpu() && bytes > kCacheBytes;
   Fnv64 fnv;
   std::ifstream cfg(dir + "/config.json");
   std::stringstream text;

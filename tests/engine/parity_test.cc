@@ -59,7 +59,11 @@ TEST_P(HfParityTest, PrefillF32MatchesTransformers) {
 }
 
 TEST_P(HfParityTest, IncrementalDecodeF32MatchesTransformers) {
-  EXPECT_LE(Diff({}, "logits_f32"), kF32Tol);
+  for (bool gemm : {false, true}) {  // a decoded row as x W^T and as W X^T
+    LoadOptions o;
+    o.few_rows_as_gemm = gemm;
+    EXPECT_LE(Diff(o, "logits_f32"), kF32Tol) << "few_rows_as_gemm " << gemm;
+  }
 }
 
 TEST_P(HfParityTest, Bf16MatchesTransformersBf16) {
@@ -106,9 +110,10 @@ class TttParityTest : public testing::TestWithParam<std::string> {
     int64_t n_learned = 0, updates = 0;
   };
 
-  Result RunDump(const nlohmann::json& dump) {
+  Result RunDump(const nlohmann::json& dump, bool few_rows_as_gemm = false) {
     LoadOptions o;
     o.dtype = dump["dtype"] == "bf16" ? DType::kBF16 : DType::kF32;
+    o.few_rows_as_gemm = few_rows_as_gemm;
     auto model = LoadModel(case_["model"], o);
     if (model == nullptr) return {};
     SessionOptions so;
@@ -132,20 +137,22 @@ class TttParityTest : public testing::TestWithParam<std::string> {
 
 TEST_P(TttParityTest, LogitsAndFastWeightsMatchReference) {
   for (const auto& dump : case_["dumps"]) {
-    const std::string file = dump["file"];
-    SCOPED_TRACE(file);
-    const double tol = dump["dtype"] == "bf16" ? kBf16Tol : kF32Tol;
-    Result r = RunDump(dump);
-    EXPECT_LE(MaxAbsDiff(r.logits, ReadFloats(file, "logits")), tol);
-    std::vector<int> layers = case_["ttt_layers"];
-    for (size_t i = 0; i < layers.size(); ++i) {
-      EXPECT_LE(MaxAbsDiff(r.weights[i], ReadFloats(file, "layers." + std::to_string(layers[i]) + ".weight")), tol)
-          << "layer " << layers[i];
+    for (bool gemm : {false, true}) {  // few rows as x W^T and as W X^T
+      const std::string file = dump["file"];
+      SCOPED_TRACE(file + (gemm ? ", few rows as W X^T" : ""));
+      const double tol = dump["dtype"] == "bf16" ? kBf16Tol : kF32Tol;
+      Result r = RunDump(dump, gemm);
+      EXPECT_LE(MaxAbsDiff(r.logits, ReadFloats(file, "logits")), tol);
+      std::vector<int> layers = case_["ttt_layers"];
+      for (size_t i = 0; i < layers.size(); ++i) {
+        EXPECT_LE(MaxAbsDiff(r.weights[i], ReadFloats(file, "layers." + std::to_string(layers[i]) + ".weight")), tol)
+            << "layer " << layers[i];
+      }
+      const int64_t n = static_cast<int64_t>(dump["ids"].size());
+      EXPECT_EQ(r.n_learned, n);
+      const int64_t chunk = case_["chunk"];
+      EXPECT_EQ(r.updates, (n / chunk) * static_cast<int64_t>(layers.size()));
     }
-    const int64_t n = static_cast<int64_t>(dump["ids"].size());
-    EXPECT_EQ(r.n_learned, n);
-    const int64_t chunk = case_["chunk"];
-    EXPECT_EQ(r.updates, (n / chunk) * static_cast<int64_t>(layers.size()));
   }
 }
 

@@ -34,6 +34,9 @@ struct LoadOptions {
   // Applied to the config after the weights are loaded and checked against the file's own
   // config, before anything is derived from it (the tests' negative controls).
   std::function<void(ModelConfig&)> edit_config;
+  // How the CPU multiplies a few rows by a weight: as W X^T (true) or x W^T (false); default:
+  // W X^T once the weights outgrow the cache, where it is faster (the tests check both forms).
+  std::optional<bool> few_rows_as_gemm;
 };
 
 // How completed chunks change a session's fast weights (architecture.md "In-Place TTT").
