@@ -13,4 +13,7 @@ mkdir -p runs
 [ -s runs/api_key ] || head -c 24 /dev/urandom | base64 | tr -d '/+=\n' > runs/api_key
 echo "local $(tr -d '\n' < runs/api_key | sha256sum | cut -d' ' -f1)" > runs/keys.txt
 echo "run.sh: chat with: ADAPTD_API_KEY=\$(cat runs/api_key) build/bin/adaptctl chat my-session" >&2
-exec build/bin/adaptd --model models/adaptd-tiny-ttt --store runs/store --api_keys runs/keys.txt "$@"
+# New sessions decay dW by 0.1 before each update unless created with other options: on the
+# default model that keeps the In-Place gain past the window (README, adaptation benchmark).
+exec build/bin/adaptd --model models/adaptd-tiny-ttt --store runs/store --api_keys runs/keys.txt \
+  --session_defaults 'decay: 0.1' "$@"

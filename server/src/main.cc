@@ -21,6 +21,7 @@
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <google/protobuf/text_format.h>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
@@ -47,6 +48,8 @@ ABSL_FLAG(std::string, ownership_map, "",
           "by; this replica serves only its sessions (FAILED_PRECONDITION for others). Empty: it owns every session");
 ABSL_FLAG(int, shutdown_grace_seconds, 10, "on SIGTERM: time for calls in flight to finish");
 ABSL_FLAG(int64_t, max_context_tokens, 1024, "default KV window of a session, in tokens");
+ABSL_FLAG(std::string, session_defaults, "",
+          "SessionOptions (text format, e.g. 'decay: 0.1') for the fields a new session's options leave 0 or empty");
 ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9464", "address:port of /metrics (Prometheus); empty: off");
 ABSL_FLAG(int64_t, memory_budget_bytes, int64_t{2} << 30,
           "sessions in memory past this are evicted (least recently used, once snapshotted)");
@@ -126,6 +129,13 @@ int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
   using namespace adaptd;
   if (absl::GetFlag(FLAGS_api_keys).empty()) return Fail(absl::InvalidArgumentError("--api_keys is required"));
+  v1::SessionOptions session_defaults;
+  if (!google::protobuf::TextFormat::ParseFromString(absl::GetFlag(FLAGS_session_defaults), &session_defaults)) {
+    return Fail(absl::InvalidArgumentError("--session_defaults is not SessionOptions in text format"));
+  }
+  if (auto s = server::ValidateOptions(session_defaults); !s.ok()) {
+    return Fail(absl::InvalidArgumentError(absl::StrCat("--session_defaults: ", s.message())));
+  }
   auto keys = server::ApiKeys::Load(absl::GetFlag(FLAGS_api_keys));
   if (!keys.ok()) return Fail(keys.status());
   auto credentials = Credentials();
@@ -185,6 +195,7 @@ int main(int argc, char** argv) {
   if (absl::GetFlag(FLAGS_memory_budget_bytes) < 0) return Fail(absl::InvalidArgumentError("--memory_budget_bytes < 0"));
   options.memory_budget_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_memory_budget_bytes));
   options.max_context_tokens = absl::GetFlag(FLAGS_max_context_tokens);
+  options.session_defaults = session_defaults;
   if (options.max_context_tokens < 16) return Fail(absl::InvalidArgumentError("--max_context_tokens < 16"));
   options.max_new_tokens = absl::GetFlag(FLAGS_max_new_tokens);
   if (options.max_new_tokens < 1) return Fail(absl::InvalidArgumentError("--max_new_tokens < 1"));

@@ -101,11 +101,17 @@ grpc::ServerUnaryReactor* AdaptdService::CreateSession(grpc::CallbackServerConte
                                                        const v1::CreateSessionRequest* req, v1::Session* resp) {
   auto tenant = Tenant(ctx);
   if (!tenant.ok()) return Done(ctx, tenant.status());
-  if (auto s = ValidateOptions(req->options()); !s.ok()) return Done(ctx, s);
+  // The server's defaults under the request's options: the request's fields win, its roles and
+  // its snapshot policy (with its N) replace the defaults' whole.
+  v1::SessionOptions options = options_.session_defaults;
+  if (req->options().roles_not_learned_size() > 0) options.clear_roles_not_learned();
+  if (req->options().snapshot_policy() != v1::SNAPSHOT_POLICY_UNSPECIFIED) options.clear_snapshot_every_events();
+  options.MergeFrom(req->options());
+  if (auto s = ValidateOptions(options); !s.ok()) return Done(ctx, s);
   auto id = NewSessionId(req->session_id());
   if (!id.ok()) return Done(ctx, id.status());
   v1::Session stored;
-  *stored.mutable_options() = req->options();
+  *stored.mutable_options() = options;
   stored.set_model_fingerprint(model_.fingerprint());
   const session_store::SessionKey key{*tenant, *id};
   if (auto s = quotas_.ReserveSession(*tenant); !s.ok()) return Done(ctx, s);

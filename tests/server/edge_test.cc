@@ -458,5 +458,48 @@ TEST_F(EdgeTest, ARealPrometheusScrapesTheMetrics) {
   EXPECT_NE(answer.find("\"job\":\"adaptd\""), std::string::npos) << answer;
 }
 
+// --session_defaults fill what a creation leaves 0 or empty; the request's own fields win, and its
+// roles and snapshot policy replace the defaults' whole; the session keeps the stored result.
+// Defaults that are not valid options stop the server at start, naming the flag.
+TEST_F(EdgeTest, SessionDefaultsFillWhatCreationLeavesUnset) {
+  Restart({"--session_defaults=decay: 0.1 lr_scale: 2 roles_not_learned: \"system\" "
+           "snapshot_policy: SNAPSHOT_EVERY_N_EVENTS snapshot_every_events: 4"});
+  v1::Session plain;
+  ASSERT_TRUE(Create("key-acme", "plain", &plain).ok());
+  EXPECT_DOUBLE_EQ(plain.options().decay(), 0.1);
+  EXPECT_DOUBLE_EQ(plain.options().lr_scale(), 2);
+  ASSERT_EQ(plain.options().roles_not_learned_size(), 1);
+  EXPECT_EQ(plain.options().snapshot_every_events(), 4);
+
+  v1::CreateSessionRequest req;
+  req.set_session_id("own");
+  req.mutable_options()->set_lr_scale(3);
+  req.mutable_options()->add_roles_not_learned("user");
+  req.mutable_options()->set_snapshot_policy(v1::SNAPSHOT_ON_EVICTION);
+  v1::Session own;
+  const grpc::Status created = server_->stub().CreateSession(As("key-acme").get(), req, &own);
+  ASSERT_TRUE(created.ok()) << created.error_message();
+  EXPECT_DOUBLE_EQ(own.options().decay(), 0.1);
+  EXPECT_DOUBLE_EQ(own.options().lr_scale(), 3);
+  ASSERT_EQ(own.options().roles_not_learned_size(), 1);
+  EXPECT_EQ(own.options().roles_not_learned(0), "user");
+  EXPECT_EQ(own.options().snapshot_policy(), v1::SNAPSHOT_ON_EVICTION);
+  EXPECT_EQ(own.options().snapshot_every_events(), 0);
+
+  Restart({});  // without the flag: stored sessions keep their options, new ones take none
+  v1::Session again, bare;
+  ASSERT_TRUE(Get("key-acme", "plain", &again).ok());
+  EXPECT_DOUBLE_EQ(again.options().decay(), 0.1);
+  ASSERT_TRUE(Create("key-acme", "bare", &bare).ok());
+  EXPECT_DOUBLE_EQ(bare.options().decay(), 0);
+
+  for (const char* bad : {"decay: 2", "no_such_field: 1"}) {
+    const std::string out = Shell(std::string(ADAPTD_BINARY) + " --api_keys=" + dir_ + "/keys.txt --session_defaults='" +
+                                  bad + "' 2>&1; echo rc=$?");
+    EXPECT_NE(out.find("--session_defaults"), std::string::npos) << out;
+    EXPECT_EQ(out.find("rc=0"), std::string::npos) << out;
+  }
+}
+
 }  // namespace
 }  // namespace adaptd::server
