@@ -26,6 +26,7 @@ at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& w, double eps) {
 // shape, while W X^T is a GEMM that streams W at memory speed (bench/small_rows.py, this 2-core
 // machine: 1.5-2.6x faster for one row, 1.0-4.5x for 2-16). Weights that stay in the cache are
 // the other way round (the GEMV of a 192x512 one is 3x faster), so small models keep x W^T.
+// The result may be a transposed view.
 at::Tensor Linear(const Model::Impl& m, const at::Tensor& x, const at::Tensor& w, const at::Tensor& add = {}) {
   const int64_t rows = x.size(0);
   if (!m.few_rows_as_gemm || !x.is_cpu() || x.scalar_type() != at::kFloat || rows > 16) {
@@ -330,11 +331,15 @@ void NtpUpdate(const Model::Impl& m, SessionState::Impl& s) {
   scratch.kv.resize(m.config.num_layers);
   scratch.ttt.resize(m.config.num_layers);
   if (s.ntp_start > 0 && s.ntp_start + C == s.position) {  // the window before the chunk, as served
+    // A buffer with room for the chunk, holding a copy of the context's rows: the pass appends
+    // the chunk there, never into the session's own KV.
+    const auto context = [&](const at::Tensor& kv) {
+      at::Tensor out = at::empty({kv.size(0), s.position, kv.size(2)}, kv.options());
+      out.narrow(1, 0, s.ntp_start).copy_(kv.narrow(1, 0, s.ntp_start));
+      return out;
+    };
     scratch.position = s.ntp_start;
-    for (int l = 0; l < m.config.num_layers; ++l) {
-      // Views of exactly the context's rows: appending the chunk copies them to a new buffer.
-      scratch.kv[l] = {s.kv[l].k.narrow(1, 0, s.ntp_start), s.kv[l].v.narrow(1, 0, s.ntp_start)};
-    }
+    for (int l = 0; l < m.config.num_layers; ++l) scratch.kv[l] = {context(s.kv[l].k), context(s.kv[l].v)};
   }
   std::vector<int> layers;
   std::vector<at::Tensor> leaves;

@@ -9,7 +9,8 @@
 // fp32 or int8 with layers.<l>.delta.scale per row), layers.<l>.whole (parity W),
 // layers.<l>.tail_x / tail_t (the r = N mod C open-chunk rows), kv.<l>.k / kv.<l>.v ([KV, P, hd]),
 // ntp_ids (ntp_gradient: the open chunk's r token ids, int32; version 2; the header's
-// ntp_start is their first window position, -1 when they are not consecutive rows of it).
+// ntp_start is their first window position, -1 when they are not consecutive rows of it or
+// the state is written without the window).
 // Readers accept every version up to theirs; golden files of each version stay in the tests.
 #include <cstring>
 #include <map>

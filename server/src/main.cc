@@ -49,7 +49,7 @@ ABSL_FLAG(std::string, ownership_map, "",
 ABSL_FLAG(int, shutdown_grace_seconds, 10, "on SIGTERM: time for calls in flight to finish");
 ABSL_FLAG(int64_t, max_context_tokens, 1024, "default KV window of a session, in tokens");
 ABSL_FLAG(std::string, session_defaults, "",
-          "SessionOptions (text format, e.g. 'decay: 0.1') for the fields a new session's options leave 0 or empty");
+          "SessionOptions (text format, e.g. 'decay: 0.1') for the fields a new session's options leave unset");
 ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9464", "address:port of /metrics (Prometheus); empty: off");
 ABSL_FLAG(int64_t, memory_budget_bytes, int64_t{2} << 30,
           "sessions in memory past this are evicted (least recently used, once snapshotted)");

@@ -101,8 +101,9 @@ grpc::ServerUnaryReactor* AdaptdService::CreateSession(grpc::CallbackServerConte
                                                        const v1::CreateSessionRequest* req, v1::Session* resp) {
   auto tenant = Tenant(ctx);
   if (!tenant.ok()) return Done(ctx, tenant.status());
-  // The server's defaults under the request's options: the request's fields win, its roles and
-  // its snapshot policy (with its N) replace the defaults' whole.
+  // The server's defaults under the request's options: the request's set fields win (proto3
+  // presence: the optional ones even at 0), its roles and its snapshot policy (with its N)
+  // replace the defaults' whole.
   v1::SessionOptions options = options_.session_defaults;
   if (req->options().roles_not_learned_size() > 0) options.clear_roles_not_learned();
   if (req->options().snapshot_policy() != v1::SNAPSHOT_POLICY_UNSPECIFIED) options.clear_snapshot_every_events();

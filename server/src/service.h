@@ -31,7 +31,7 @@ struct ServiceOptions {
   std::string backup_dir;  // BackupStore's target (empty: no backups)
   std::vector<std::string> admin_tenants;  // may call BackupStore
   Ownership ownership;  // the sessions this replica serves (default: all)
-  v1::SessionOptions session_defaults;  // for the fields a new session's options leave 0 or empty
+  v1::SessionOptions session_defaults;  // for the fields a new session's options leave unset
 };
 
 // The bytes of the regular files under `path` (0 if it cannot be read).

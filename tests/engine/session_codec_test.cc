@@ -1,7 +1,8 @@
 // Session state serialization: bit-exact round trips, the lossy int8 encoding's error bound,
 // every corruption detected, other models' states refused, and golden files of each format
 // version (tests/engine/golden/) still decoding to the same continuation.
-// ADAPTD_UPDATE_GOLDEN=1 rewrites the golden files of the current version (then commit them).
+// ADAPTD_UPDATE_GOLDEN=1 (or 2) rewrites the golden files of format version 1 (or 2), then
+// commit them; only when that version's writer changed on purpose.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -175,6 +176,32 @@ TEST(SessionCodecTest, RandomForgeriesNeverCrash) {
   RecordProperty("decoded", decoded);
 }
 
+// An ntp_gradient state written before the header had ntp_start (the key removed, resealed)
+// still decodes, and its open chunk is read on its own: the same dW as a state restored without
+// its window, not that of the one that kept its context.
+TEST(SessionCodecTest, NtpStatesWithoutTheirStartReadTheChunkAlone) {
+  auto model = LoadModel("ttt/ttt_qwen3_hidden_proj/model");
+  ASSERT_NE(model, nullptr);
+  SessionOptions o;
+  o.rule = UpdateRule::kNtpGradient;
+  auto s = model->NewSession(o).value();
+  ASSERT_TRUE(model->Forward(*s, Tokens(11, 5)).ok());  // one chunk (C = 8), 3 ids open from position 8
+  const std::string with_start = *model->EncodeSession(*s, {StateEncoding::kExact, /*include_kv=*/true});
+  ASSERT_NE(with_start.find("\"ntp_start\":8,"), std::string::npos);
+  const std::string older = Reseal(with_start, "\"ntp_start\":8,", "");
+  const std::string no_window = *model->EncodeSession(*s, {StateEncoding::kExact, /*include_kv=*/false});
+  std::vector<std::vector<float>> w;
+  for (const std::string* bytes : {&with_start, &older, &no_window}) {
+    auto restored = model->DecodeSession(*bytes);
+    ASSERT_TRUE(restored.ok()) << restored.status();
+    ASSERT_TRUE(model->Forward(**restored, Tokens(5, 6)).ok());  // completes the chunk
+    EXPECT_EQ((*restored)->updates_applied(), 2 * static_cast<int64_t>(model->config().ttt.layers.size()));
+    w.push_back(*model->FastWeight(**restored, model->config().ttt.layers[0]));
+  }
+  EXPECT_EQ(w[1], w[2]);
+  EXPECT_GT(MaxAbsDiff(w[0], w[1]), 1e-6);
+}
+
 TEST(SessionCodecTest, StateIsBoundToTheComputeDtype) {
   Trained t = Train("ttt/ttt_qwen3_hidden_proj/model");
   ASSERT_TRUE(t.model);
@@ -226,6 +253,39 @@ TEST(GoldenTest, FormatVersion1StillDecodes) {
   auto lossy = (*model)->DecodeSession(ReadFile(dir + "/state_v1_int8.bin"));
   ASSERT_TRUE(lossy.ok()) << lossy.status();
   EXPECT_EQ((*lossy)->position(), 0);
+}
+
+// Format 2: an ntp_gradient session with an open chunk (2 of C = 4 ids) and its window; the
+// continuation completes the chunk, so its update shows in the logits after it.
+TEST(GoldenTest, FormatVersion2StillDecodes) {
+  const std::string dir = ADAPTD_GOLDEN_DIR;
+  auto model = Model::Load(dir + "/model");
+  ASSERT_TRUE(model.ok()) << model.status();
+  SessionOptions o;
+  o.rule = UpdateRule::kNtpGradient;
+  const auto more = Tokens(6, 9, 32);
+  const char* update = std::getenv("ADAPTD_UPDATE_GOLDEN");
+  if (update != nullptr && std::string(update) == "2") {
+    auto s = (*model)->NewSession(o).value();
+    ASSERT_TRUE((*model)->Forward(*s, Tokens(10, 8, 32)).ok());
+    WriteFile(dir + "/state_v2_ntp_kv.bin", *(*model)->EncodeSession(*s, {StateEncoding::kExact, true}));
+    auto logits = (*model)->Forward(*s, more);
+    WriteFile(dir + "/state_v2_ntp_kv.logits", std::string(reinterpret_cast<const char*>(logits->data()),
+                                                           logits->size() * sizeof(float)));
+  }
+  const std::string bytes = ReadFile(dir + "/state_v2_ntp_kv.bin");
+  uint32_t version = 0;
+  std::memcpy(&version, bytes.data() + 8, 4);
+  EXPECT_EQ(version, 2u);
+  auto s = (*model)->DecodeSession(bytes);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ((*s)->n_learned(), 10);
+  const std::string expected_bytes = ReadFile(dir + "/state_v2_ntp_kv.logits");
+  std::vector<float> expected(expected_bytes.size() / sizeof(float));
+  std::memcpy(expected.data(), expected_bytes.data(), expected_bytes.size());
+  auto logits = (*model)->Forward(**s, more);
+  ASSERT_TRUE(logits.ok());
+  EXPECT_LE(MaxAbsDiff(*logits, expected), 1e-5);
 }
 
 }  // namespace

@@ -237,20 +237,28 @@ class NtpGradientTest : public ::testing::Test {
 // ntp_gradient against transformers' autograd: after each of two chunks, every TTT layer's dW
 // equals -lr * the summed gradients of each chunk's next-token loss, the second chunk read after
 // the first one's keys and values as served. Fed in pieces that straddle the chunk boundary: the
-// tokens after it see the first update, as the oracle's second chunk does.
+// tokens after it see the first update, as the oracle's second chunk does. Both forms of the
+// few-row products (autograd runs through them on the small chunks).
 TEST_F(NtpGradientTest, MatchesTheAutogradOracleInAnySplit) {
-  for (const std::vector<size_t>& pieces : std::vector<std::vector<size_t>>{{8, 8}, {16}, {3, 7, 6}, {5, 1, 1, 9}}) {
-    auto s = model_->NewSession(options_).value();
-    size_t at = 0;
-    for (size_t n : pieces) {
-      Learn(*s, at, n);
-      at += n;
-      if (at == static_cast<size_t>(C_)) ExpectNtpUpdate(*model_, *s, file_, "chunk0", std::to_string(pieces.size()) + " pieces");
+  for (bool gemm : {false, true}) {
+    LoadOptions lo;
+    lo.few_rows_as_gemm = gemm;
+    model_ = LoadModel(kModel, lo);
+    ASSERT_NE(model_, nullptr);
+    for (const std::vector<size_t>& pieces : std::vector<std::vector<size_t>>{{8, 8}, {16}, {3, 7, 6}, {5, 1, 1, 9}}) {
+      const std::string what = std::to_string(pieces.size()) + " pieces, few_rows_as_gemm " + std::to_string(gemm);
+      auto s = model_->NewSession(options_).value();
+      size_t at = 0;
+      for (size_t n : pieces) {
+        Learn(*s, at, n);
+        at += n;
+        if (at == static_cast<size_t>(C_)) ExpectNtpUpdate(*model_, *s, file_, "chunk0", what);
+      }
+      ASSERT_EQ(at, ids_.size());
+      EXPECT_EQ(s->n_learned(), 2 * C_);
+      EXPECT_EQ(s->updates_applied(), 2 * static_cast<int64_t>(model_->config().ttt.layers.size()));
+      ExpectNtpUpdate(*model_, *s, file_, "chunk1", what);
     }
-    ASSERT_EQ(at, ids_.size());
-    EXPECT_EQ(s->n_learned(), 2 * C_);
-    EXPECT_EQ(s->updates_applied(), 2 * static_cast<int64_t>(model_->config().ttt.layers.size()));
-    ExpectNtpUpdate(*model_, *s, file_, "chunk1", std::to_string(pieces.size()) + " pieces");
   }
 }
 

@@ -458,8 +458,9 @@ TEST_F(EdgeTest, ARealPrometheusScrapesTheMetrics) {
   EXPECT_NE(answer.find("\"job\":\"adaptd\""), std::string::npos) << answer;
 }
 
-// --session_defaults fill what a creation leaves 0 or empty; the request's own fields win, and its
-// roles and snapshot policy replace the defaults' whole; the session keeps the stored result.
+// --session_defaults fill what a creation leaves unset; the request's own fields win (an explicit
+// decay of 0 too), and its roles and snapshot policy replace the defaults' whole; the session
+// keeps the stored result.
 // Defaults that are not valid options stop the server at start, naming the flag.
 TEST_F(EdgeTest, SessionDefaultsFillWhatCreationLeavesUnset) {
   Restart({"--session_defaults=decay: 0.1 lr_scale: 2 roles_not_learned: \"system\" "
@@ -474,12 +475,14 @@ TEST_F(EdgeTest, SessionDefaultsFillWhatCreationLeavesUnset) {
   v1::CreateSessionRequest req;
   req.set_session_id("own");
   req.mutable_options()->set_lr_scale(3);
+  req.mutable_options()->set_decay(0);
   req.mutable_options()->add_roles_not_learned("user");
   req.mutable_options()->set_snapshot_policy(v1::SNAPSHOT_ON_EVICTION);
   v1::Session own;
   const grpc::Status created = server_->stub().CreateSession(As("key-acme").get(), req, &own);
   ASSERT_TRUE(created.ok()) << created.error_message();
-  EXPECT_DOUBLE_EQ(own.options().decay(), 0.1);
+  EXPECT_TRUE(own.options().has_decay());
+  EXPECT_DOUBLE_EQ(own.options().decay(), 0);
   EXPECT_DOUBLE_EQ(own.options().lr_scale(), 3);
   ASSERT_EQ(own.options().roles_not_learned_size(), 1);
   EXPECT_EQ(own.options().roles_not_learned(0), "user");
