@@ -114,16 +114,11 @@ absl::Status SessionManager::FitWindow(LiveSession& session, int64_t prompt_toke
   }
   if (drop == 0) return absl::OkStatus();
   session.window.erase(session.window.begin(), session.window.begin() + drop);
-  // The same fast state (dW, tails, N) with an empty window, then the kept turns re-read.
-  auto bare = model_.EncodeSession(*session.state, {engine::StateEncoding::kExact, /*include_kv=*/false});
-  if (!bare.ok()) return bare.status();
-  auto state = model_.DecodeSession(*bare);
-  if (!state.ok()) return state.status();
+  // The same fast state (dW, tails, N) with the kept turns re-read.
   std::vector<int32_t> kept;
   for (const auto& t : session.window) kept.insert(kept.end(), t.begin(), t.end());
-  if (!kept.empty()) {
-    if (auto r = model_.Forward(**state, kept, /*learn=*/false); !r.ok()) return r.status();
-  }
+  auto state = model_.RereadWindow(*session.state, kept);
+  if (!state.ok()) return state.status();
   session.state = *std::move(state);
   return absl::OkStatus();
 }

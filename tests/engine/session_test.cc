@@ -291,6 +291,38 @@ TEST_F(NtpGradientTest, ChunkReadInItsWindowOrAlone) {
   ExpectNtpUpdate(*model_, *rewound, file_, "alone.chunk1", "a rewind into the chunk");
 }
 
+// A window re-read without its oldest tokens (the server's window rule) keeps the open chunk's
+// context, the rows before it re-read: the same update as a window made that way by hand (rewound,
+// the context re-read, then the chunk), not that of the chunk read alone.
+TEST_F(NtpGradientTest, RereadWindowKeepsTheChunkContext) {
+  const size_t open = 3, drop = 4;
+  auto s = model_->NewSession(options_).value();
+  Learn(*s, 0, C_ + open);  // chunk 0, then 3 ids of chunk 1 from position C
+  const std::vector<int32_t> kept(ids_.begin() + drop, ids_.begin() + C_ + open);
+  auto reread = model_->RereadWindow(*s, kept);
+  ASSERT_TRUE(reread.ok()) << reread.status();
+  EXPECT_EQ((*reread)->position(), static_cast<int64_t>(kept.size()));
+  Learn(**reread, C_ + open, ids_.size() - C_ - open);
+
+  auto by_hand = model_->NewSession(options_).value();
+  Learn(*by_hand, 0, C_);
+  ASSERT_TRUE(model_->RewindWindow(*by_hand, 0).ok());
+  ASSERT_TRUE(model_->Forward(*by_hand, absl::MakeConstSpan(ids_).subspan(drop, C_ - drop), /*learn=*/false).ok());
+  Learn(*by_hand, C_, C_);
+
+  auto alone = model_->DecodeSession(*model_->EncodeSession(*s)).value();  // no window: read alone
+  ASSERT_TRUE(model_->Forward(*alone, kept, /*learn=*/false).ok());
+  Learn(*alone, C_ + open, ids_.size() - C_ - open);
+  ExpectNtpUpdate(*model_, *alone, file_, "alone.chunk1", "a window re-read without ntp_start");
+
+  for (int l : model_->config().ttt.layers) {
+    EXPECT_LT(MaxAbsDiff(W(*model_, **reread, l), W(*model_, *by_hand, l)), 1e-6) << l;
+    EXPECT_GT(MaxAbsDiff(W(*model_, **reread, l), W(*model_, *alone, l)), 1e-4) << l;
+  }
+  const std::vector<int32_t> too_long(C_ + open + 1, 1);
+  EXPECT_EQ(model_->RereadWindow(*s, too_long).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 // An open ntp_gradient chunk survives the codec, with its window: the restored session finishes
 // it as the uninterrupted one does. Without the window it is finished on its own.
 TEST_F(NtpGradientTest, OpenChunkRoundTrips) {

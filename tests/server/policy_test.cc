@@ -178,15 +178,19 @@ TEST_F(PolicyTest, NtpGradientSessionsLearnAndReplay) {
   v1::SessionOptions ntp;
   ntp.set_update_rule("ntp_gradient");
   ntp.set_snapshot_policy(v1::SNAPSHOT_ON_EVICTION);
+  ntp.set_max_context_tokens(96);  // the window rule re-reads the window, open chunks included
   ASSERT_TRUE(CreateWith("ntp", ntp).ok());
-  auto turn = Chat("key-acme", "ntp", kUser, 8);
-  ASSERT_TRUE(turn.status.ok()) << turn.status.error_message();
-  EXPECT_GT(turn.usage.updates_applied(), 0);
-  EXPECT_GT(turn.usage.update_seconds(), 0);
+  for (int i = 0; i < 4; ++i) {
+    auto turn = Chat("key-acme", "ntp", kUser, 8 + i);
+    ASSERT_TRUE(turn.status.ok()) << turn.status.error_message();
+    EXPECT_GT(turn.usage.updates_applied(), 0);
+    EXPECT_GT(turn.usage.update_seconds(), 0);
+  }
   const auto before = State("ntp");
+  EXPECT_LT(before.context_tokens(), before.tokens_learned());  // turns left the window
   ASSERT_GT(before.delta_norms_size(), 0);
   EXPECT_GT(before.delta_norms(0), 0);
-  ExpectSameLearning(CrashAndReload("ntp"), before);  // the snapshot deferred: a replay of the turn
+  ExpectSameLearning(CrashAndReload("ntp"), before);  // the snapshot deferred: a replay of the turns
 }
 
 // A rewrite that fails changes nothing: the session stays in memory with its unsnapshotted
