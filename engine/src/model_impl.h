@@ -85,8 +85,8 @@ std::vector<at::Tensor> ForwardBatch(const Model::Impl& model, std::vector<Batch
 // chunk's next-token loss on every fast layer's dW under an explicit grad scope; then the ids
 // are cleared. The chunk is read in its context, the window before it as served (no gradient
 // through it), when its ids are the window's last C rows (ntp_start); otherwise (a chunk fed
-// around unlearned tokens, a rebuilt window) on its own at positions 0..C-1. Counted as updates
-// applied or rejected per layer, timed in update_seconds.
+// around unlearned tokens, a window restored without its rows) on its own at positions 0..C-1.
+// Counted as updates applied or rejected per layer, timed in update_seconds.
 void NtpUpdate(const Model::Impl& model, SessionState::Impl& session);
 
 // Fills model.rope_cos/sin for positions < min(max_position_embeddings, kRopeTableRows).
