@@ -6,7 +6,8 @@ For the weights of bench/engine_bench.py's models (per layer q/k/v stacked, o, g
 down; 6 layers; the tied lm_head), f32, it times one pass over every weight for n rows in two
 ways and prints the ratio:
   x W^T  at::linear, what transformers does;
-  W X^T  what engine/src/forward.cc's Linear does for n <= 16 (one row doubled to two).
+  W X^T  what engine/src/forward.cc's Linear does for n <= 16 once a model's weights outgrow
+         the cache, as these do (one row doubled to two).
 On the wheel's MKL the first form of one row is a GEMV and of a few rows a slow GEMM shape; the
 second streams W at memory speed. (Weights that stay in the cache favour the first.)
 """
