@@ -225,31 +225,45 @@ void WriteFile(const std::string& path, const std::string& bytes) {
   std::ofstream(path, std::ios::binary) << bytes;
 }
 
+// Writes a golden state (`name`.bin, exact, with its window) and the logits of `more` after it
+// (`name`.logits).
+void WriteGolden(const Model& model, SessionState& s, const std::string& name, const std::vector<int32_t>& more) {
+  WriteFile(name + ".bin", *model.EncodeSession(s, {StateEncoding::kExact, true}));
+  auto logits = model.Forward(s, more);
+  WriteFile(name + ".logits", std::string(reinterpret_cast<const char*>(logits->data()), logits->size() * sizeof(float)));
+}
+
+// Decodes the golden state `name`.bin: its N, and the logits of `more` after it against `name`.logits.
+void ExpectGolden(const Model& model, const std::string& name, int64_t n_learned, const std::vector<int32_t>& more) {
+  auto s = model.DecodeSession(ReadFile(name + ".bin"));
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ((*s)->n_learned(), n_learned);
+  const std::string bytes = ReadFile(name + ".logits");
+  std::vector<float> expected(bytes.size() / sizeof(float));
+  std::memcpy(expected.data(), bytes.data(), bytes.size());
+  auto logits = model.Forward(**s, more);
+  ASSERT_TRUE(logits.ok());
+  EXPECT_LE(MaxAbsDiff(*logits, expected), 1e-5);
+}
+
+bool Updating(const char* version) {
+  const char* update = std::getenv("ADAPTD_UPDATE_GOLDEN");
+  return update != nullptr && std::string(update) == version;
+}
+
 // The golden model (committed, so its fingerprint never changes): 2 layers, TTT layer 1, C = 4.
 TEST(GoldenTest, FormatVersion1StillDecodes) {
   const std::string dir = ADAPTD_GOLDEN_DIR;
   auto model = Model::Load(dir + "/model");
   ASSERT_TRUE(model.ok()) << model.status();
   const auto more = Tokens(6, 9, 32);
-  const char* update = std::getenv("ADAPTD_UPDATE_GOLDEN");
-  if (update != nullptr && std::string(update) == "1") {
+  if (Updating("1")) {
     auto s = (*model)->NewSession().value();
     ASSERT_TRUE((*model)->Forward(*s, Tokens(10, 8, 32)).ok());
-    WriteFile(dir + "/state_v1_exact_kv.bin", *(*model)->EncodeSession(*s, {StateEncoding::kExact, true}));
     WriteFile(dir + "/state_v1_int8.bin", *(*model)->EncodeSession(*s, {StateEncoding::kInt8Rows, false}));
-    auto logits = (*model)->Forward(*s, more);
-    WriteFile(dir + "/state_v1_exact_kv.logits", std::string(reinterpret_cast<const char*>(logits->data()),
-                                                             logits->size() * sizeof(float)));
+    WriteGolden(**model, *s, dir + "/state_v1_exact_kv", more);
   }
-  auto s = (*model)->DecodeSession(ReadFile(dir + "/state_v1_exact_kv.bin"));
-  ASSERT_TRUE(s.ok()) << s.status();
-  EXPECT_EQ((*s)->n_learned(), 10);
-  const std::string expected_bytes = ReadFile(dir + "/state_v1_exact_kv.logits");
-  std::vector<float> expected(expected_bytes.size() / sizeof(float));
-  std::memcpy(expected.data(), expected_bytes.data(), expected_bytes.size());
-  auto logits = (*model)->Forward(**s, more);
-  ASSERT_TRUE(logits.ok());
-  EXPECT_LE(MaxAbsDiff(*logits, expected), 1e-5);
+  ExpectGolden(**model, dir + "/state_v1_exact_kv", 10, more);
   auto lossy = (*model)->DecodeSession(ReadFile(dir + "/state_v1_int8.bin"));
   ASSERT_TRUE(lossy.ok()) << lossy.status();
   EXPECT_EQ((*lossy)->position(), 0);
@@ -261,31 +275,19 @@ TEST(GoldenTest, FormatVersion2StillDecodes) {
   const std::string dir = ADAPTD_GOLDEN_DIR;
   auto model = Model::Load(dir + "/model");
   ASSERT_TRUE(model.ok()) << model.status();
-  SessionOptions o;
-  o.rule = UpdateRule::kNtpGradient;
   const auto more = Tokens(6, 9, 32);
-  const char* update = std::getenv("ADAPTD_UPDATE_GOLDEN");
-  if (update != nullptr && std::string(update) == "2") {
+  if (Updating("2")) {
+    SessionOptions o;
+    o.rule = UpdateRule::kNtpGradient;
     auto s = (*model)->NewSession(o).value();
     ASSERT_TRUE((*model)->Forward(*s, Tokens(10, 8, 32)).ok());
-    WriteFile(dir + "/state_v2_ntp_kv.bin", *(*model)->EncodeSession(*s, {StateEncoding::kExact, true}));
-    auto logits = (*model)->Forward(*s, more);
-    WriteFile(dir + "/state_v2_ntp_kv.logits", std::string(reinterpret_cast<const char*>(logits->data()),
-                                                           logits->size() * sizeof(float)));
+    WriteGolden(**model, *s, dir + "/state_v2_ntp_kv", more);
   }
   const std::string bytes = ReadFile(dir + "/state_v2_ntp_kv.bin");
   uint32_t version = 0;
   std::memcpy(&version, bytes.data() + 8, 4);
   EXPECT_EQ(version, 2u);
-  auto s = (*model)->DecodeSession(bytes);
-  ASSERT_TRUE(s.ok()) << s.status();
-  EXPECT_EQ((*s)->n_learned(), 10);
-  const std::string expected_bytes = ReadFile(dir + "/state_v2_ntp_kv.logits");
-  std::vector<float> expected(expected_bytes.size() / sizeof(float));
-  std::memcpy(expected.data(), expected_bytes.data(), expected_bytes.size());
-  auto logits = (*model)->Forward(**s, more);
-  ASSERT_TRUE(logits.ok());
-  EXPECT_LE(MaxAbsDiff(*logits, expected), 1e-5);
+  ExpectGolden(**model, dir + "/state_v2_ntp_kv", 10, more);
 }
 
 }  // namespace
