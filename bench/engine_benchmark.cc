@@ -3,10 +3,14 @@
 // `sessions` sessions with distinct dW batched in one step vs fed one at a time.
 // bench/engine_bench.py runs it next to HF transformers and prints the ratios.
 //
+// Every Forward returns its logits to the host, so the timings include the device's work.
+//
 //   adaptd-bench-engine --model DIR --prompt 512 --decode 64 --sessions 16 --threads 2
+//   adaptd-bench-engine --model DIR --device cuda --dtype bf16
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <string>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -19,6 +23,8 @@ ABSL_FLAG(int, decode, 64, "decoded tokens per session");
 ABSL_FLAG(int, sessions, 16, "sessions in the batched decode");
 ABSL_FLAG(int, repeats, 3, "repeats (the median is reported)");
 ABSL_FLAG(int, threads, 0, "CPU threads (0: LibTorch's default)");
+ABSL_FLAG(std::string, device, "cpu", "cpu, cuda or cuda:<i>");
+ABSL_FLAG(std::string, dtype, "", "compute dtype f32, bf16 or f16 (default: the checkpoint's)");
 
 namespace adaptd::engine {
 namespace {
@@ -90,7 +96,12 @@ std::pair<double, double> RunBatched(const Model& m, int n, int prompt, int deco
 
 int Main() {
   if (absl::GetFlag(FLAGS_threads) > 0) SetComputeThreads(absl::GetFlag(FLAGS_threads));
-  auto model = Model::Load(absl::GetFlag(FLAGS_model));
+  LoadOptions options;
+  options.device = absl::GetFlag(FLAGS_device);
+  auto dtype = ParseComputeDType(absl::GetFlag(FLAGS_dtype));
+  Check(dtype.status());
+  options.dtype = *dtype;
+  auto model = Model::Load(absl::GetFlag(FLAGS_model), options);
   Check(model.status());
   const Model& m = **model;
   const auto prompt = Ids(absl::GetFlag(FLAGS_prompt), 1, m.config().vocab_size);

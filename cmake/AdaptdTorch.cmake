@@ -1,9 +1,9 @@
 # LibTorch from the project venv's PyPI torch wheel (scripts/setup.sh installs it).
 #
-# Defines the imported target adaptd::torch. CPU builds (the default, and CI) import the wheel's
-# CPU libraries (torch_cpu, c10) directly: find_package(Torch) on the CUDA wheel runs CUDA
-# toolkit checks that fail or slow down on machines without a GPU. With ADAPTD_CUDA=ON the
-# wheel's own TorchConfig.cmake is used, which brings the CUDA libraries.
+# Defines the imported target adaptd::torch from the wheel's libraries directly (torch_cpu, c10;
+# with ADAPTD_CUDA=ON also torch_cuda, c10_cuda): find_package(Torch) on the CUDA wheel runs CUDA
+# toolkit checks that fail or slow down on machines without a GPU, and the engine needs no
+# toolkit.
 # Override the wheel with -DADAPTD_TORCH_DIR=<site-packages>/torch. Debian's CPU-only
 # libtorch-dev 1.13 is a documented fallback only (README), not used by default.
 
@@ -23,18 +23,22 @@ endif()
 set(ADAPTD_TORCH_DIR "${ADAPTD_TORCH_DIR}" CACHE PATH "The torch package directory of the wheel")
 
 add_library(adaptd::torch INTERFACE IMPORTED)
+find_library(ADAPTD_TORCH_CPU_LIB torch_cpu PATHS "${ADAPTD_TORCH_DIR}/lib" NO_DEFAULT_PATH REQUIRED)
+find_library(ADAPTD_C10_LIB c10 PATHS "${ADAPTD_TORCH_DIR}/lib" NO_DEFAULT_PATH REQUIRED)
+target_include_directories(adaptd::torch SYSTEM INTERFACE
+  "${ADAPTD_TORCH_DIR}/include" "${ADAPTD_TORCH_DIR}/include/torch/csrc/api/include")
+target_link_libraries(adaptd::torch INTERFACE "${ADAPTD_TORCH_CPU_LIB}" "${ADAPTD_C10_LIB}")
+# The wheels are built with the C++11 ABI, like Debian's gRPC, protobuf and Abseil.
+target_compile_definitions(adaptd::torch INTERFACE _GLIBCXX_USE_CXX11_ABI=1)
 if(ADAPTD_CUDA)
-  find_package(Torch REQUIRED PATHS "${ADAPTD_TORCH_DIR}/share/cmake/Torch" NO_DEFAULT_PATH)
-  target_link_libraries(adaptd::torch INTERFACE ${TORCH_LIBRARIES})
-  target_compile_definitions(adaptd::torch INTERFACE ADAPTD_HAVE_CUDA=1)
-else()
-  find_library(ADAPTD_TORCH_CPU_LIB torch_cpu PATHS "${ADAPTD_TORCH_DIR}/lib" NO_DEFAULT_PATH REQUIRED)
-  find_library(ADAPTD_C10_LIB c10 PATHS "${ADAPTD_TORCH_DIR}/lib" NO_DEFAULT_PATH REQUIRED)
-  target_include_directories(adaptd::torch SYSTEM INTERFACE
-    "${ADAPTD_TORCH_DIR}/include" "${ADAPTD_TORCH_DIR}/include/torch/csrc/api/include")
-  target_link_libraries(adaptd::torch INTERFACE "${ADAPTD_TORCH_CPU_LIB}" "${ADAPTD_C10_LIB}")
-  # The wheels are built with the C++11 ABI, like Debian's gRPC, protobuf and Abseil.
-  target_compile_definitions(adaptd::torch INTERFACE _GLIBCXX_USE_CXX11_ABI=1)
+  # The engine calls LibTorch's CUDA backend only through ATen, so it needs the wheel's CUDA
+  # libraries but no CUDA toolkit: such a build can be made on a machine without a GPU and run
+  # on one with the same torch wheel (scripts/gpu/). torch_cuda registers the CUDA kernels when
+  # it is loaded, so it is linked even though no symbol of it is referenced.
+  find_library(ADAPTD_TORCH_CUDA_LIB torch_cuda PATHS "${ADAPTD_TORCH_DIR}/lib" NO_DEFAULT_PATH REQUIRED)
+  find_library(ADAPTD_C10_CUDA_LIB c10_cuda PATHS "${ADAPTD_TORCH_DIR}/lib" NO_DEFAULT_PATH REQUIRED)
+  target_link_libraries(adaptd::torch INTERFACE
+    "-Wl,--no-as-needed" "${ADAPTD_TORCH_CUDA_LIB}" "${ADAPTD_C10_CUDA_LIB}" "-Wl,--as-needed")
 endif()
 # Binaries find the wheel's libraries at run time without LD_LIBRARY_PATH.
 set(CMAKE_BUILD_RPATH "${ADAPTD_TORCH_DIR}/lib")

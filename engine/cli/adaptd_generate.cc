@@ -266,14 +266,12 @@ int Main() {
   if (absl::GetFlag(FLAGS_threads) > 0) SetComputeThreads(absl::GetFlag(FLAGS_threads));
   LoadOptions options;
   options.device = absl::GetFlag(FLAGS_device);
-  const std::string dtype = absl::GetFlag(FLAGS_dtype);
-  if (dtype == "f32") options.dtype = DType::kF32;
-  if (dtype == "bf16") options.dtype = DType::kBF16;
-  if (dtype == "f16") options.dtype = DType::kF16;
-  if (!dtype.empty() && !options.dtype) {
-    std::cerr << "--dtype must be f32, bf16 or f16\n";
+  auto dtype = ParseComputeDType(absl::GetFlag(FLAGS_dtype));
+  if (!dtype.ok()) {
+    std::cerr << "--dtype: " << dtype.status().message() << "\n";
     return 2;
   }
+  options.dtype = *dtype;
   auto input = ReadInput();
   if (!input.ok()) {
     std::cerr << input.status() << "\n";

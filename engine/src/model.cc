@@ -1,10 +1,13 @@
 // Model and SessionState: loading, sessions, and the exception boundary of the forward pass.
 #include "adaptd/engine/model.h"
 
+#include <ATen/Context.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/grad_mode.h>
+#include <ATen/detail/CUDAHooksInterface.h>
 
 #include <exception>
+#include <optional>
 #include <set>
 
 #include "absl/status/status.h"
@@ -16,15 +19,22 @@ namespace adaptd::engine {
 namespace {
 
 absl::StatusOr<at::Device> ParseDevice(const std::string& name) {
+  std::optional<at::Device> device;
   try {
-    at::Device device(name);
-    if (device.is_cuda() && !at::hasCUDA()) {
-      return absl::FailedPreconditionError("device " + name + " requested, but this LibTorch has no CUDA device");
-    }
-    return device;
+    device.emplace(name);
   } catch (const std::exception& e) {
     return absl::InvalidArgumentError(absl::StrCat("bad device '", name, "'"));
   }
+  if (device->is_cpu()) return *device;
+  if (!device->is_cuda()) return absl::InvalidArgumentError(absl::StrCat("unsupported device '", name, "'"));
+  const int gpus = at::hasCUDA() ? at::detail::getCUDAHooks().getNumGPUs() : 0;
+  if (gpus == 0) {
+    return absl::FailedPreconditionError("device " + name + " requested, but this LibTorch has no CUDA device");
+  }
+  if (device->index() >= gpus) {
+    return absl::FailedPreconditionError(absl::StrCat("device ", name, " requested, but there are ", gpus, " GPUs"));
+  }
+  return *device;
 }
 
 }  // namespace
@@ -35,6 +45,16 @@ absl::Status Poisoned() {
 
 void SetComputeThreads(int threads) { at::set_num_threads(threads); }
 
+bool DeviceAvailable(const std::string& device) { return ParseDevice(device).ok(); }
+
+absl::StatusOr<std::optional<DType>> ParseComputeDType(const std::string& name) {
+  if (name.empty()) return std::nullopt;
+  if (name == "f32") return DType::kF32;
+  if (name == "bf16") return DType::kBF16;
+  if (name == "f16") return DType::kF16;
+  return absl::InvalidArgumentError(absl::StrCat("dtype '", name, "' must be f32, bf16 or f16"));
+}
+
 Model::Model(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Model::~Model() = default;
 
@@ -42,6 +62,13 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& dir, const
   auto impl = std::make_unique<Impl>();
   ASSIGN_OR_RETURN(impl->config, LoadModelConfig(dir));
   ASSIGN_OR_RETURN(impl->device, ParseDevice(options.device));
+  if (impl->device.is_cuda()) {
+    // f32 means IEEE f32 on the GPU too (LibTorch may default to TF32 in matrix products and
+    // convolutions). Process-wide, like the thread count.
+    auto& ctx = at::globalContext();
+    ctx.setFloat32Precision(at::Float32Backend::CUDA, at::Float32Op::MATMUL, at::Float32Precision::IEEE);
+    ctx.setFloat32Precision(at::Float32Backend::CUDA, at::Float32Op::CONV, at::Float32Precision::IEEE);
+  }
   const DType dtype = options.dtype.value_or(impl->config.dtype);
   if (dtype != DType::kF32 && dtype != DType::kBF16 && dtype != DType::kF16) {
     return absl::InvalidArgumentError("compute dtype must be F32, BF16 or F16");

@@ -34,6 +34,7 @@
 
 ABSL_FLAG(std::string, model, "models/adaptd-tiny-ttt", "checkpoint directory (config.json, safetensors, tokenizer.json)");
 ABSL_FLAG(std::string, device, "cpu", "where the model runs: cpu, cuda or cuda:<index> (a CUDA-enabled LibTorch)");
+ABSL_FLAG(std::string, dtype, "", "compute dtype: f32, bf16 or f16 (default: the checkpoint's)");
 ABSL_FLAG(std::string, store, "runs/store", "session store directory (RocksDB)");
 ABSL_FLAG(std::string, api_keys, "", "file of \"tenant sha256-hex-of-key\" lines (required)");
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051", "address:port of the API");
@@ -158,6 +159,9 @@ int main(int argc, char** argv) {
   const std::string model_dir = absl::GetFlag(FLAGS_model);
   engine::LoadOptions load_options;
   load_options.device = absl::GetFlag(FLAGS_device);
+  auto dtype = engine::ParseComputeDType(absl::GetFlag(FLAGS_dtype));
+  if (!dtype.ok()) return Fail(absl::InvalidArgumentError(absl::StrCat("--dtype: ", dtype.status().message())));
+  load_options.dtype = *dtype;
   auto model = engine::Model::Load(model_dir, load_options);
   if (!model.ok()) return Fail(model.status());
   auto tokenizer = engine::Tokenizer::Load(model_dir + "/tokenizer.json");

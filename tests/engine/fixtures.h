@@ -23,13 +23,25 @@ namespace adaptd::engine {
 // Max abs difference bounds; parity_test.cc says where they come from.
 inline constexpr double kF32Tol = 1e-4;
 inline constexpr double kBf16Tol = 0.1;
+inline constexpr double kBf16GpuScale = 1.0 / 32;
 
 inline std::string FixtureDir() { return ADAPTD_FIXTURE_DIR; }
 
+// The device the tests run on: ADAPTD_TEST_DEVICE (e.g. "cuda"), else the CPU.
 inline std::string Device() {
   const char* d = std::getenv("ADAPTD_TEST_DEVICE");
   return d ? d : "cpu";
 }
+
+// Without that device here, every test of the binary is skipped (ctest label gpu).
+class DeviceEnvironment : public ::testing::Environment {
+ public:
+  void SetUp() override {
+    if (!DeviceAvailable(Device())) GTEST_SKIP() << "device " << Device() << " is not available here";
+  }
+};
+inline ::testing::Environment* const kDeviceEnvironment =
+    ::testing::AddGlobalTestEnvironment(new DeviceEnvironment);
 
 inline const nlohmann::json& Manifest() {
   static const nlohmann::json manifest = [] {
@@ -72,6 +84,17 @@ inline std::vector<int32_t> ReadIds(const std::string& file) {
   const TensorView* t = (*f)->Find("ids");
   const auto* p = reinterpret_cast<const int64_t*>(t->data);
   return std::vector<int32_t>(p, p + t->NumElements());
+}
+
+// The bf16 bound for a result compared with `ref`: kBf16Tol on the CPU, where the engine and
+// the reference run the same kernels. Elsewhere (cuBLAS and cuDNN round in another order) it
+// grows with the tensor's scale, a few bf16 ulps at max |ref|: TTT weights reach ~100 in the
+// fixtures, where one ulp is 0.5.
+inline double Bf16Tol(const std::vector<float>& ref) {
+  if (Device() == "cpu") return kBf16Tol;
+  double scale = 0;
+  for (float v : ref) scale = std::max(scale, std::abs(static_cast<double>(v)));
+  return kBf16Tol + kBf16GpuScale * scale;
 }
 
 inline double MaxAbsDiff(const std::vector<float>& a, const std::vector<float>& b) {

@@ -8,8 +8,11 @@
 //   and between feeding at once, in pieces and token by token (the sums run in another order;
 //   the differences seen are ~3e-5 on W of magnitude ~1).
 //   bf16: 0.1 on logits of magnitude ~5-10 and on W; bf16 has 8 mantissa bits, so results
-//   legitimately differ by a few ulps per op between two correct implementations. The negative
-//   controls below show that real mistakes exceed the bounds by far.
+//   legitimately differ by a few ulps per op between two correct implementations. On CUDA the
+//   TTT dumps' bound grows with the tensor's scale (Bf16Tol: 0.1 + max|ref| / 32): cuBLAS rounds
+//   in another order than the CPU reference, and the hidden-target fixtures' W reach ~100,
+//   where one bf16 ulp is 0.5 (seen on an H200: W off by up to 1.0, logits by 0.145). The
+//   negative controls below show that real mistakes exceed the bounds by far.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -107,6 +110,7 @@ class TttParityTest : public testing::TestWithParam<std::string> {
   struct Result {
     std::vector<float> logits;
     std::vector<std::vector<float>> weights;  // per TTT layer, [d, f]
+    std::vector<std::vector<float>> initial;  // the same before any update (W0)
     int64_t n_learned = 0, updates = 0;
   };
 
@@ -121,6 +125,7 @@ class TttParityTest : public testing::TestWithParam<std::string> {
     if (!dump["clip_tau"].is_null()) so.clip_tau = dump["clip_tau"].get<double>();
     auto session = model->NewSession(so).value();
     Result r;
+    for (int layer : case_["ttt_layers"]) r.initial.push_back(model->FastWeight(*session, layer).value());
     r.logits = FeedPieces(*model, *session, dump["ids"].get<std::vector<int32_t>>(), dump["pieces"].get<std::vector<int>>());
     for (int layer : case_["ttt_layers"]) {
       auto w = model->FastWeight(*session, layer);
@@ -140,13 +145,22 @@ TEST_P(TttParityTest, LogitsAndFastWeightsMatchReference) {
     for (bool gemm : {false, true}) {  // few rows as x W^T and as W X^T
       const std::string file = dump["file"];
       SCOPED_TRACE(file + (gemm ? ", few rows as W X^T" : ""));
-      const double tol = dump["dtype"] == "bf16" ? kBf16Tol : kF32Tol;
+      const bool bf16 = dump["dtype"] == "bf16";
+      auto expect_near = [&](const std::vector<float>& got, const std::string& name) {
+        const std::vector<float> ref = ReadFloats(file, name);
+        EXPECT_LE(MaxAbsDiff(got, ref), bf16 ? Bf16Tol(ref) : kF32Tol) << name;
+      };
       Result r = RunDump(dump, gemm);
-      EXPECT_LE(MaxAbsDiff(r.logits, ReadFloats(file, "logits")), tol);
+      expect_near(r.logits, "logits");
       std::vector<int> layers = case_["ttt_layers"];
       for (size_t i = 0; i < layers.size(); ++i) {
-        EXPECT_LE(MaxAbsDiff(r.weights[i], ReadFloats(file, "layers." + std::to_string(layers[i]) + ".weight")), tol)
-            << "layer " << layers[i];
+        const std::string name = "layers." + std::to_string(layers[i]) + ".weight";
+        expect_near(r.weights[i], name);
+        // The bound is far tighter than what the updates do to W.
+        const std::vector<float> ref = ReadFloats(file, name);
+        if (r.updates > 0) {
+          EXPECT_GT(MaxAbsDiff(r.initial[i], ref), 4 * (bf16 ? Bf16Tol(ref) : kF32Tol)) << name;
+        }
       }
       const int64_t n = static_cast<int64_t>(dump["ids"].size());
       EXPECT_EQ(r.n_learned, n);

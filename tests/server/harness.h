@@ -48,9 +48,11 @@ class Server {
     if (pid_ == 0) {
       const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
       ::dup2(fd, STDERR_FILENO);
+      // Sessions render chats as raw text, as scripts/run.sh sets for the default model: it is a
+      // document model, which in ChatML ends its turn at once (and empty replies test nothing).
       std::vector<std::string> args = {"adaptd", "--model=" + std::string(ADAPTD_MODEL), "--store=" + dir_ + "/store",
                                        "--api_keys=" + dir_ + "/keys.txt", "--listen=127.0.0.1:0",
-                                       "--metrics_listen=127.0.0.1:0"};
+                                       "--metrics_listen=127.0.0.1:0", "--session_defaults=chat_format: \"raw\""};
       args.insert(args.end(), extra_args.begin(), extra_args.end());  // later flags win
       std::vector<char*> argv;
       for (auto& a : args) argv.push_back(a.data());

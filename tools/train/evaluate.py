@@ -1,6 +1,6 @@
 """Held-out NLL per position bucket, TTT on and off, for one or more checkpoints.
 
-python -m tools.train.evaluate --model runs/ttt/model --model runs/base/model [--seq 512]
+python -m tools.train.evaluate --model runs/ttt/model --model runs/base/model [--seq 512] [--device cuda]
 
 Each held-out document (tools/corpus rule) with at least seq + 1 tokens contributes its first
 seq + 1 tokens, fed from N = 0. For a TTT checkpoint the same weights are also scored with TTT
@@ -30,10 +30,12 @@ def heldout_windows(corpus: pathlib.Path, seq: int, max_docs: int) -> torch.Tens
 def position_nll(model: ttt_model.TTTModel, windows: torch.Tensor, batch: int = 8) -> torch.Tensor:
     """NLL [docs, seq] of every next-token prediction."""
     out = []
+    device = next(model.parameters()).device
     for x in windows.split(batch):
+        x = x.to(device)
         logits = model(x[:, :-1]).float()
         out.append(F.cross_entropy(logits.transpose(1, 2), x[:, 1:], reduction="none"))
-    return torch.cat(out)
+    return torch.cat(out).cpu()
 
 
 def bucket_edges(seq: int) -> list[int]:
@@ -56,12 +58,13 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=512)
     ap.add_argument("--max-docs", type=int, default=1000)
     ap.add_argument("--json")
+    ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     windows = heldout_windows(pathlib.Path(args.corpus), args.seq, args.max_docs)
     edges = bucket_edges(args.seq)
     results = {}
     for path in args.model:
-        model = ttt_model.load(path, torch.float32)
+        model = ttt_model.load(path, torch.float32).to(args.device)
         results[f"{path} (TTT on)" if model.ttt_layers else path] = summarize(position_nll(model, windows), edges)
         if model.ttt_layers:
             model.set_ttt_enabled(False)

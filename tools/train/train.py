@@ -5,7 +5,8 @@ python -m tools.train.train --out runs/ttt --minutes 20 [--no-ttt] [--chunk 64] 
 Uses the reference modules (tools/ttt_reference), so training runs the exact TTT forward the
 engine serves (the parallel form: every row of the batch starts at N = 0). AdamW, linear warm-up
 then cosine decay, gradient clipping 1.0, bf16 autocast on CUDA. The run stops at --steps or
-after --minutes, whichever comes first, and always writes its checkpoint.
+after --minutes, whichever comes first (the schedule follows the one spent first), and always
+writes its checkpoint.
 Outputs under --out: train_state.pt (resume with --resume), loss.jsonl, loss.png, model/ (HF
 format with tokenizer).
 """
@@ -39,10 +40,12 @@ def model_config(args, vocab: int) -> Qwen3Config:
     return cfg
 
 
-def lr_at(step: int, args) -> float:
+def lr_at(step: int, seconds: float, args) -> float:
+    """Linear warm-up, then cosine to 10 % along whichever budget, --steps or --minutes, is
+    spent first (so a run stopped by the clock still ends its schedule)."""
     if step < args.warmup:
         return args.lr * (step + 1) / args.warmup
-    progress = min(1.0, (step - args.warmup) / max(1, args.steps - args.warmup))
+    progress = min(1.0, max((step - args.warmup) / max(1, args.steps - args.warmup), seconds / (args.minutes * 60)))
     return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
@@ -123,7 +126,7 @@ def main() -> None:
     t0, data = time.time(), batches(tokens, args, rng)
     while step < args.steps and (time.time() - t0) < args.minutes * 60:
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, args)
+            g["lr"] = lr_at(step, time.time() - t0, args)
         x = next(data).to(device)
         with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
             logits = model(x[:, :-1])

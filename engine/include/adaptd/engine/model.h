@@ -39,6 +39,10 @@ struct LoadOptions {
   std::optional<bool> few_rows_as_gemm;
 };
 
+// A compute dtype as the command lines name it: "f32", "bf16" or "f16"; "" is none (the
+// checkpoint's). INVALID_ARGUMENT otherwise.
+absl::StatusOr<std::optional<DType>> ParseComputeDType(const std::string& name);
+
 // How completed chunks change a session's fast weights (architecture.md "In-Place TTT").
 enum class UpdateRule {
   kInplace,      // W += eta (UP)^T Z per chunk (the checkpoint's trained TTT modules)
@@ -73,6 +77,9 @@ class SessionState;
 
 // Threads LibTorch uses for intra-op parallelism on the CPU (process-wide).
 void SetComputeThreads(int threads);
+
+// Whether this LibTorch can run on `device` ("cpu", "cuda", "cuda:<i>") on this machine.
+bool DeviceAvailable(const std::string& device);
 
 class Model {
  public:
