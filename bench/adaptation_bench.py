@@ -122,7 +122,7 @@ def main() -> None:
     ap.add_argument("--turn_tokens", type=int, default=64)
     ap.add_argument("--window", type=int, default=256)
     ap.add_argument("--decay", type=float, default=0.1, help="the decay of variant (b')")
-    ap.add_argument("--ntp_lr_scale", type=float, default=1.0, help="lr_scale of variants (e) and (f)")
+    ap.add_argument("--ntp_lr_scale", type=float, default=0.3, help="lr_scale of variants (e) and (f)")
     ap.add_argument("--out", default="runs/bench/adaptation")
     ap.add_argument("--plot", default="bench/adaptation.png")
     args = ap.parse_args()
@@ -161,8 +161,12 @@ def main() -> None:
         base.stop()
 
     beyond = args.window // args.turn_tokens  # turns from here on: their document's start left the window
+    cfg = {name: json.loads((ROOT / "models" / name / "config.json").read_text())
+           for name in ("adaptd-tiny-ttt", "adaptd-tiny-base")}
+    ttt_cfg = cfg["adaptd-tiny-ttt"]
     print(f"{len(docs)} held-out documents x {args.turns} turns of {args.turn_tokens} tokens; window "
-          f"{args.window} tokens; TTT chunk C = 32 (layers 1 and 3); {seconds:.0f} s")
+          f"{args.window} tokens; TTT chunk C = {ttt_cfg['ttt_chunk']} (layers {ttt_cfg['ttt_layers']}); "
+          f"{seconds:.0f} s")
     print(f"mean NLL (nats/token) per turn, averaged over documents; turns >= {beyond} are beyond the window\n")
     means = {k: mean_per_turn(v) for k, v in results.items()}
     print("| variant | turns 0-%d | turns %d-%d | all |" % (beyond - 1, beyond, args.turns - 1))
@@ -182,9 +186,10 @@ def main() -> None:
                    if statistics.fmean(rb[beyond:]) < statistics.fmean(ra[beyond:]))
         print(f"beyond the window, {name}: {100 * (a - b) / a:+.2f}% lower NLL than the baseline (target 10%), "
               f"{100 * (c - b) / c:+.2f}% than TTT off; better on {wins}/{len(docs)} documents")
-    layers = 2  # both models learn in layers 1 and 3; a chunk counts one update per layer
-    for name, prefix in (("(b) inplace", "b-"), ("(e) ntp_gradient, TTT model", "n-"), ("(f) ntp_gradient, baseline", "f-")):
+    for name, prefix, model in (("(b) inplace", "b-", "adaptd-tiny-ttt"), ("(e) ntp_gradient, TTT model", "n-", "adaptd-tiny-ttt"),
+                                ("(f) ntp_gradient, baseline", "f-", "adaptd-tiny-base")):
         sec = sum(v[0] for k, v in COST.items() if k.startswith(prefix))
+        layers = len(cfg[model]["ttt_layers"])  # a chunk counts one update per layer
         chunks = sum(v[1] for k, v in COST.items() if k.startswith(prefix)) / layers
         print(f"update cost, {name}: {1e3 * sec / max(chunks, 1):.2f} ms per chunk ({chunks:.0f} chunks)")
     diff = max(abs(x - y) for rr, rb in zip(restored, results["(b) adaptd (TTT), window"]) for x, y in zip(rr, rb))

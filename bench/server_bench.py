@@ -1,7 +1,7 @@
 """Server benchmark (not a test): the default model under many sessions and a memory budget that
 forces evictions, measured side by side in one run.
 
-python bench/server_bench.py [--sessions 100] [--turns 20] [--budget_mib 32] [--out runs/bench/server]
+python bench/server_bench.py [--sessions 100] [--turns 20] [--budget_mib 96] [--out runs/bench/server]
 
 1. Starts build/bin/adaptd on a fresh store with --memory_budget_bytes (far below what the
    sessions take, so they are evicted and reloaded from snapshots), and records its idle RSS.
@@ -96,7 +96,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sessions", type=int, default=100)
     ap.add_argument("--turns", type=int, default=20)
-    ap.add_argument("--budget_mib", type=int, default=32)
+    ap.add_argument("--budget_mib", type=int, default=96)
     ap.add_argument("--samples", type=int, default=7, help="sessions per resume/replay measurement")
     ap.add_argument("--policy_sessions", type=int, default=40, help="sessions per snapshot policy")
     ap.add_argument("--policy_turns", type=int, default=5)

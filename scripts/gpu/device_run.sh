@@ -25,8 +25,7 @@ logs=.gpu/logs && mkdir -p $logs
 
 train=
 if has train; then
-  BASE_MINUTES=${BASE_MINUTES:-1.5} CONT_MINUTES=${CONT_MINUTES:-0.75} \
-    timeout 300 tools/train/retrain.sh .gpu/train --corpus .gpu/stage/corpus > $logs/train.txt 2>&1 &
+  timeout 400 tools/train/retrain.sh .gpu/train --corpus .gpu/stage/corpus > $logs/train.txt 2>&1 &
   train=$!
 elif has sweep; then
   timeout 360 tools/train/gpu_sweep.sh .gpu/train --corpus .gpu/stage/corpus > $logs/train.txt 2>&1 &

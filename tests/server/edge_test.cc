@@ -256,7 +256,7 @@ TEST_F(EdgeTest, TurnsInFlightAreBoundedPerTenant) {
 }
 
 TEST_F(EdgeTest, StoredBytesQuota) {
-  Restart({"--tenant_max_stored_bytes=200000"});  // one turn's snapshot is ~0.8 MB
+  Restart({"--tenant_max_stored_bytes=200000"});  // one turn's snapshot is ~2.4 MB
   ASSERT_TRUE(Create("key-acme", "a").ok());
   // The quota reads RocksDB's size estimate, refreshed each second (it may lag a write or two).
   Turn full;

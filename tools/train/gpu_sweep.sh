@@ -13,7 +13,7 @@ shape=(--d 256 --ffn 768 --layers 6 --heads 8 --kv-heads 2)
 mkdir -p "$out"
 $PY -m tools.train.train --out "$out/base" --no-ttt "${shape[@]}" --seq 512 --batch 32 --warmup 100 --lr 2e-3 \
   --steps 2400 --minutes 2 --save-dtype float32 "$@" > "$out/base.log" 2>&1
-cont=(--init "$out/base/model" "${shape[@]}" --seq 256 --batch 32 --warmup 20 --lr 1e-3 --seed 1 --minutes 4)
+cont=(--init "$out/base/model" "${shape[@]}" --seq 256 --batch 32 --warmup 20 --lr 1e-3 --seed 1 --ttt-layers 1,3,5 --chunk 32 --minutes 4)
 ttt="--chunk 32 --target input_embed --ttt-layers 1,3,5"
 points=(
   "c32:--steps 800 $ttt"
