@@ -29,7 +29,8 @@ absl::StatusOr<at::Device> ParseDevice(const std::string& name) {
   if (!device->is_cuda()) return absl::InvalidArgumentError(absl::StrCat("unsupported device '", name, "'"));
   const int gpus = at::hasCUDA() ? at::detail::getCUDAHooks().getNumGPUs() : 0;
   if (gpus == 0) {
-    return absl::FailedPreconditionError("device " + name + " requested, but this LibTorch has no CUDA device");
+    return absl::FailedPreconditionError(absl::StrCat(
+        "device ", name, " requested, but no GPU is visible here, or this build has no CUDA (-DADAPTD_CUDA=ON)"));
   }
   if (device->index() >= gpus) {
     return absl::FailedPreconditionError(absl::StrCat("device ", name, " requested, but there are ", gpus, " GPUs"));
@@ -63,8 +64,8 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& dir, const
   ASSIGN_OR_RETURN(impl->config, LoadModelConfig(dir));
   ASSIGN_OR_RETURN(impl->device, ParseDevice(options.device));
   if (impl->device.is_cuda()) {
-    // f32 means IEEE f32 on the GPU too (LibTorch may default to TF32 in matrix products and
-    // convolutions). Process-wide, like the thread count.
+    // f32 means IEEE f32 on the GPU too: LibTorch lets cuDNN convolutions use TF32 by default
+    // (and matrix products where a process asks for it). Process-wide, like the thread count.
     auto& ctx = at::globalContext();
     ctx.setFloat32Precision(at::Float32Backend::CUDA, at::Float32Op::MATMUL, at::Float32Precision::IEEE);
     ctx.setFloat32Precision(at::Float32Backend::CUDA, at::Float32Op::CONV, at::Float32Precision::IEEE);

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <string>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "adaptd/engine/model.h"
@@ -39,6 +40,27 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, CheckpointTest,
 
 TEST(CheckpointTest, MissingDirectoryIsNotFound) {
   EXPECT_EQ(Model::Load(FixtureDir() + "/no/such/model").status().code(), absl::StatusCode::kNotFound);
+}
+
+// Devices and compute dtypes as the command lines name them: bad names are INVALID_ARGUMENT, a
+// device that is not here FAILED_PRECONDITION, both before any weight is read.
+TEST(CheckpointTest, DevicesAndDtypesAreCheckedByName) {
+  EXPECT_TRUE(DeviceAvailable("cpu"));
+  EXPECT_FALSE(DeviceAvailable("cuda:64"));
+  EXPECT_FALSE(DeviceAvailable("nonsense"));
+  EXPECT_FALSE(ParseComputeDType("").value().has_value());
+  EXPECT_EQ(ParseComputeDType("bf16").value(), DType::kBF16);
+  EXPECT_EQ(ParseComputeDType("f64").status().code(), absl::StatusCode::kInvalidArgument);
+  const std::string dir = FixtureDir() + "/hf/qwen3_gqa_tied/model";
+  for (const auto& [device, code] : {std::pair{"nonsense", absl::StatusCode::kInvalidArgument},
+                                     std::pair{"mps", absl::StatusCode::kInvalidArgument},
+                                     std::pair{"cuda:64", absl::StatusCode::kFailedPrecondition}}) {
+    LoadOptions o;
+    o.device = device;
+    auto model = Model::Load(dir, o);
+    EXPECT_EQ(model.status().code(), code) << device << ": " << model.status();
+    EXPECT_NE(model.status().message().find(device), std::string::npos) << model.status();
+  }
 }
 
 TEST(FingerprintTest, TracksContentNotLayout) {
