@@ -4,8 +4,8 @@
 # with ADAPTD_CUDA=ON also torch_cuda, c10_cuda): find_package(Torch) on the CUDA wheel runs CUDA
 # toolkit checks that fail or slow down on machines without a GPU, and the engine needs no
 # toolkit.
-# Override the wheel with -DADAPTD_TORCH_DIR=<site-packages>/torch. Debian's CPU-only
-# libtorch-dev 1.13 is a documented fallback only (README), not used by default.
+# Override the wheel with -DADAPTD_TORCH_DIR=<site-packages>/torch (LibTorch 2.9 or later: Debian's
+# libtorch-dev 1.13 is too old for the engine; README).
 
 if(NOT ADAPTD_TORCH_DIR)
   set(_venv_python "${PROJECT_SOURCE_DIR}/.venv/bin/python")
@@ -34,7 +34,10 @@ if(ADAPTD_CUDA)
   # The engine calls LibTorch's CUDA backend only through ATen, so it needs the wheel's CUDA
   # libraries but no CUDA toolkit: such a build can be made on a machine without a GPU and run
   # on one with the same torch wheel (scripts/gpu/). torch_cuda registers the CUDA kernels when
-  # it is loaded, so it is linked even though no symbol of it is referenced.
+  # it is loaded, so it is linked even though no symbol of it is referenced. The libraries after it
+  # are linked as needed (CMake drops a repeated --push-state/--pop-state pair from the line, so
+  # the state is not restored): a CUDA build's binaries then need only the Debian libraries they
+  # use, which is what scripts/gpu/ carries.
   find_library(ADAPTD_TORCH_CUDA_LIB torch_cuda PATHS "${ADAPTD_TORCH_DIR}/lib" NO_DEFAULT_PATH REQUIRED)
   find_library(ADAPTD_C10_CUDA_LIB c10_cuda PATHS "${ADAPTD_TORCH_DIR}/lib" NO_DEFAULT_PATH REQUIRED)
   target_link_libraries(adaptd::torch INTERFACE

@@ -3,7 +3,7 @@
 # no-TTT base, then every point continues from it at once (seed 1: the same tokens for the same
 # steps), the no-TTT continuations being the baselines; then held-out NLL of all on the GPU.
 #
-#   tools/train/gpu_sweep.sh OUT [train.py flags for every run, e.g. --corpus DIR]
+#   tools/train/gpu_sweep.sh OUT [train.py flags for every run, e.g. --corpus DIR (two words)]
 # Writes OUT/<point>/ (model, loss), OUT/*.log and OUT/results.{md,json}.
 set -euo pipefail
 out=${1:?usage: gpu_sweep.sh OUT [train.py flags]}
@@ -23,14 +23,21 @@ points=(
   "no_ttt:--steps 800 --no-ttt"
   "no_ttt_long:--steps 1600 --no-ttt"
 )
-models=()
+models=() pids=()
 for p in "${points[@]}"; do
   name=${p%%:*}
   # shellcheck disable=SC2086  # the point's flags split into words
   $PY -m tools.train.train --out "$out/$name" "${cont[@]}" ${p#*:} "$@" > "$out/$name.log" 2>&1 &
+  pids+=($!)
   models+=(--model "$out/$name/model")
 done
-wait
+for i in "${!pids[@]}"; do
+  wait "${pids[$i]}" || { echo "gpu_sweep.sh: ${points[$i]%%:*} failed (its log: $out/${points[$i]%%:*}.log)" >&2; exit 1; }
+  # A point stopped by --minutes saw fewer tokens than its baseline: not comparable.
+  want=$(sed -n 's/.*--steps \([0-9]*\).*/\1/p' <<< "${points[$i]}")
+  got=$(wc -l < "$out/${points[$i]%%:*}/loss.jsonl")
+  [ "$got" = "$want" ] || { echo "gpu_sweep.sh: ${points[$i]%%:*} ran $got of $want steps" >&2; exit 1; }
+done
 corpus=$(printf '%s\n' "$@" | sed -n '/^--corpus$/{n;p}')
 $PY -m tools.train.evaluate "${models[@]}" --device "${DEVICE:-cuda}" ${corpus:+--corpus "$corpus"} \
   --json "$out/results.json" | tee "$out/results.md"

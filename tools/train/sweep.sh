@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The measured sweep behind the default model (models/README.md). One no-TTT base model is
+# The measured CPU sweep behind the first default model pair (models/README.md; the current pair
+# comes from tools/train/gpu_sweep.sh on a GPU). One no-TTT base model is
 # pretrained; every sweep point then continues from it on the same tokens (same seed, steps,
 # batch): TTT points gain their TTT modules (conv starts at zero, so step 0 equals the base),
 # and the no_ttt points are the honest baselines trained on exactly the same tokens.
