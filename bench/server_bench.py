@@ -63,7 +63,9 @@ def start_server(out: pathlib.Path, store: str, budget: int) -> tuple[subprocess
                                 [f"--model={ROOT / 'models/adaptd-tiny-ttt'}", f"--store={out / store}",
                                  f"--api_keys={out / 'keys.txt'}", "--listen=127.0.0.1:0",
                                  "--metrics_listen=127.0.0.1:0", f"--memory_budget_bytes={budget}",
-                                 "--max_active_turns_per_tenant=1000"], out / f"{store}.log")
+                                 "--max_active_turns_per_tenant=1000",
+                                 # the session defaults scripts/run.sh and the k8s flags give
+                                 '--session_defaults=decay: 0.1 chat_format: "raw"'], out / f"{store}.log")
 
 
 def compare_snapshot_policies(target: str, metrics_port: int, sessions: int, turns: int, label: str) -> dict:

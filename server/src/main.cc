@@ -34,7 +34,8 @@
 
 ABSL_FLAG(std::string, model, "models/adaptd-tiny-ttt", "checkpoint directory (config.json, safetensors, tokenizer.json)");
 ABSL_FLAG(std::string, device, "cpu", "where the model runs: cpu, cuda or cuda:<index> (a CUDA-enabled LibTorch)");
-ABSL_FLAG(std::string, dtype, "", "compute dtype: f32, bf16 or f16 (default: the checkpoint's)");
+ABSL_FLAG(std::string, dtype, "",
+          "compute dtype: f32, bf16 or f16 (default: the checkpoint's); keep it fixed for a store");
 ABSL_FLAG(std::string, store, "runs/store", "session store directory (RocksDB)");
 ABSL_FLAG(std::string, api_keys, "", "file of \"tenant sha256-hex-of-key\" lines (required)");
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051", "address:port of the API");

@@ -135,11 +135,12 @@ class ServerTest : public ::testing::Test {
     return ctx;
   }
   grpc::Status Create(const std::string& key, const std::string& id, v1::Session* out = nullptr,
-                      const std::string& rule = "", int max_context_tokens = 0) {
+                      const std::string& rule = "", int max_context_tokens = 0, const std::string& chat_format = "") {
     v1::CreateSessionRequest req;
     req.set_session_id(id);
     req.mutable_options()->set_update_rule(rule);
     req.mutable_options()->set_max_context_tokens(max_context_tokens);
+    req.mutable_options()->set_chat_format(chat_format);
     v1::Session resp;
     auto s = server_->stub().CreateSession(As(key).get(), req, &resp);
     if (out != nullptr) *out = resp;

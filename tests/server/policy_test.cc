@@ -86,13 +86,15 @@ const char kUser[] =
 // of a session that never saw it; a session that learns every role counts more. The policy is in
 // the log, so a replay after kill -9 learns the same tokens again.
 TEST_F(PolicyTest, RolesNotLearnedEnterTheContextOnly) {
-  v1::SessionOptions skip_system;
+  v1::SessionOptions chatml;  // roles are marked up in the template (not the harness's raw text)
+  chatml.set_chat_format("qwen3");
+  v1::SessionOptions skip_system = chatml;
   skip_system.add_roles_not_learned("system");
   skip_system.set_snapshot_policy(v1::SNAPSHOT_ON_EVICTION);  // reloads replay the log
   ASSERT_TRUE(CreateWith("skip", skip_system).ok());
-  ASSERT_TRUE(CreateWith("all", {}).ok());
-  ASSERT_TRUE(CreateWith("bare", {}).ok());
-  v1::SessionOptions skip_assistant;
+  ASSERT_TRUE(CreateWith("all", chatml).ok());
+  ASSERT_TRUE(CreateWith("bare", chatml).ok());
+  v1::SessionOptions skip_assistant = chatml;
   skip_assistant.add_roles_not_learned("assistant");
   ASSERT_TRUE(CreateWith("quiet", skip_assistant).ok());
 
