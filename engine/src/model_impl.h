@@ -4,11 +4,14 @@
 
 #include <ATen/ATen.h>
 
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "adaptd/engine/gguf.h"
 #include "adaptd/engine/model.h"
+#include "model_files.h"
 
 namespace adaptd::engine {
 
@@ -31,6 +34,8 @@ struct Model::Impl {
   at::Tensor inv_freq;                        // [hd/2] fp32
   at::Tensor rope_cos, rope_sin;              // [rows, hd] in the model dtype for positions < rows
   bool few_rows_as_gemm = false;              // CPU weights past the cache: see Linear in forward.cc
+  // A GGUF checkpoint's file: its raw (quantized) blocks stay reachable after load.
+  std::shared_ptr<const GgufFile> gguf;
 };
 
 // Weights past this size stream from memory on every decode step rather than stay in the cache
@@ -66,8 +71,9 @@ struct SessionState::Impl {
 // FAILED_PRECONDITION for a session whose last forward failed mid-pass.
 absl::Status Poisoned();
 
-// Loads and checks every tensor of the checkpoint (weights.cc).
-absl::Status LoadWeights(const std::string& dir, Model::Impl& model);
+// Loads and checks every tensor of the checkpoint (weights.cc): from model.gguf when set, else
+// from the safetensors files of files.dir. `config_json` is the config the fingerprint covers.
+absl::Status LoadWeights(const ModelFiles& files, const std::string& config_json, Model::Impl& model);
 
 // One session's part of a batched forward: its new token ids [m] and whether they are learned.
 struct BatchItem {

@@ -115,6 +115,10 @@ class Scanner {
 
 }  // namespace
 
+std::string_view KnownSplitRegex(KnownSplit which) {
+  return which == KnownSplit::kQwen2 ? kQwen2 : which == KnownSplit::kLlama3 ? kLlama3 : kGpt2;
+}
+
 absl::StatusOr<SplitGrammar> GrammarForRegex(std::string_view pattern) {
   SplitGrammar g;
   if (pattern == kGpt2) return Gpt2Grammar();
@@ -159,6 +163,22 @@ void SplitBefore(std::string_view text, std::string_view delimiter, std::vector<
   for (size_t at = text.find(delimiter, 1); at != std::string_view::npos; at = text.find(delimiter, at + 1)) {
     out->push_back(text.substr(begin, at - begin));
     begin = at;
+  }
+  if (begin < text.size()) out->push_back(text.substr(begin));
+}
+
+void SplitDigits(std::string_view text, bool individual, std::vector<std::string_view>* out) {
+  size_t begin = 0;
+  bool in_number = false;
+  for (size_t i = 0; i < text.size();) {
+    const size_t at = i;
+    const bool number = (unicode::Classify(unicode::Next(text, &i)) & unicode::kNumber) != 0;
+    // A piece ends where numbers and other characters meet, and after every digit (individual).
+    if (at > begin && (number != in_number || (number && individual))) {
+      out->push_back(text.substr(begin, at - begin));
+      begin = at;
+    }
+    in_number = number;
   }
   if (begin < text.size()) out->push_back(text.substr(begin));
 }

@@ -22,6 +22,10 @@ struct SplitGrammar {
   bool newline_run = false;               // `\s*[\r\n]+`
 };
 
+// The regex text of a known pattern, as tokenizer.json files write it.
+enum class KnownSplit { kGpt2, kQwen2, kLlama3 };
+std::string_view KnownSplitRegex(KnownSplit which);
+
 // The grammar of a tokenizer.json Split regex; UNIMPLEMENTED naming any other pattern.
 absl::StatusOr<SplitGrammar> GrammarForRegex(std::string_view pattern);
 SplitGrammar Gpt2Grammar();  // ByteLevel's use_regex
@@ -29,6 +33,10 @@ SplitGrammar Gpt2Grammar();  // ByteLevel's use_regex
 // Appends the pieces of valid UTF-8 `text` (matches and, were there any, the gaps between
 // them: "Isolated") to *out; they concatenate to `text`.
 void SplitIsolated(std::string_view text, const SplitGrammar& grammar, std::vector<std::string_view>* out);
+
+// The Digits pre-tokenizer: numbers (\p{N}) split from other characters, each digit its own
+// piece (`individual`) or runs of digits together.
+void SplitDigits(std::string_view text, bool individual, std::vector<std::string_view>* out);
 
 // Splits before every `delimiter` ("MergedWithNext"): "▁a▁▁b" -> "▁a", "▁", "▁b".
 void SplitBefore(std::string_view text, std::string_view delimiter, std::vector<std::string_view>* out);

@@ -128,6 +128,9 @@ absl::Status ParsePreTokenizer(const Json& j, std::vector<PreTokenizerStep>* ste
     step.kind = PreTokenizerStep::kByteLevel;
     step.add_prefix_space = j.value("add_prefix_space", false);
     step.use_regex = j.value("use_regex", true);
+  } else if (type == "Digits") {
+    step.kind = PreTokenizerStep::kDigits;
+    step.individual_digits = j.value("individual_digits", false);
   } else if (type == "Metaspace") {
     step.kind = PreTokenizerStep::kMetaspace;
     step.replacement = j.at("replacement").get<std::string>();
@@ -268,7 +271,11 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& pa
   if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path));
   std::stringstream text;
   text << in.rdbuf();
-  const auto j = Json::parse(text.str(), nullptr, /*allow_exceptions=*/false);
+  return FromJson(text.str(), path);
+}
+
+absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromJson(std::string_view text, const std::string& path) {
+  const auto j = Json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (!j.is_object()) return absl::InvalidArgumentError(path + ": not a JSON object");
   auto with_path = [&path](const absl::Status& s) { return absl::Status(s.code(), absl::StrCat(path, ": ", s.message())); };
   try {

@@ -179,6 +179,9 @@ void Tokenizer::Pipeline::PreTokenizeAndEncode(std::string_view text, bool at_st
             next.push_back(p);
           }
           break;
+        case PreTokenizerStep::kDigits:
+          SplitDigits(p, step.individual_digits, &next);
+          break;
         case PreTokenizerStep::kMetaspace: {
           std::string& q = owned.emplace_back(ReplaceAll(p, " ", step.replacement));
           const bool prepend = step.prepend == PreTokenizerStep::kAlways ||

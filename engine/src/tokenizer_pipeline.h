@@ -36,13 +36,14 @@ struct NormalizerStep {
 };
 
 struct PreTokenizerStep {
-  enum Kind { kSplit, kByteLevel, kMetaspace } kind;
+  enum Kind { kSplit, kByteLevel, kMetaspace, kDigits } kind;
   SplitGrammar grammar;           // kSplit
   bool add_prefix_space = false;  // kByteLevel
   bool use_regex = false;         // kByteLevel
   std::string replacement;        // kMetaspace
   enum Prepend { kAlways, kFirst, kNever } prepend = kAlways;
   bool split = true;              // kMetaspace
+  bool individual_digits = false; // kDigits
 };
 
 // Leftmost-longest search for added-token contents in a text, on a byte trie: O(text length x

@@ -1,6 +1,7 @@
 // Checkpoint loading: every expected tensor present with its shape, nothing unexpected, then
 // copied to the device in the compute dtype; and the model fingerprint.
 #include <fstream>
+#include <functional>
 #include <map>
 #include <memory>
 #include <set>
@@ -9,7 +10,9 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "adaptd/engine/gguf.h"
 #include "adaptd/engine/safetensors.h"
+#include "gguf_model.h"
 #include "model_impl.h"
 #include "nlohmann/json.hpp"
 #include "status_macros.h"
@@ -71,52 +74,92 @@ absl::StatusOr<std::vector<std::unique_ptr<SafetensorsFile>>> OpenFiles(const st
   return files;
 }
 
-class TensorLoader {
- public:
-  TensorLoader(const std::vector<std::unique_ptr<SafetensorsFile>>& files, at::ScalarType dtype, at::Device device)
-      : dtype_(dtype), device_(device) {
-    for (const auto& f : files) {
-      for (const auto& [name, view] : f->tensors()) views_[name] = &view;
+// One tensor of a checkpoint file under its HF name: what identifies it (for the fingerprint),
+// its HF shape, and how to read it as a CPU tensor in that shape.
+struct SourceTensor {
+  std::string file_name;     // as the file names it
+  std::string type;          // "F32", "BF16", "Q4_1", ...
+  std::vector<int64_t> file_shape;
+  std::vector<int64_t> shape;  // HF layout
+  const std::byte* data;
+  size_t nbytes;
+  std::function<at::Tensor()> read;
+};
+
+std::map<std::string, SourceTensor> SafetensorsSources(const std::vector<std::unique_ptr<SafetensorsFile>>& files) {
+  std::map<std::string, SourceTensor> out;
+  for (const auto& f : files) {
+    for (const auto& [name, view] : f->tensors()) {
+      const TensorView* v = &view;
+      out[name] = SourceTensor{name, DTypeName(v->dtype), v->shape, v->shape, v->data, v->nbytes, [v] {
+        return at::from_blob(const_cast<std::byte*>(v->data), v->shape, at::TensorOptions().dtype(ToScalarType(v->dtype)));
+      }};
     }
   }
+  return out;
+}
+
+// Dequantized to f32 at load; Q and K of `llama` files get their HF row order back.
+absl::StatusOr<std::map<std::string, SourceTensor>> GgufSources(const GgufFile& file, const ModelConfig& c) {
+  ASSIGN_OR_RETURN(auto by_name, GgufTensorsByHfName(file, c));
+  std::map<std::string, SourceTensor> out;
+  for (const auto& [name, src] : by_name) {
+    const GgufTensor* t = src.tensor;
+    const int64_t heads = src.permuted_heads;
+    out[name] = SourceTensor{t->name, GgmlTypeName(t->type), t->dims, t->Shape(), t->data, t->nbytes, [t, heads] {
+      at::Tensor x = at::empty(t->Shape(), at::kFloat);
+      Dequantize(*t, x.data_ptr<float>()).IgnoreError();  // the type and size were checked by Open
+      if (heads > 0 && x.dim() == 2 && x.size(0) % (2 * heads) == 0) {
+        // Per head the converter stored rows [h, 2, hd/2] as [h, hd/2, 2]: swap them back.
+        const int64_t rows = x.size(0), cols = x.size(1);
+        x = x.view({heads, rows / heads / 2, 2, cols}).transpose(1, 2).reshape({rows, cols});
+      }
+      return x;
+    }};
+  }
+  return out;
+}
+
+class TensorLoader {
+ public:
+  TensorLoader(std::map<std::string, SourceTensor> sources, at::ScalarType dtype, at::Device device)
+      : sources_(std::move(sources)), dtype_(dtype), device_(device) {}
 
   // The tensor `name` with `shape`, on the device in the compute dtype.
   absl::StatusOr<at::Tensor> Get(const std::string& name, std::vector<int64_t> shape) {
-    auto it = views_.find(name);
-    if (it == views_.end()) return absl::NotFoundError(absl::StrCat("checkpoint lacks tensor ", name));
+    auto it = sources_.find(name);
+    if (it == sources_.end()) return absl::NotFoundError(absl::StrCat("checkpoint lacks tensor ", name));
     used_.insert(name);
-    const TensorView& v = *it->second;
-    if (v.shape != shape) {
-      return absl::InvalidArgumentError(absl::StrFormat("tensor %s has shape [%s], expected [%s]", name,
-                                                        Join(v.shape), Join(shape)));
+    const SourceTensor& s = it->second;
+    if (s.shape != shape) {
+      return absl::InvalidArgumentError(absl::StrFormat("tensor %s has shape [%s], expected [%s]", Describe(name, s), Join(s.shape),
+                                                        Join(shape)));
     }
-    if (v.dtype != DType::kF32 && v.dtype != DType::kBF16 && v.dtype != DType::kF16) {
-      return absl::InvalidArgumentError(absl::StrCat("tensor ", name, " has dtype ", DTypeName(v.dtype),
-                                                     "; F32, BF16 or F16 expected"));
+    if (s.type == "F64" || s.type[0] == 'I' || s.type[0] == 'U' || s.type == "BOOL") {
+      return absl::InvalidArgumentError(absl::StrCat("tensor ", Describe(name, s), " has dtype ", s.type,
+                                                     "; a float or quantized type expected"));
     }
-    at::Tensor blob = at::from_blob(const_cast<std::byte*>(v.data), v.shape,
-                                    at::TensorOptions().dtype(ToScalarType(v.dtype)));
-    return blob.to(device_, dtype_, /*non_blocking=*/false, /*copy=*/true);
+    return s.read().to(device_, dtype_, /*non_blocking=*/false, /*copy=*/true);
   }
 
-  bool Has(const std::string& name) const { return views_.count(name) > 0; }
+  bool Has(const std::string& name) const { return sources_.count(name) > 0; }
 
   // Names present in the files but never asked for (rotary caches are tolerated).
   std::vector<std::string> Unused() const {
     std::vector<std::string> out;
-    for (const auto& [name, v] : views_) {
-      if (!used_.count(name) && name.find("rotary_emb.inv_freq") == std::string::npos) out.push_back(name);
+    for (const auto& [name, s] : sources_) {
+      if (!used_.count(name) && name.find("rotary_emb.inv_freq") == std::string::npos) out.push_back(Describe(name, s));
     }
     return out;
   }
 
-  // Order-independent content hash of every tensor (name, dtype, shape, bytes).
+  // Order-independent content hash of every tensor (name, type, shape, bytes as stored).
   void Hash(Fnv64& fnv) const {
-    for (const auto& [name, v] : views_) {
-      fnv.Add(name);
-      fnv.Add(DTypeName(v->dtype));
-      fnv.Add(v->shape.data(), v->shape.size() * sizeof(int64_t));
-      fnv.Add(v->data, v->nbytes);
+    for (const auto& [name, s] : sources_) {
+      fnv.Add(s.file_name);
+      fnv.Add(s.type);
+      fnv.Add(s.file_shape.data(), s.file_shape.size() * sizeof(int64_t));
+      fnv.Add(s.data, s.nbytes);
     }
   }
 
@@ -126,8 +169,12 @@ class TensorLoader {
     for (size_t i = 0; i < s.size(); ++i) absl::StrAppend(&out, i ? ", " : "", s[i]);
     return out;
   }
+  // The HF name, and the file's own name where it differs (GGUF).
+  static std::string Describe(const std::string& name, const SourceTensor& s) {
+    return name == s.file_name ? name : absl::StrCat(name, " (", s.file_name, " in the GGUF file)");
+  }
 
-  std::map<std::string, const TensorView*> views_;
+  std::map<std::string, SourceTensor> sources_;
   std::set<std::string> used_;
   at::ScalarType dtype_;
   at::Device device_;
@@ -168,10 +215,17 @@ absl::Status LoadLayer(TensorLoader& t, const Model::Impl& m, int i, LayerWeight
 
 }  // namespace
 
-absl::Status LoadWeights(const std::string& dir, Model::Impl& m) {
+absl::Status LoadWeights(const ModelFiles& files, const std::string& config_json, Model::Impl& m) {
   const ModelConfig& c = m.config;
-  ASSIGN_OR_RETURN(auto files, OpenFiles(dir));
-  TensorLoader t(files, m.dtype, m.device);
+  std::vector<std::unique_ptr<SafetensorsFile>> safetensors;
+  std::map<std::string, SourceTensor> sources;
+  if (m.gguf != nullptr) {
+    ASSIGN_OR_RETURN(sources, GgufSources(*m.gguf, c));
+  } else {
+    ASSIGN_OR_RETURN(safetensors, OpenFiles(files.dir));
+    sources = SafetensorsSources(safetensors);
+  }
+  TensorLoader t(std::move(sources), m.dtype, m.device);
   m.is_ttt.assign(c.num_layers, false);
   for (int l : c.ttt.layers) m.is_ttt[l] = true;
   ASSIGN_OR_RETURN(m.embed, t.Get("model.embed_tokens.weight", {c.vocab_size, c.hidden_size}));
@@ -194,10 +248,7 @@ absl::Status LoadWeights(const std::string& dir, Model::Impl& m) {
   for (const LayerWeights& L : m.layers) bytes += L.qkv.nbytes() + L.o.nbytes() + L.gate_up.nbytes() + L.down.nbytes();
   m.few_rows_as_gemm = m.device.is_cpu() && bytes > kCacheBytes;
   Fnv64 fnv;
-  std::ifstream cfg(dir + "/config.json");
-  std::stringstream text;
-  text << cfg.rdbuf();
-  fnv.Add(nlohmann::json::parse(text.str(), nullptr, false).dump());  // canonical: sorted keys
+  fnv.Add(nlohmann::json::parse(config_json, nullptr, false).dump());  // canonical: sorted keys
   t.Hash(fnv);
   m.fingerprint = absl::StrFormat("%016x", fnv.h);
   return absl::OkStatus();

@@ -32,7 +32,12 @@
 #include "logging.h"
 #include "service.h"
 
-ABSL_FLAG(std::string, model, "models/adaptd-tiny-ttt", "checkpoint directory (config.json, safetensors, tokenizer.json)");
+ABSL_FLAG(std::string, model, "models/adaptd-tiny-ttt",
+          "checkpoint: an HF directory (config.json, safetensors, tokenizer.json), a .gguf file, or a directory "
+          "holding one (and its ttt.json)");
+ABSL_FLAG(std::string, ttt_config, "",
+          "a GGUF model's In-Place TTT settings (JSON of ttt_layers, ttt_chunk, ttt_lr, ...); default: ttt.json "
+          "beside the GGUF file, else none (ntp_gradient sessions are then refused)");
 ABSL_FLAG(std::string, device, "cpu", "where the model runs: cpu, cuda or cuda:<index> (a CUDA-enabled LibTorch)");
 ABSL_FLAG(std::string, dtype, "",
           "compute dtype: f32, bf16 or f16 (default: the checkpoint's); keep it fixed for a store");
@@ -163,9 +168,10 @@ int main(int argc, char** argv) {
   auto dtype = engine::ParseComputeDType(absl::GetFlag(FLAGS_dtype));
   if (!dtype.ok()) return Fail(absl::InvalidArgumentError(absl::StrCat("--dtype: ", dtype.status().message())));
   load_options.dtype = *dtype;
+  load_options.ttt_config = absl::GetFlag(FLAGS_ttt_config);
   auto model = engine::Model::Load(model_dir, load_options);
   if (!model.ok()) return Fail(model.status());
-  auto tokenizer = engine::Tokenizer::Load(model_dir + "/tokenizer.json");
+  auto tokenizer = engine::Tokenizer::LoadForModel(model_dir);
   if (!tokenizer.ok()) return Fail(tokenizer.status());
   session_store::StoreOptions store_options;
   store_options.path = absl::GetFlag(FLAGS_store);

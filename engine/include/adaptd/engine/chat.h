@@ -1,4 +1,4 @@
-// Conversations to token ids: the Qwen3 ChatML and Llama-3 formats and `raw`, rendered
+// Conversations to token ids: plain ChatML, Qwen3's ChatML, Llama-3 and `raw`, rendered
 // append-only so that a multi-turn session feeds exactly the tokens of the whole conversation
 // rendered at once (paper.md §5.6): a turn renders only its new messages (and the generation
 // prompt), never re-renders or strips earlier ones (no removal of past <think> blocks).
@@ -21,13 +21,13 @@
 
 namespace adaptd::engine {
 
-enum class ChatFormat { kRaw, kQwen3, kLlama3 };
+enum class ChatFormat { kRaw, kChatml, kQwen3, kLlama3 };
 
-// "raw", "qwen3", "llama3"; INVALID_ARGUMENT otherwise.
+// "raw", "chatml", "qwen3", "llama3"; INVALID_ARGUMENT otherwise.
 absl::StatusOr<ChatFormat> ParseChatFormat(std::string_view name);
 std::string_view ChatFormatName(ChatFormat format);
-// The format a checkpoint's tokenizer was made for: ChatML tokens -> qwen3, Llama-3 header
-// tokens -> llama3, else raw.
+// The format a checkpoint's tokenizer was made for: ChatML tokens -> qwen3 with a <think>
+// token, else chatml (SmolLM2); Llama-3 header tokens -> llama3; else raw.
 ChatFormat DetectChatFormat(const Tokenizer& tokenizer);
 
 struct ChatMessage {

@@ -37,6 +37,9 @@ struct LoadOptions {
   // How the CPU multiplies a few rows by a weight: as W X^T (true) or x W^T (false); default:
   // W X^T once the weights outgrow the cache, where it is faster (the tests check both forms).
   std::optional<bool> few_rows_as_gemm;
+  // A GGUF model's In-Place TTT settings (a JSON file of ttt_* fields); default: ttt.json beside
+  // the GGUF file, else none (no TTT layers: ntp_gradient sessions are refused).
+  std::string ttt_config;
 };
 
 // A compute dtype as the command lines name it: "f32", "bf16" or "f16"; "" is none (the
@@ -83,9 +86,12 @@ bool DeviceAvailable(const std::string& device);
 
 class Model {
  public:
-  // Loads <dir>/config.json and model.safetensors (or the sharded index). Errors name the field
-  // or tensor: NOT_FOUND (missing file or tensor), INVALID_ARGUMENT (misshaped or unexpected
-  // tensor, bad config), DATA_LOSS (corrupt file), UNIMPLEMENTED (unsupported feature).
+  // Loads an HF checkpoint (<dir>/config.json and model.safetensors or the sharded index) or a
+  // GGUF file (`dir` names it, or a directory holding one; types F32, F16, BF16, Q4_0, Q4_1,
+  // Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, dequantized into the compute dtype). Errors name the
+  // field or tensor: NOT_FOUND (missing file or tensor), INVALID_ARGUMENT (misshaped or
+  // unexpected tensor, bad config), DATA_LOSS (corrupt file), UNIMPLEMENTED (unsupported
+  // feature).
   static absl::StatusOr<std::unique_ptr<Model>> Load(const std::string& dir, const LoadOptions& options = {});
   ~Model();
 

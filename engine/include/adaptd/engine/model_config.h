@@ -60,8 +60,8 @@ struct ModelConfig {
 // rope type or bias option the engine does not support.
 absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text);
 
-// Reads <dir>/config.json (NOT_FOUND when absent) and parses it.
-absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& dir);
+// The text of <dir>/config.json (NOT_FOUND when absent).
+absl::StatusOr<std::string> ReadConfigJson(const std::string& dir);
 
 }  // namespace adaptd::engine
 

@@ -25,6 +25,13 @@ class Tokenizer {
   // entries; UNIMPLEMENTED naming the component (model, normalizer, pre-tokenizer, decoder,
   // Split regex, BPE option) it does not support.
   static absl::StatusOr<std::unique_ptr<Tokenizer>> Load(const std::string& path);
+  // The same from tokenizer.json text; `source` names it in errors.
+  static absl::StatusOr<std::unique_ptr<Tokenizer>> FromJson(std::string_view text, const std::string& source);
+  // The tokenizer of a checkpoint as Model::Load finds it (model_files.h): its tokenizer.json,
+  // or for a GGUF file the tokenizer in its metadata (tokenizer.ggml.*: model gpt2, the
+  // pre-tokenizer by its name, control tokens special), with no tokenizer.json needed. Errors
+  // as Load; UNIMPLEMENTED naming a GGUF tokenizer model or pre-tokenizer it does not know.
+  static absl::StatusOr<std::unique_ptr<Tokenizer>> LoadForModel(const std::string& model_path);
   ~Tokenizer();
 
   // The ids of `text` as HF encodes it with add_special_tokens=False. Text is text: a special

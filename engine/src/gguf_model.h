@@ -1,0 +1,37 @@
+// A GGUF checkpoint seen as the engine's HF layout: its metadata as config.json fields and its
+// tensors under HF names (model_config.cc and weights.cc then treat both formats alike).
+// Private to engine/.
+#ifndef ADAPTD_ENGINE_SRC_GGUF_MODEL_H_
+#define ADAPTD_ENGINE_SRC_GGUF_MODEL_H_
+
+#include <map>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "adaptd/engine/gguf.h"
+#include "adaptd/engine/model_config.h"
+#include "nlohmann/json.hpp"
+
+namespace adaptd::engine {
+
+// config.json fields equivalent to the file's metadata (architectures llama and qwen3), with
+// the ttt_* fields of `ttt_json` (a file of only those fields) or, without one, no TTT layers:
+// a GGUF model's TTT settings are never defaulted. Every `<arch>.*` key is mapped or refused:
+// UNIMPLEMENTED names an architecture, key or value that would change the math unimplemented
+// (RoPE scaling, partial rotary, MoE, ...); INVALID_ARGUMENT a missing or ill-typed key.
+absl::StatusOr<nlohmann::json> GgufConfigJson(const GgufFile& file, const std::string& ttt_json);
+
+// A tensor of the checkpoint under its HF name.
+struct GgufSource {
+  const GgufTensor* tensor;
+  // llama.cpp's converter interleaves the two RoPE halves of each head's rows of Q and K in
+  // `llama` files; > 0: undo that for this many heads.
+  int64_t permuted_heads = 0;
+};
+// Every tensor of `file` under its HF name; INVALID_ARGUMENT for a tensor name the engine does
+// not know, UNIMPLEMENTED for rope_freqs (Llama-3.x frequency factors).
+absl::StatusOr<std::map<std::string, GgufSource>> GgufTensorsByHfName(const GgufFile& file, const ModelConfig& config);
+
+}  // namespace adaptd::engine
+
+#endif  // ADAPTD_ENGINE_SRC_GGUF_MODEL_H_
