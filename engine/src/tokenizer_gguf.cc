@@ -1,5 +1,7 @@
 // The tokenizer of a GGUF file: its tokenizer.ggml.* metadata written as the tokenizer.json the
 // same vocabulary would have, then loaded by the one tokenizer.json path (tokenizer.cc).
+#include <fstream>
+#include <sstream>
 #include <string>
 
 #include "absl/strings/str_cat.h"
@@ -98,10 +100,26 @@ absl::StatusOr<std::string> GgufTokenizerJson(const GgufFile& f) {
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::LoadForModel(const std::string& model_path) {
   ASSIGN_OR_RETURN(ModelFiles files, FindModelFiles(model_path));
-  if (files.gguf.empty()) return Load(files.dir + "/tokenizer.json");
+  if (files.gguf.empty()) {
+    ASSIGN_OR_RETURN(auto tokenizer, Load(files.dir + "/tokenizer.json"));
+    std::ifstream in(files.dir + "/tokenizer_config.json");
+    if (in) {
+      std::stringstream text;
+      text << in.rdbuf();
+      const json config = json::parse(text.str(), nullptr, /*allow_exceptions=*/false);
+      if (config.is_object() && config.contains("chat_template") && config["chat_template"].is_string()) {
+        tokenizer->chat_template_ = config["chat_template"].get<std::string>();
+      }
+    }
+    return tokenizer;
+  }
   ASSIGN_OR_RETURN(auto file, GgufFile::Open(files.gguf));
   ASSIGN_OR_RETURN(std::string text, GgufTokenizerJson(*file));
-  return FromJson(text, files.gguf);
+  ASSIGN_OR_RETURN(auto tokenizer, FromJson(text, files.gguf));
+  if (const GgufValue* t = file->Find("tokenizer.chat_template"); t != nullptr && t->type == VType::kString) {
+    tokenizer->chat_template_ = t->s;
+  }
+  return tokenizer;
 }
 
 }  // namespace adaptd::engine

@@ -77,6 +77,7 @@ class Turn {
   std::vector<int32_t> stop_ids_;
   engine::GenerateRequest request_;
   bool keep_in_context_ = true;
+  uint32_t pinned_tokens_ = 0;  // the prompt's leading system prompt, kept at the window's head
   int64_t updates_before_ = 0, rejected_before_ = 0;
   double update_seconds_before_ = 0;
   std::vector<int32_t> generated_;   // every emitted token (all entered the model)
@@ -169,6 +170,14 @@ absl::Status Turn::Start(std::string tenant, const v1::ChatRequest& req) {
   if (auto s = Lease(std::move(tenant), req.session_id(), req.request_id(), &replied); !s.ok() || replied) return s;
   std::vector<engine::ChatMessage> messages;
   for (const auto& m : req.messages()) messages.push_back({m.role(), m.content()});
+  // The first turn of a context in a chat format opens with the system prompt (the client's,
+  // else the server's default), which then stays at the head of the window.
+  const bool opens = kind_ == TurnKind::kChat && renderer_->format() != engine::ChatFormat::kRaw &&
+                     live_->last_token < 0 && live_->window.empty();
+  if (opens && messages[0].role != "system" && !deps_.system_prompt.empty()) {
+    messages.insert(messages.begin(), {"system", deps_.system_prompt});
+  }
+  const bool pins = opens && messages[0].role == "system";
   std::vector<int32_t> prompt = CloseOpenReply();
   std::vector<size_t> ends;
   auto turn = kind_ == TurnKind::kRaw ? deps_.tokenizer.Encode(messages[0].content)
@@ -178,15 +187,19 @@ absl::Status Turn::Start(std::string tenant, const v1::ChatRequest& req) {
   if (turn->empty()) return Fail(absl::InvalidArgumentError("the prompt encodes to no tokens"));
   // The session's per-role policy: a message's tokens (its template's too) follow its role; the
   // closing of the previous reply, the generation prompt and the reply follow the assistant's.
+  // The pinned system prompt is learned only when the session asks for it.
   std::vector<uint8_t> flags;
-  if (kind_ == TurnKind::kChat && live_->options.roles_not_learned_size() > 0) {
+  const bool skip_system = pins && !live_->options.learn_system_prompt();
+  if (kind_ == TurnKind::kChat && (live_->options.roles_not_learned_size() > 0 || skip_system)) {
     flags.assign(prompt.size() + turn->size(), RoleLearned(live_->options, "assistant"));
     size_t begin = prompt.size();
     for (size_t i = 0; i < messages.size(); ++i) {
-      std::fill(flags.begin() + begin, flags.begin() + prompt.size() + ends[i], RoleLearned(live_->options, messages[i].role));
+      const bool learned = RoleLearned(live_->options, messages[i].role) && !(i == 0 && skip_system);
+      std::fill(flags.begin() + begin, flags.begin() + prompt.size() + ends[i], learned);
       begin = prompt.size() + ends[i];
     }
   }
+  pinned_tokens_ = pins ? static_cast<uint32_t>(prompt.size() + ends[0]) : 0;
   prompt.insert(prompt.end(), turn->begin(), turn->end());
   stream_ = std::make_unique<engine::StreamDecoder>(deps_.tokenizer, /*skip_special=*/true);
   stops_ = std::make_unique<engine::StopStringMatcher>(std::vector<std::string>(req.stop().begin(), req.stop().end()));
@@ -221,10 +234,11 @@ absl::Status Turn::Start(std::string tenant, const v1::IngestRequest& req) {
 
 absl::Status Turn::Enqueue(std::vector<int32_t> prompt, int max_new, bool learn, const engine::SamplingParams& sampling,
                            std::vector<uint8_t> prompt_learn) {
-  if (static_cast<int64_t>(prompt.size()) + max_new > live_->max_context_tokens) {
+  if (live_->PinnedTokens() + static_cast<int64_t>(prompt.size()) + max_new > live_->max_context_tokens) {
     return Fail(absl::InvalidArgumentError(absl::StrCat(
         kind_ == TurnKind::kIngest ? "the text (" : "the turn (", prompt.size(), " tokens + max_new_tokens ", max_new,
         ") does not fit the session's context of ", live_->max_context_tokens, " tokens",
+        live_->PinnedTokens() > 0 ? absl::StrCat(" beside its system prompt of ", live_->PinnedTokens()) : "",
         kind_ == TurnKind::kIngest ? ": ingest it in pieces" : "")));
   }
   if (auto s = deps_.sessions.FitWindow(*live_, static_cast<int64_t>(prompt.size()), max_new); !s.ok()) {
@@ -310,6 +324,7 @@ void Turn::Complete(absl::Status engine_status) {
   event.keep_in_context = keep_in_context_;
   event.prompt_tokens = static_cast<uint32_t>(request_.prompt.size());
   event.max_new_tokens = static_cast<uint32_t>(request_.max_new_tokens);
+  event.pinned_tokens = pinned_tokens_;
   v1::ChatResponse last;
   auto* usage = last.mutable_usage();
   usage->set_prompt_tokens(static_cast<int64_t>(request_.prompt.size()));

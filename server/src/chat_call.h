@@ -25,6 +25,8 @@ struct ChatDeps {
   Metrics& metrics;
   Quotas& quotas;
   int max_new_tokens;
+  // Opens a context that starts without a system message (empty: none).
+  const std::string& system_prompt;
 };
 
 enum class TurnKind {

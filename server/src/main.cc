@@ -63,6 +63,9 @@ ABSL_FLAG(int64_t, memory_budget_bytes, int64_t{2} << 30,
 ABSL_FLAG(int64_t, session_idle_ttl_seconds, 0, "sessions unused this long are deleted; 0: kept forever");
 ABSL_FLAG(int64_t, store_memtable_bytes, int64_t{64} << 20, "the session store's memtables, all together");
 ABSL_FLAG(int, max_new_tokens, 4096, "the most tokens one reply may ask for");
+ABSL_FLAG(std::string, system_prompt, "@model",
+          "the system prompt a chat context opens with when its first turn has none: @model is the one the "
+          "model's chat template inserts (SmolLM2's), empty is none");
 ABSL_FLAG(int, max_message_bytes, 4 << 20, "the largest request message accepted");
 ABSL_FLAG(int64_t, max_import_bytes, int64_t{256} << 20, "the largest session blob ImportSession accepts");
 ABSL_FLAG(double, tenant_requests_per_second, 0, "per-tenant request rate (token bucket); 0: unlimited");
@@ -209,6 +212,9 @@ int main(int argc, char** argv) {
   options.session_defaults = session_defaults;
   if (options.max_context_tokens < 16) return Fail(absl::InvalidArgumentError("--max_context_tokens < 16"));
   options.max_new_tokens = absl::GetFlag(FLAGS_max_new_tokens);
+  options.system_prompt = absl::GetFlag(FLAGS_system_prompt) == "@model"
+                              ? engine::DefaultSystemPrompt((*tokenizer)->chat_template())
+                              : absl::GetFlag(FLAGS_system_prompt);
   if (options.max_new_tokens < 1) return Fail(absl::InvalidArgumentError("--max_new_tokens < 1"));
   if (absl::GetFlag(FLAGS_max_import_bytes) < 1) return Fail(absl::InvalidArgumentError("--max_import_bytes < 1"));
   options.max_import_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_max_import_bytes));

@@ -364,7 +364,10 @@ grpc::ServerUnaryReactor* AdaptdService::GetServerInfo(grpc::CallbackServerConte
   resp->set_model_name(options_.model_name);
   resp->set_model_fingerprint(model_.fingerprint());
   for (int layer : c.ttt.layers) resp->add_ttt_layers(layer);
+  for (int layer : c.ttt.fast_layers) resp->add_fast_layers(layer);
   resp->set_ttt_chunk(c.ttt.chunk);
+  resp->set_ttt_lr(c.ttt.lr);
+  resp->set_system_prompt(options_.system_prompt);
   resp->set_vocab_size(c.vocab_size);
   resp->set_replica_id(options_.replica_id);
   resp->set_chat_format(options_.chat_format);

@@ -22,6 +22,7 @@ struct ServiceOptions {
   std::string model_name;
   std::string replica_id;
   std::string chat_format;
+  std::string system_prompt;  // opens a chat context that has none (empty: none)
   int max_new_tokens = 4096;
   size_t memory_budget_bytes = size_t{2} << 30;
   int64_t max_context_tokens = 1024;
@@ -114,7 +115,8 @@ class AdaptdService final : public adaptd::v1::Adaptd::CallbackService {
   // The stored session as a resource (after a change).
   absl::Status Describe(const session_store::SessionKey& key, v1::Session* out);
   ChatDeps TurnDeps() {
-    return {model_, executor_, sessions_, tokenizer_, worker_, metrics_, quotas_, options_.max_new_tokens};
+    return {model_, executor_, sessions_, tokenizer_, worker_, metrics_, quotas_, options_.max_new_tokens,
+            options_.system_prompt};
   }
 
   const engine::Model& model_;

@@ -10,12 +10,14 @@
 #include <set>
 
 #include "absl/strings/str_cat.h"
+#include "adaptd/engine/chat.h"
 #include "logging.h"
 
 namespace adaptd::server {
 namespace {
 
-// Snapshot payload: "ADS2", flags (1: assistant turn open), the last token (int32), the number
+// Snapshot payload: "ADS2", flags (1: assistant turn open, 2: the window's first turn is the
+// pinned system prompt), the last token (int32), the number
 // of turns in the KV window (u32) and each one's tokens (u32 count, int32s), then the engine's
 // session bytes (exact, with the KV window).
 constexpr char kSnapshotMagic[] = "ADS2";
@@ -45,10 +47,11 @@ std::string EncodeEvent(const LogEvent& e) {
   if (e.kind == LogEvent::Kind::kReset) return out;
   const bool masked = std::count(e.prompt_learn.begin(), e.prompt_learn.end(), 0) > 0;
   out.push_back(static_cast<char>((e.learned ? 1 : 0) | (e.assistant_open ? 2 : 0) | (e.keep_in_context ? 0 : 4) |
-                                  (e.learn_generated ? 0 : 8) | (masked ? 16 : 0)));
+                                  (e.learn_generated ? 0 : 8) | (masked ? 16 : 0) | (e.pinned_tokens ? 32 : 0)));
   const uint32_t head[3] = {e.prompt_tokens, e.max_new_tokens, static_cast<uint32_t>(e.tokens.size())};
   out.append(reinterpret_cast<const char*>(head), sizeof head);
   out.append(reinterpret_cast<const char*>(e.tokens.data()), e.tokens.size() * 4);
+  if (e.pinned_tokens) out.append(reinterpret_cast<const char*>(&e.pinned_tokens), 4);
   if (!masked) return out;
   std::vector<uint32_t> runs{0};
   for (uint8_t flag : e.prompt_learn) {
@@ -70,7 +73,8 @@ absl::StatusOr<LogEvent> DecodeEvent(const std::string& bytes) {
   uint32_t head[3];
   if (bytes.size() < 14 || bytes[0] != static_cast<char>(LogEvent::Kind::kTurn)) return absl::DataLossError("not an event of the server's");
   std::memcpy(head, bytes.data() + 2, sizeof head);
-  const size_t tokens_end = 14 + size_t{head[2]} * 4;
+  const bool pinned = bytes[1] & 32;
+  const size_t tokens_end = 14 + size_t{head[2]} * 4 + (pinned ? 4 : 0);
   const bool masked = bytes[1] & 16;
   if (bytes.size() < tokens_end || (!masked && bytes.size() != tokens_end) || head[0] > head[2]) {
     return absl::DataLossError("turn event of the wrong size");
@@ -83,6 +87,10 @@ absl::StatusOr<LogEvent> DecodeEvent(const std::string& bytes) {
   e.max_new_tokens = head[1];
   e.tokens.resize(head[2]);
   std::memcpy(e.tokens.data(), bytes.data() + 14, size_t{head[2]} * 4);
+  if (pinned) {
+    std::memcpy(&e.pinned_tokens, bytes.data() + 14 + size_t{head[2]} * 4, 4);
+    if (e.pinned_tokens == 0 || e.pinned_tokens > e.prompt_tokens) return absl::DataLossError("turn event's system prompt overruns the prompt");
+  }
   if (!masked) return e;
   uint32_t count = 0;
   if (bytes.size() >= tokens_end + 4) std::memcpy(&count, bytes.data() + tokens_end, 4);
@@ -108,12 +116,13 @@ std::vector<uint8_t> LearnFlags(const LogEvent& e) {
 absl::Status SessionManager::FitWindow(LiveSession& session, int64_t prompt_tokens, int64_t max_new_tokens) const {
   int64_t used = 0;
   for (const auto& t : session.window) used += static_cast<int64_t>(t.size());
-  size_t drop = 0;
+  const size_t pinned = session.pinned_head ? 1 : 0;  // the system prompt stays at the head
+  size_t drop = pinned;
   while (drop < session.window.size() && used + prompt_tokens + max_new_tokens > session.max_context_tokens) {
     used -= static_cast<int64_t>(session.window[drop++].size());
   }
-  if (drop == 0) return absl::OkStatus();
-  session.window.erase(session.window.begin(), session.window.begin() + drop);
+  if (drop == pinned) return absl::OkStatus();
+  session.window.erase(session.window.begin() + pinned, session.window.begin() + drop);
   // The same fast state (dW, tails, N) with the kept turns re-read.
   std::vector<int32_t> kept;
   for (const auto& t : session.window) kept.insert(kept.end(), t.begin(), t.end());
@@ -145,8 +154,8 @@ absl::Status ValidateOptions(const v1::SessionOptions& o) {
     return absl::InvalidArgumentError("options.max_context_tokens must be in [0, 2^20]");
   }
   const std::string& f = o.chat_format();
-  if (!f.empty() && f != "qwen3" && f != "llama3" && f != "raw") {
-    return absl::InvalidArgumentError(absl::StrCat("options.chat_format '", f, "' (qwen3, llama3 or raw)"));
+  if (!f.empty() && !engine::ParseChatFormat(f).ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("options.chat_format '", f, "' (chatml, qwen3, llama3 or raw)"));
   }
   for (const std::string& role : o.roles_not_learned()) {
     if (role != "system" && role != "user" && role != "assistant") {
@@ -178,6 +187,7 @@ absl::Status SessionManager::Settle(LiveSession& session, const LogEvent& event)
     if (!state.ok()) return state.status();
     session.state = *std::move(state);
     session.window.clear();
+    session.pinned_head = false;
     session.last_token = -1;
     session.assistant_open = false;
     return absl::OkStatus();
@@ -189,7 +199,13 @@ absl::Status SessionManager::Settle(LiveSession& session, const LogEvent& event)
   }
   if (!event.tokens.empty()) session.last_token = event.tokens.back();
   session.assistant_open = event.assistant_open;
-  session.window.push_back(event.tokens);
+  if (event.pinned_tokens > 0 && session.window.empty()) {
+    session.window.emplace_back(event.tokens.begin(), event.tokens.begin() + event.pinned_tokens);
+    session.window.emplace_back(event.tokens.begin() + event.pinned_tokens, event.tokens.end());
+    session.pinned_head = true;
+  } else {
+    session.window.push_back(event.tokens);
+  }
   return absl::OkStatus();
 }
 
@@ -233,6 +249,7 @@ absl::StatusOr<std::unique_ptr<LiveSession>> SessionManager::Load(const session_
     auto corrupt = [&] { return absl::DataLossError(absl::StrCat("session ", key.session, ": snapshot is not the server's format")); };
     if (p.size() < kSnapshotHeader || p.compare(0, 4, kSnapshotMagic) != 0) return corrupt();
     live->assistant_open = p[4] & 1;
+    live->pinned_head = p[4] & 2;
     std::memcpy(&live->last_token, p.data() + 5, 4);
     uint32_t turns = 0;
     std::memcpy(&turns, p.data() + 9, 4);
@@ -247,6 +264,7 @@ absl::StatusOr<std::unique_ptr<LiveSession>> SessionManager::Load(const session_
       live->window.push_back(std::move(t));
       at += 4 + size_t{n} * 4;
     }
+    if (live->pinned_head && live->window.empty()) return corrupt();
     auto state = model_.DecodeSession(std::string_view(p).substr(at));
     if (!state.ok()) return state.status();
     live->state = *std::move(state);
@@ -433,6 +451,7 @@ absl::StatusOr<std::unique_ptr<LiveSession>> SessionManager::Clone(const session
     copy->assistant_open = (*live)->assistant_open;
     copy->max_context_tokens = (*live)->max_context_tokens;
     copy->window = (*live)->window;
+    copy->pinned_head = (*live)->pinned_head;
     copy->state = *std::move(state);
   }
   Release(key);
@@ -537,7 +556,7 @@ absl::StatusOr<std::string> SessionManager::EncodeSnapshot(const LiveSession& se
   auto bytes = model_.EncodeSession(*session.state, {engine::StateEncoding::kExact, /*include_kv=*/true});
   if (!bytes.ok()) return bytes.status();
   std::string payload(kSnapshotMagic);
-  payload.push_back(static_cast<char>(session.assistant_open ? 1 : 0));
+  payload.push_back(static_cast<char>((session.assistant_open ? 1 : 0) | (session.pinned_head ? 2 : 0)));
   payload.append(reinterpret_cast<const char*>(&session.last_token), 4);
   const auto turns = static_cast<uint32_t>(session.window.size());
   payload.append(reinterpret_cast<const char*>(&turns), 4);

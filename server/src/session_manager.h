@@ -40,6 +40,9 @@ struct LogEvent {
   // without learning, as a role the session does not learn).
   std::vector<uint8_t> prompt_learn;
   uint32_t max_new_tokens = 0;  // the reply's reserved room (the window rule reads it)
+  // tokens[0, pinned_tokens) are the session's system prompt: the first turn of a context
+  // renders it, and the window rule keeps it at the window's head.
+  uint32_t pinned_tokens = 0;
 };
 std::string EncodeEvent(const LogEvent& event);
 // The engine's options of a session's (validated by engine::ValidateSessionOptions).
@@ -59,6 +62,9 @@ struct LiveSession {
   bool assistant_open = false;
   int64_t max_context_tokens = 0;
   std::vector<std::vector<int32_t>> window;  // the turns whose tokens are in the KV window
+  bool pinned_head = false;  // window[0] is the system prompt, which never leaves it
+  // Tokens of the window that the window rule keeps whatever comes (the pinned system prompt).
+  int64_t PinnedTokens() const { return pinned_head ? static_cast<int64_t>(window[0].size()) : 0; }
 };
 
 class SessionManager {

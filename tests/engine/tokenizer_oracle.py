@@ -13,6 +13,7 @@ The .bin files hold, per doc, a little-endian uint32 count and that many int32 i
 import json
 import pathlib
 import random
+import re
 import struct
 import sysconfig
 import unicodedata
@@ -145,6 +146,28 @@ def llama2_layout(spm: Tokenizer) -> Tokenizer:
     return Tokenizer.from_str(json.dumps(j))
 
 
+def digits_grouped(docs: list[str]) -> Tokenizer:
+    """SmolLM2's layout (a Digits pre-tokenizer before a regex ByteLevel) with runs of digits
+    kept whole, so that BPE learns merges of digits."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=False),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
+    tok.decoder = decoders.ByteLevel()
+    tok = train(tok, docs, 4000, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    digit_merges = [m for m in json.loads(tok.to_str())["model"]["merges"] if re.fullmatch("[0-9]+", "".join(m))]
+    assert len(digit_merges) >= 50, f"only {len(digit_merges)} merges join digits"
+    return tok
+
+
+def digits_individual(grouped: Tokenizer) -> Tokenizer:
+    """The same vocabulary and merges with every digit a piece of its own, as SmolLM2 splits
+    them: the merges of digits are there but can never apply."""
+    j = json.loads(grouped.to_str())
+    j["pre_tokenizer"]["pretokenizers"][0]["individual_digits"] = True
+    return Tokenizer.from_str(json.dumps(j))
+
+
 def layouts(train_docs: list[str]) -> dict[str, Tokenizer]:
     qwen = byte_level(QWEN_REGEX, normalizers.NFC(), 8000, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], train_docs)
     llama3 = byte_level(LLAMA3_REGEX, None, 16000, ["<|begin_of_text|>", "<|eot_id|>", "<|start_header_id|>",
@@ -153,7 +176,9 @@ def layouts(train_docs: list[str]) -> dict[str, Tokenizer]:
                        AddedToken("kernel", single_word=True, special=False, normalized=True)])
     gpt2 = byte_level(None, None, 1000, ["<|endoftext|>"], train_docs)
     spm = sentencepiece(train_docs)
-    return {"qwen": qwen, "llama3": llama3, "gpt2": gpt2, "spm": spm, "llama2": llama2_layout(spm)}
+    digits = digits_grouped(train_docs)
+    return {"qwen": qwen, "llama3": llama3, "gpt2": gpt2, "spm": spm, "llama2": llama2_layout(spm),
+            "digits_grouped": digits, "digits_individual": digits_individual(digits)}
 
 
 def standard_nfc(tok: Tokenizer, doc: str) -> str:

@@ -30,6 +30,11 @@ std::string_view ChatFormatName(ChatFormat format);
 // token, else chatml (SmolLM2); Llama-3 header tokens -> llama3; else raw.
 ChatFormat DetectChatFormat(const Tokenizer& tokenizer);
 
+// The system prompt a ChatML template inserts when a conversation has none (SmolLM2's "You are
+// a helpful AI assistant named SmolLM, ..."): the literal text of its
+// '<|im_start|>system\n...<|im_end|>' string; empty when the template writes none.
+std::string DefaultSystemPrompt(std::string_view chat_template);
+
 struct ChatMessage {
   std::string role;  // "system", "user" or "assistant"
   std::string content;

@@ -45,6 +45,9 @@ class Tokenizer {
   std::optional<int32_t> TokenId(std::string_view token) const;
 
   int64_t vocab_size() const { return static_cast<int64_t>(bytes_.size()); }
+  // The checkpoint's chat template (Jinja source) as LoadForModel found it: GGUF
+  // tokenizer.chat_template or tokenizer_config.json's chat_template; empty when none.
+  const std::string& chat_template() const { return chat_template_; }
   bool IsSpecial(int32_t id) const;
 
   // The raw bytes token `id` stands for (not necessarily valid UTF-8 on its own).
@@ -74,6 +77,7 @@ class Tokenizer {
   std::unique_ptr<Pipeline> pipeline_;
   std::string metaspace_;  // the Metaspace decoder's replacement (empty: none)
   int strip_leading_spaces_ = 0;  // Strip decoder
+  std::string chat_template_;
 };
 
 // Incremental decoding of generated tokens: the pieces returned by Add and Finish concatenate
