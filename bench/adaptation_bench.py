@@ -47,8 +47,8 @@ KEY = "bench-key"
 
 
 class Server:
-    def __init__(self, model: str, store: pathlib.Path, keys: pathlib.Path):
-        self.model, self.store, self.keys = model, store, keys
+    def __init__(self, model: str, store: pathlib.Path, keys: pathlib.Path, extra: tuple[str, ...] = ()):
+        self.model, self.store, self.keys, self.extra = model, store, keys, list(extra)
         self.proc = None
         self.start()
 
@@ -56,7 +56,7 @@ class Server:
         self.proc, ports = adaptd_process.start(
             ROOT / "build/bin/adaptd", [f"--model={ROOT / 'models' / self.model}", f"--store={self.store}",
                                         f"--api_keys={self.keys}", "--listen=127.0.0.1:0", "--metrics_listen=",
-                                        "--max_context_tokens=4096"], self.store.with_suffix(".log"))
+                                        "--max_context_tokens=4096", *self.extra], self.store.with_suffix(".log"))
         self.target = f"127.0.0.1:{ports['serving']}"
 
     def stop(self) -> None:
@@ -64,12 +64,15 @@ class Server:
         assert self.proc.wait(timeout=60) == 0
 
 
-def documents(n: int, tokens: int):
+def documents(n: int, tokens: int, tok=None):
+    """The first `n` held-out documents of more than `tokens` tokens (by `tok`, default the tiny
+    models' tokenizer), in a fixed content-free order: (path, text, token offsets)."""
     corpus = ROOT / "data/corpus/heldout.jsonl"
     if not corpus.exists():
         subprocess.run([sys.executable, str(ROOT / "tools/corpus/build_corpus.py")], check=True, cwd=ROOT)
-    from tokenizers import Tokenizer
-    tok = Tokenizer.from_file(str(ROOT / "models/adaptd-tiny-ttt/tokenizer.json"))
+    if tok is None:
+        from tokenizers import Tokenizer
+        tok = Tokenizer.from_file(str(ROOT / "models/adaptd-tiny-ttt/tokenizer.json"))
     docs = []
     for line in corpus.read_text().splitlines():
         d = json.loads(line)

@@ -11,6 +11,7 @@
 #include <chrono>
 #include <cstdio>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -25,6 +26,9 @@ ABSL_FLAG(int, repeats, 3, "repeats (the median is reported)");
 ABSL_FLAG(int, threads, 0, "CPU threads (0: LibTorch's default)");
 ABSL_FLAG(std::string, device, "cpu", "cpu, cuda or cuda:<i>");
 ABSL_FLAG(std::string, dtype, "", "compute dtype f32, bf16 or f16 (default: the checkpoint's)");
+ABSL_FLAG(std::string, ttt_rule, "inplace", "the TTT-on rule: inplace (a TTT checkpoint) or ntp_gradient (a stock one)");
+ABSL_FLAG(std::string, ttt_config, "", "a GGUF model's TTT settings (default: ttt.json beside it)");
+ABSL_FLAG(double, stream_gib, 1.0, "GiB read by the memory-bandwidth probe (0: none)");
 
 namespace adaptd::engine {
 namespace {
@@ -71,10 +75,12 @@ Single RunSingle(const Model& m, UpdateRule rule, const std::vector<int32_t>& pr
 }
 
 // Decode tokens/s of n sessions with distinct dW: one batched step per token vs one at a time.
-std::pair<double, double> RunBatched(const Model& m, int n, int prompt, int decode) {
+std::pair<double, double> RunBatched(const Model& m, UpdateRule rule, int n, int prompt, int decode) {
   std::vector<std::unique_ptr<SessionState>> a, b;
+  SessionOptions o;
+  o.rule = rule;
   for (int i = 0; i < n; ++i) {
-    auto s = m.NewSession().value();
+    auto s = m.NewSession(o).value();
     Check(m.Forward(*s, Ids(prompt, i, m.config().vocab_size)).status());
     b.push_back(m.Clone(*s).value());
     a.push_back(std::move(s));
@@ -94,6 +100,46 @@ std::pair<double, double> RunBatched(const Model& m, int n, int prompt, int deco
   return {batched, n * decode / Seconds(t0)};
 }
 
+// Read bandwidth of `threads` threads summing a buffer of `gib` GiB (the best of three passes):
+// the limit a decode step that reads every weight once cannot beat.
+double ReadBandwidth(double gib, int threads) {
+  const size_t n = static_cast<size_t>(gib * (1u << 30) / sizeof(float));
+  std::vector<float> buf(n, 1.0f);
+  double best = 0;
+  volatile float sink = 0;
+  for (int pass = 0; pass < 3; ++pass) {
+    std::vector<float> partial(threads);
+    auto t0 = Clock::now();
+    std::vector<std::thread> pool;
+    for (int t = 0; t < threads; ++t) {
+      pool.emplace_back([&, t] {
+        const size_t begin = n / threads * t, end = t + 1 == threads ? n : n / threads * (t + 1);
+        float acc[16] = {};
+        size_t i = begin;
+        for (; i + 16 <= end; i += 16) {
+          for (int k = 0; k < 16; ++k) acc[k] += buf[i + k];
+        }
+        for (; i < end; ++i) acc[0] += buf[i];
+        float s = 0;
+        for (float a : acc) s += a;
+        partial[t] = s;
+      });
+    }
+    for (auto& th : pool) th.join();
+    best = std::max(best, n * sizeof(float) / Seconds(t0));
+    sink = sink + partial[0];
+  }
+  return best;
+}
+
+// Bytes of weights a decode step reads: every projection and the output matrix once, in the
+// compute dtype (the embedding row and the norms are negligible).
+double WeightBytes(const ModelConfig& c, size_t dtype_bytes) {
+  const double d = c.hidden_size, hd = c.head_dim;
+  const double per_layer = d * hd * (2 * c.num_heads + 2 * c.num_kv_heads) + 3 * d * c.intermediate_size;
+  return (per_layer * c.num_layers + double(c.vocab_size) * d) * dtype_bytes;
+}
+
 int Main() {
   if (absl::GetFlag(FLAGS_threads) > 0) SetComputeThreads(absl::GetFlag(FLAGS_threads));
   LoadOptions options;
@@ -101,29 +147,40 @@ int Main() {
   auto dtype = ParseComputeDType(absl::GetFlag(FLAGS_dtype));
   Check(dtype.status());
   options.dtype = *dtype;
+  options.ttt_config = absl::GetFlag(FLAGS_ttt_config);
+  const auto load_start = Clock::now();
   auto model = Model::Load(absl::GetFlag(FLAGS_model), options);
   Check(model.status());
+  const double load_seconds = Seconds(load_start);
+  const std::string rule_name = absl::GetFlag(FLAGS_ttt_rule);
+  if (rule_name != "inplace" && rule_name != "ntp_gradient") Check(absl::InvalidArgumentError("--ttt_rule"));
+  const UpdateRule rule = rule_name == "inplace" ? UpdateRule::kInplace : UpdateRule::kNtpGradient;
   const Model& m = **model;
   const auto prompt = Ids(absl::GetFlag(FLAGS_prompt), 1, m.config().vocab_size);
   const int decode = absl::GetFlag(FLAGS_decode);
   std::vector<double> pre_on, pre_off, dec_on, dec_off, bat, seq;
   int64_t updates = 0;
-  RunSingle(m, UpdateRule::kInplace, prompt, 4);  // warm-up
+  RunSingle(m, rule, prompt, 4);  // warm-up
   for (int r = 0; r < absl::GetFlag(FLAGS_repeats); ++r) {
-    Single on = RunSingle(m, UpdateRule::kInplace, prompt, decode);
+    Single on = RunSingle(m, rule, prompt, decode);
     Single off = RunSingle(m, UpdateRule::kOff, prompt, decode);
     pre_on.push_back(on.prefill_tps), dec_on.push_back(on.decode_tps);
     pre_off.push_back(off.prefill_tps), dec_off.push_back(off.decode_tps);
     updates = on.updates;
-    auto [b, s] = RunBatched(m, absl::GetFlag(FLAGS_sessions), 64, std::max(8, decode / 4));
+    auto [b, s] = RunBatched(m, rule, absl::GetFlag(FLAGS_sessions), 64, std::max(8, decode / 4));
     bat.push_back(b), seq.push_back(s);
   }
   std::printf(
       "{\"prefill_tps_ttt_on\": %.1f, \"prefill_tps_ttt_off\": %.1f, \"decode_tps_ttt_on\": %.1f, "
       "\"decode_tps_ttt_off\": %.1f, \"updates_applied\": %lld, \"chunk\": %lld, \"batched_decode_tps\": %.1f, "
-      "\"sequential_decode_tps\": %.1f, \"sessions\": %d}\n",
+      "\"sequential_decode_tps\": %.1f, \"sessions\": %d, \"load_seconds\": %.3f, \"weight_bytes\": %.0f, "
+      "\"read_bytes_per_second\": %.0f}\n",
       Median(pre_on), Median(pre_off), Median(dec_on), Median(dec_off), static_cast<long long>(updates),
-      static_cast<long long>(m.config().ttt.chunk), Median(bat), Median(seq), absl::GetFlag(FLAGS_sessions));
+      static_cast<long long>(m.config().ttt.chunk), Median(bat), Median(seq), absl::GetFlag(FLAGS_sessions),
+      load_seconds, WeightBytes(m.config(), *dtype == DType::kF32 || (!*dtype && m.config().dtype == DType::kF32) ? 4 : 2),
+      absl::GetFlag(FLAGS_stream_gib) > 0
+          ? ReadBandwidth(absl::GetFlag(FLAGS_stream_gib), absl::GetFlag(FLAGS_threads) > 0 ? absl::GetFlag(FLAGS_threads) : 2)
+          : 0.0);
   return 0;
 }
 

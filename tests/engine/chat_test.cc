@@ -52,7 +52,7 @@ TEST(ChatTest, MatchesTransformersApplyChatTemplate) {
     ASSERT_NE(tok, nullptr);
     auto format = ParseChatFormat(c["format"].get<std::string>());
     ASSERT_TRUE(format.ok());
-    EXPECT_EQ(DetectChatFormat(*tok), *format);
+    EXPECT_EQ(DetectChatFormat(*tok), *ParseChatFormat(c["detected"].get<std::string>()));
     auto r = ChatRenderer::Create(*tok, *format, {c["enable_thinking"].get<bool>()});
     ASSERT_TRUE(r.ok()) << r.status();
     auto ids = r->Render(Messages(c["messages"]), /*first=*/true, /*generation_prompt=*/true);
@@ -128,6 +128,34 @@ TEST(ChatTest, SpecialTokenStringsInContentStayText) {
   }
 }
 
+// ChatML tokens with Qwen3's <think> token are Qwen3's format; without it, plain ChatML, which
+// opens the assistant's turn without a think block whatever enable_thinking says.
+TEST(ChatTest, ThinkTokensTellQwen3FromPlainChatml) {
+  const std::string path = ::testing::TempDir() + "/think.json";
+  std::ofstream(path) << R"({"model": {"type": "BPE", "vocab": {"a": 0}},
+                             "added_tokens": [{"id": 1, "content": "<|im_start|>", "special": true},
+                                              {"id": 2, "content": "<|im_end|>", "special": true},
+                                              {"id": 3, "content": "<think>", "special": false}],
+                             "decoder": {"type": "ByteLevel"}})";
+  auto think = Tokenizer::Load(path);
+  ASSERT_TRUE(think.ok()) << think.status();
+  EXPECT_EQ(DetectChatFormat(**think), ChatFormat::kQwen3);
+  auto plain = LoadTokenizer(DefaultTokenizer());
+  ASSERT_NE(plain, nullptr);
+  EXPECT_EQ(DetectChatFormat(*plain), ChatFormat::kChatml);
+  auto chatml = ChatRenderer::Create(*plain, ChatFormat::kChatml, {/*enable_thinking=*/false});
+  auto qwen3 = ChatRenderer::Create(*plain, ChatFormat::kQwen3, {/*enable_thinking=*/false});
+  ASSERT_TRUE(chatml.ok() && qwen3.ok());
+  const std::vector<ChatMessage> m = {{"user", "hi"}};
+  auto a = chatml->Render(m, true, true), b = qwen3->Render(m, true, true);
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_LT(a->size(), b->size());  // no empty think block
+  EXPECT_EQ(std::vector<int32_t>(b->begin(), b->begin() + a->size()), *a);
+  EXPECT_EQ(chatml->StopIds(), qwen3->StopIds());
+  EXPECT_EQ(ParseChatFormat("chatml").value(), ChatFormat::kChatml);
+  EXPECT_EQ(ChatFormatName(ChatFormat::kChatml), "chatml");
+}
+
 TEST(ChatTest, ErrorsAreSpecific) {
   auto qwen = LoadTokenizer(DefaultTokenizer());
   auto gpt2 = LoadTokenizer(Gpt2Tokenizer());
@@ -136,7 +164,7 @@ TEST(ChatTest, ErrorsAreSpecific) {
   EXPECT_EQ(DetectChatFormat(*gpt2), ChatFormat::kRaw);
   EXPECT_EQ(ChatRenderer::Create(*qwen, ChatFormat::kLlama3).status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(ChatRenderer::Create(*gpt2, ChatFormat::kQwen3).status().code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_EQ(ParseChatFormat("chatml").status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ParseChatFormat("mistral").status().code(), absl::StatusCode::kInvalidArgument);
   auto r = ChatRenderer::Create(*qwen, ChatFormat::kQwen3);
   ASSERT_TRUE(r.ok());
   EXPECT_EQ(r->Render({}, true, true).status().code(), absl::StatusCode::kInvalidArgument);
@@ -153,6 +181,7 @@ TEST(ChatTest, ErrorsAreSpecific) {
                              "decoder": {"type": "ByteLevel"}})";
   auto plain = Tokenizer::Load(path);
   ASSERT_TRUE(plain.ok()) << plain.status();
+  EXPECT_EQ(ChatRenderer::Create(**plain, ChatFormat::kChatml).status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(ChatRenderer::Create(**plain, ChatFormat::kQwen3).status().code(), absl::StatusCode::kFailedPrecondition);
 }
 

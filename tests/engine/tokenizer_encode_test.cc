@@ -165,7 +165,8 @@ TEST_P(OracleTest, StreamingConcatenatesToDecode) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Layouts, OracleTest, ::testing::Values("qwen", "llama3", "gpt2", "spm", "llama2"));
+INSTANTIATE_TEST_SUITE_P(Layouts, OracleTest, ::testing::Values("qwen", "llama3", "gpt2", "spm", "llama2", "digits_grouped",
+                                                                   "digits_individual"));
 
 // decode(encode(x)) == x where the layout loses nothing: byte-level without a normalizer (the
 // docs without the whitespace-eating <tool> token), and SentencePiece with byte fallback (docs

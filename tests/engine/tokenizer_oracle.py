@@ -245,7 +245,7 @@ CONVERSATIONS = [
 
 
 def write_chat_cases(out: pathlib.Path, tokenizers: dict[str, pathlib.Path]) -> None:
-    """out/cases.json: {"cases": [{"tokenizer", "format", "enable_thinking", "messages", "ids"}]},
+    """out/cases.json: {"cases": [{"tokenizer", "format", "detected", "enable_thinking", "messages", "ids"}]},
     ids by transformers.apply_chat_template with the templates above (generation prompt on)."""
     from transformers import PreTrainedTokenizerFast
     cases = []
@@ -256,8 +256,10 @@ def write_chat_cases(out: pathlib.Path, tokenizers: dict[str, pathlib.Path]) -> 
             for thinking in ([True, False] if fmt == "qwen3" else [True]):
                 ids = tok.apply_chat_template(messages, chat_template=template, tokenize=True, add_generation_prompt=True,
                                               enable_thinking=thinking)
-                cases.append({"tokenizer": str(path), "format": fmt, "enable_thinking": thinking, "messages": messages,
-                              "ids": list(ids)})
+                # What DetectChatFormat must say: ChatML without <think> tokens is plain chatml.
+                detected = "chatml" if fmt == "qwen3" and "<think>" not in tok.get_vocab() else fmt
+                cases.append({"tokenizer": str(path), "format": fmt, "detected": detected, "enable_thinking": thinking,
+                              "messages": messages, "ids": list(ids)})
     out.mkdir(parents=True, exist_ok=True)
     (out / "cases.json").write_text(json.dumps({"cases": cases}))
 

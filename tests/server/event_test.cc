@@ -58,5 +58,23 @@ TEST(EventTest, DamagedFlagsAreDataLoss) {
   EXPECT_EQ(DecodeEvent(shortfall).status().code(), absl::StatusCode::kDataLoss);
 }
 
+TEST(EventTest, PinnedSystemPromptRoundTrips) {
+  for (const std::vector<uint8_t>& flags : std::vector<std::vector<uint8_t>>{{}, {0, 0, 1, 1, 1}}) {
+    LogEvent e = Turn(flags);
+    e.pinned_tokens = 2;
+    const std::string bytes = EncodeEvent(e);
+    auto back = DecodeEvent(bytes);
+    ASSERT_TRUE(back.ok()) << back.status();
+    EXPECT_EQ(back->pinned_tokens, 2u);
+    EXPECT_EQ(back->prompt_learn, flags);
+    EXPECT_EQ(back->tokens, e.tokens);
+    EXPECT_EQ(DecodeEvent(bytes.substr(0, bytes.size() - 1)).status().code(), absl::StatusCode::kDataLoss);
+  }
+  EXPECT_EQ(DecodeEvent(EncodeEvent(Turn({}))).value().pinned_tokens, 0u);  // the old format: none
+  LogEvent past = Turn({});
+  past.pinned_tokens = 6;  // beyond the prompt's 5 tokens
+  EXPECT_EQ(DecodeEvent(EncodeEvent(past)).status().code(), absl::StatusCode::kDataLoss);
+}
+
 }  // namespace
 }  // namespace adaptd::server

@@ -92,7 +92,10 @@ TEST_F(PolicyTest, RolesNotLearnedEnterTheContextOnly) {
   skip_system.add_roles_not_learned("system");
   skip_system.set_snapshot_policy(v1::SNAPSHOT_ON_EVICTION);  // reloads replay the log
   ASSERT_TRUE(CreateWith("skip", skip_system).ok());
-  ASSERT_TRUE(CreateWith("all", chatml).ok());
+  v1::SessionOptions learn_all = chatml;  // the pinned system prompt is learned only on request
+  learn_all.set_learn_system_prompt(true);
+  ASSERT_TRUE(CreateWith("all", learn_all).ok());
+  ASSERT_TRUE(CreateWith("pinned", chatml).ok());
   ASSERT_TRUE(CreateWith("bare", chatml).ok());
   v1::SessionOptions skip_assistant = chatml;
   skip_assistant.add_roles_not_learned("assistant");
@@ -100,10 +103,12 @@ TEST_F(PolicyTest, RolesNotLearnedEnterTheContextOnly) {
 
   ASSERT_TRUE(Chat("key-acme", SystemAndUser("skip", kSystem, kUser)).status.ok());
   ASSERT_TRUE(Chat("key-acme", SystemAndUser("all", kSystem, kUser)).status.ok());
+  ASSERT_TRUE(Chat("key-acme", SystemAndUser("pinned", kSystem, kUser)).status.ok());
   ASSERT_TRUE(Chat("key-acme", "bare", kUser, 1).status.ok());
   ASSERT_TRUE(Chat("key-acme", "quiet", kUser, 1).status.ok());
   const auto skip = State("skip"), all = State("all"), bare = State("bare"), quiet = State("quiet");
   EXPECT_EQ(skip.tokens_learned(), bare.tokens_learned());
+  EXPECT_EQ(State("pinned").tokens_learned(), bare.tokens_learned());  // by default the system prompt is not learned
   EXPECT_GT(all.tokens_learned(), skip.tokens_learned() + 30);  // the system prompt is ~40 tokens
   EXPECT_EQ(all.context_tokens(), skip.context_tokens());       // both saw it
   EXPECT_GT(skip.updates_applied(), 0);

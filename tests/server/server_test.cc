@@ -4,6 +4,8 @@
 #include <set>
 #include <thread>
 
+#include "adaptd/engine/chat.h"
+#include "adaptd/engine/tokenizer.h"
 #include "server/harness.h"
 
 namespace adaptd::server {
@@ -72,9 +74,57 @@ TEST_F(ServerTest, ServerInfoDescribesTheModel) {
   ASSERT_TRUE(server_->stub().GetServerInfo(As("key-globex").get(), {}, &info).ok());
   EXPECT_EQ(info.model_name(), "adaptd-tiny-ttt");
   EXPECT_EQ(std::vector<int>(info.ttt_layers().begin(), info.ttt_layers().end()), (std::vector<int>{1, 3, 5}));
+  EXPECT_EQ(std::vector<int>(info.fast_layers().begin(), info.fast_layers().end()), (std::vector<int>{1, 3, 5}));
   EXPECT_EQ(info.ttt_chunk(), 32);
-  EXPECT_EQ(info.chat_format(), "qwen3");
+  EXPECT_EQ(info.ttt_lr(), 1.0);
+  // ChatML tokens and no <think>: plain ChatML; its tokenizer has no chat template, so no
+  // default system prompt.
+  EXPECT_EQ(info.chat_format(), "chatml");
+  EXPECT_EQ(info.system_prompt(), "");
   EXPECT_EQ(info.replica_id(), "r0");
+}
+
+// The system prompt opens a chat context, enters the window but not the fast weights, and the
+// window rule keeps it at the head while whole later turns leave: the session's counters follow
+// that rule exactly, turn by turn.
+TEST_F(ServerTest, SystemPromptIsPinnedAtTheHeadOfTheWindow) {
+  const std::string system = "You are a terse assistant of the kernel documentation.";
+  server_->Kill(SIGTERM);
+  server_->Start({"--replica_id=r0", "--system_prompt=" + system});
+  constexpr int kWindow = 128, kMaxNew = 16;
+  ASSERT_TRUE(Create("key-acme", "p", nullptr, "", kWindow, "chatml").ok());
+  auto tok = engine::Tokenizer::LoadForModel(ADAPTD_MODEL);
+  ASSERT_TRUE(tok.ok());
+  auto renderer = engine::ChatRenderer::Create(**tok, engine::ChatFormat::kChatml);
+  ASSERT_TRUE(renderer.ok());
+  const std::vector<engine::ChatMessage> sys = {{"system", system}};
+  const int64_t pinned = static_cast<int64_t>(renderer->Render(sys, true, false)->size());
+  std::vector<int64_t> entries;  // the window's turns as the rule keeps them; [0]: the system prompt
+  int64_t fed = 0, dropped = 0;
+  for (int k = 0; k < 8; ++k) {
+    auto t = Chat("key-acme", "p", "What does page number " + std::to_string(k) + " hold?", kMaxNew);
+    ASSERT_TRUE(t.status.ok()) << t.status.error_message();
+    const int64_t p = t.usage.prompt_tokens(), c = t.usage.completion_tokens();
+    if (k == 0) {
+      entries = {pinned, p + c - pinned};
+    } else {
+      int64_t used = 0;
+      for (int64_t e : entries) used += e;
+      size_t drop = 1;
+      while (drop < entries.size() && used + p + kMaxNew > kWindow) used -= entries[drop++];
+      dropped += static_cast<int64_t>(drop) - 1;
+      entries.erase(entries.begin() + 1, entries.begin() + static_cast<std::ptrdiff_t>(drop));
+      entries.push_back(p + c);
+    }
+    fed += p + c;
+    v1::Session s;
+    ASSERT_TRUE(Get("key-acme", "p", &s).ok());
+    int64_t window = 0;
+    for (int64_t e : entries) window += e;
+    EXPECT_EQ(s.state().context_tokens(), window) << "turn " << k;
+    EXPECT_EQ(s.state().tokens_learned(), fed - pinned) << "turn " << k;  // the system prompt is not learned
+  }
+  EXPECT_GE(dropped, 3);  // the rule did drop turns, and never the system prompt
 }
 
 TEST_F(ServerTest, SessionsSurviveKillNineAndSigtermEndsCleanly) {
