@@ -88,6 +88,16 @@ def pieces(text: str, offsets, turns: int, turn_tokens: int) -> list[str]:
     return [text[cuts[k]:cuts[k + 1]] for k in range(turns)]
 
 
+def fresh_out(path: str) -> tuple[pathlib.Path, pathlib.Path]:
+    """An empty output folder under the project, and a key file there for the bench tenant."""
+    out = ROOT / path
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    keys = out / "keys.txt"
+    keys.write_text(f"bench {hashlib.sha256(KEY.encode()).hexdigest()}\n")
+    return out, keys
+
+
 COST: dict[str, list[float]] = {}  # session -> [update seconds, chunk updates] of its ingests
 
 
@@ -129,11 +139,7 @@ def main() -> None:
     ap.add_argument("--out", default="runs/bench/adaptation")
     ap.add_argument("--plot", default="bench/adaptation.png")
     args = ap.parse_args()
-    out = ROOT / args.out
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    keys = out / "keys.txt"
-    keys.write_text(f"bench {hashlib.sha256(KEY.encode()).hexdigest()}\n")
+    out, keys = fresh_out(args.out)
     docs = [pieces(t, o, args.turns, args.turn_tokens)
             for _, t, o in documents(args.docs, args.turns * args.turn_tokens)]
     full = args.turns * args.turn_tokens * 2  # the whole document, with room to spare

@@ -11,7 +11,6 @@
 #include <chrono>
 #include <cstdio>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -28,7 +27,6 @@ ABSL_FLAG(std::string, device, "cpu", "cpu, cuda or cuda:<i>");
 ABSL_FLAG(std::string, dtype, "", "compute dtype f32, bf16 or f16 (default: the checkpoint's)");
 ABSL_FLAG(std::string, ttt_rule, "inplace", "the TTT-on rule: inplace (a TTT checkpoint) or ntp_gradient (a stock one)");
 ABSL_FLAG(std::string, ttt_config, "", "a GGUF model's TTT settings (default: ttt.json beside it)");
-ABSL_FLAG(double, stream_gib, 1.0, "GiB read by the memory-bandwidth probe (0: none)");
 
 namespace adaptd::engine {
 namespace {
@@ -100,38 +98,6 @@ std::pair<double, double> RunBatched(const Model& m, UpdateRule rule, int n, int
   return {batched, n * decode / Seconds(t0)};
 }
 
-// Read bandwidth of `threads` threads summing a buffer of `gib` GiB (the best of three passes):
-// the limit a decode step that reads every weight once cannot beat.
-double ReadBandwidth(double gib, int threads) {
-  const size_t n = static_cast<size_t>(gib * (1u << 30) / sizeof(float));
-  std::vector<float> buf(n, 1.0f);
-  double best = 0;
-  volatile float sink = 0;
-  for (int pass = 0; pass < 3; ++pass) {
-    std::vector<float> partial(threads);
-    auto t0 = Clock::now();
-    std::vector<std::thread> pool;
-    for (int t = 0; t < threads; ++t) {
-      pool.emplace_back([&, t] {
-        const size_t begin = n / threads * t, end = t + 1 == threads ? n : n / threads * (t + 1);
-        float acc[16] = {};
-        size_t i = begin;
-        for (; i + 16 <= end; i += 16) {
-          for (int k = 0; k < 16; ++k) acc[k] += buf[i + k];
-        }
-        for (; i < end; ++i) acc[0] += buf[i];
-        float s = 0;
-        for (float a : acc) s += a;
-        partial[t] = s;
-      });
-    }
-    for (auto& th : pool) th.join();
-    best = std::max(best, n * sizeof(float) / Seconds(t0));
-    sink = sink + partial[0];
-  }
-  return best;
-}
-
 // Bytes of weights a decode step reads: every projection and the output matrix once, in the
 // compute dtype (the embedding row and the norms are negligible).
 double WeightBytes(const ModelConfig& c, size_t dtype_bytes) {
@@ -173,14 +139,10 @@ int Main() {
   std::printf(
       "{\"prefill_tps_ttt_on\": %.1f, \"prefill_tps_ttt_off\": %.1f, \"decode_tps_ttt_on\": %.1f, "
       "\"decode_tps_ttt_off\": %.1f, \"updates_applied\": %lld, \"chunk\": %lld, \"batched_decode_tps\": %.1f, "
-      "\"sequential_decode_tps\": %.1f, \"sessions\": %d, \"load_seconds\": %.3f, \"weight_bytes\": %.0f, "
-      "\"read_bytes_per_second\": %.0f}\n",
+      "\"sequential_decode_tps\": %.1f, \"sessions\": %d, \"load_seconds\": %.3f, \"weight_bytes\": %.0f}\n",
       Median(pre_on), Median(pre_off), Median(dec_on), Median(dec_off), static_cast<long long>(updates),
       static_cast<long long>(m.config().ttt.chunk), Median(bat), Median(seq), absl::GetFlag(FLAGS_sessions),
-      load_seconds, WeightBytes(m.config(), *dtype == DType::kF32 || (!*dtype && m.config().dtype == DType::kF32) ? 4 : 2),
-      absl::GetFlag(FLAGS_stream_gib) > 0
-          ? ReadBandwidth(absl::GetFlag(FLAGS_stream_gib), absl::GetFlag(FLAGS_threads) > 0 ? absl::GetFlag(FLAGS_threads) : 2)
-          : 0.0);
+      load_seconds, WeightBytes(m.config(), dtype->value_or(m.config().dtype) == DType::kF32 ? 4 : 2));
   return 0;
 }
 

@@ -57,15 +57,19 @@ def timed_turn(c: Client, session: str) -> float:
     return (time.perf_counter() - t) * 1e3
 
 
+# The model and the session defaults of scripts/run.sh (and the k8s flags); --model and
+# --session_defaults change them.
+SERVED = {"model": "models/smollm2-135m-instruct", "session_defaults": 'update_rule: "ntp_gradient"'}
+
+
 def start_server(out: pathlib.Path, store: str, budget: int) -> tuple[subprocess.Popen, dict]:
     """adaptd on free ports with a fresh store under `out`; its ports from its JSON startup lines."""
     return adaptd_process.start(ROOT / "build/bin/adaptd",
-                                [f"--model={ROOT / 'models/adaptd-tiny-ttt'}", f"--store={out / store}",
+                                [f"--model={ROOT / SERVED['model']}", f"--store={out / store}",
                                  f"--api_keys={out / 'keys.txt'}", "--listen=127.0.0.1:0",
                                  "--metrics_listen=127.0.0.1:0", f"--memory_budget_bytes={budget}",
                                  "--max_active_turns_per_tenant=1000",
-                                 # the session defaults scripts/run.sh and the k8s flags give
-                                 '--session_defaults=decay: 0.1 chat_format: "raw"'], out / f"{store}.log")
+                                 f"--session_defaults={SERVED['session_defaults']}"], out / f"{store}.log")
 
 
 def compare_snapshot_policies(target: str, metrics_port: int, sessions: int, turns: int, label: str) -> dict:
@@ -103,7 +107,10 @@ def main() -> None:
     ap.add_argument("--policy_sessions", type=int, default=40, help="sessions per snapshot policy")
     ap.add_argument("--policy_turns", type=int, default=5)
     ap.add_argument("--out", default="runs/bench/server")
+    ap.add_argument("--model", default=SERVED["model"])
+    ap.add_argument("--session_defaults", default=SERVED["session_defaults"])
     args = ap.parse_args()
+    SERVED.update(model=args.model, session_defaults=args.session_defaults)
     out = ROOT / args.out
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)

@@ -16,10 +16,8 @@ at the same window.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import pathlib
-import shutil
 import statistics
 import sys
 import time
@@ -44,6 +42,8 @@ VARIANTS = [
     ("every 6th layer, C 128, lr 0.3", {"ttt_layers": EVERY_6TH, "ttt_chunk": 128, "ttt_lr": 0.3}, {}, 256),
     ("frozen, window 512", {"ttt_layers": EVERY_6TH, "ttt_chunk": 64}, {"update_rule": "off"}, 512),
     ("every 6th layer, C 64, lr 0.3, window 512", {"ttt_layers": EVERY_6TH, "ttt_chunk": 64, "ttt_lr": 0.3}, {}, 512),
+    # Added after the first run, whose best was every 3rd layer: every layer.
+    ("every layer, C 64, lr 0.3", {"ttt_layers": list(range(30)), "ttt_chunk": 64, "ttt_lr": 0.3}, {}, 256),
 ]
 
 
@@ -56,11 +56,7 @@ def main() -> None:
     ap.add_argument("--only", default="", help="comma-separated variant indices (default: all)")
     ap.add_argument("--out", default="runs/bench/smollm2_sweep")
     args = ap.parse_args()
-    out = ROOT / args.out
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    keys = out / "keys.txt"
-    keys.write_text(f"bench {hashlib.sha256(ab.KEY.encode()).hexdigest()}\n")
+    out, keys = ab.fresh_out(args.out)
     tok = hf_tokenizer(str(MODEL / "model.gguf"))
     ordered = ab.documents(2 * args.docs, args.turns * args.turn_tokens, tok)
     sweep_docs = ordered[0::2]  # the odd positions are for evaluation, never swept

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The main job: sets up, builds and starts adaptd with the default model
-# (models/adaptd-tiny-ttt), its session store in runs/store and an API key for the tenant
-# "local" (made once: runs/api_key, its hash in runs/keys.txt). Then, from another shell:
+# The main job: sets up, builds and starts adaptd with the default model, SmolLM2-135M-Instruct
+# (models/smollm2-135m-instruct: the GGUF file scripts/setup.sh installed, and its ttt.json), its
+# session store in runs/store and an API key for the tenant "local" (made once: runs/api_key, its
+# hash in runs/keys.txt). Then, from another shell:
 #   ADAPTD_API_KEY=$(cat runs/api_key) build/bin/adaptctl chat my-session
 # Extra arguments go to adaptd (e.g. --listen 0.0.0.0:50051); Ctrl-C stops it gracefully.
 set -euo pipefail
@@ -13,8 +14,9 @@ mkdir -p runs
 [ -s runs/api_key ] || head -c 24 /dev/urandom | base64 | tr -d '/+=\n' > runs/api_key
 echo "local $(tr -d '\n' < runs/api_key | sha256sum | cut -d' ' -f1)" > runs/keys.txt
 echo "run.sh: chat with: ADAPTD_API_KEY=\$(cat runs/api_key) build/bin/adaptctl chat my-session" >&2
-# New sessions, unless created with other options, decay dW by 0.1 before each update (on the
-# default model that keeps the In-Place gain past the window: README, adaptation benchmark) and
-# render chats as raw text (the default model continues documents; in ChatML it stops at once).
-exec build/bin/adaptd --model models/adaptd-tiny-ttt --store runs/store --api_keys runs/keys.txt \
-  --session_defaults 'decay: 0.1 chat_format: "raw"' "$@"
+# New sessions, unless created with other options, learn with ntp_gradient (the model has no
+# trained TTT modules; ttt.json names the layers, chunk and step: README, "The default model").
+# f32, not bf16: measured on this project's CPUs (AVX2, no AVX512-BF16), bf16 decodes a single
+# session faster but prefills and learns several times slower (bench/real_model_bench.py).
+exec build/bin/adaptd --model models/smollm2-135m-instruct --dtype f32 --store runs/store \
+  --api_keys runs/keys.txt --session_defaults 'update_rule: "ntp_gradient"' "$@"

@@ -59,15 +59,15 @@ std::string_view ChatFormatName(ChatFormat format) {
 }
 
 std::string DefaultSystemPrompt(std::string_view t) {
+  // The first system message written as a literal (templates also render the client's own
+  // system message, as an expression, often before the default).
   for (std::string_view open : {"<|im_start|>system\n", "<|im_start|>system\\n"}) {
-    const size_t at = t.find(open);
-    if (at == std::string_view::npos) continue;
-    const size_t begin = at + open.size(), end = t.find("<|im_end|>", begin);
-    if (end == std::string_view::npos) return "";
-    std::string_view text = t.substr(begin, end - begin);
-    // A literal in a Jinja string, not an expression or a variable.
-    if (text.find_first_of("'\"{}\\") != std::string_view::npos) return "";
-    return std::string(text);
+    for (size_t at = t.find(open); at != std::string_view::npos; at = t.find(open, at + 1)) {
+      const size_t begin = at + open.size(), end = t.find("<|im_end|>", begin);
+      if (end == std::string_view::npos) break;
+      std::string_view text = t.substr(begin, end - begin);
+      if (!text.empty() && text.find_first_of("'\"{}\\") == std::string_view::npos) return std::string(text);
+    }
   }
   return "";
 }

@@ -21,6 +21,9 @@ namespace {
 constexpr uint64_t kMaxKeys = 1 << 16;
 constexpr uint64_t kMaxTensors = 1 << 20;
 constexpr uint64_t kMaxStringBytes = 64ull << 20;
+// Array elements in all the metadata: each becomes a GgufValue (~100 bytes), so a small hostile
+// file must not claim billions of one-byte elements.
+constexpr uint64_t kMaxArrayElements = uint64_t{1} << 22;
 constexpr int kMaxArrayDepth = 4;
 constexpr uint32_t kMaxDims = 4;  // GGML_MAX_DIMS
 constexpr uint32_t kDefaultAlignment = 32;
@@ -37,13 +40,16 @@ size_t ScalarSize(Type t) {
   }
 }
 
+}  // namespace
+
 // Reads little-endian values from [p, end) and fails instead of reading past `end`.
-class Cursor {
+class GgufCursor {
  public:
-  Cursor(const std::byte* begin, const std::byte* end, const std::string& path)
+  GgufCursor(const std::byte* begin, const std::byte* end, const std::string& path)
       : begin_(begin), p_(begin), end_(end), path_(path) {}
 
   size_t offset() const { return static_cast<size_t>(p_ - begin_); }
+  uint64_t array_budget = kMaxArrayElements;  // elements the metadata's arrays may still hold
   size_t left() const { return static_cast<size_t>(end_ - p_); }
 
   absl::Status Truncated(const std::string& what) const {
@@ -77,9 +83,11 @@ class Cursor {
   const std::string& path_;
 };
 
-absl::Status ReadValue(Cursor& c, Type type, const std::string& key, int depth, GgufValue* out);
+namespace {
 
-absl::Status ReadArray(Cursor& c, const std::string& key, int depth, GgufValue* out) {
+absl::Status ReadValue(GgufCursor& c, Type type, const std::string& key, int depth, GgufValue* out);
+
+absl::Status ReadArray(GgufCursor& c, const std::string& key, int depth, GgufValue* out) {
   if (depth >= kMaxArrayDepth) return absl::DataLossError(absl::StrCat("metadata ", key, ": arrays nested too deep"));
   ASSIGN_OR_RETURN(uint32_t et, c.Read<uint32_t>(key + " element type"));
   if (et > static_cast<uint32_t>(Type::kF64)) {
@@ -92,13 +100,18 @@ absl::Status ReadArray(Cursor& c, const std::string& key, int depth, GgufValue* 
   if (n > c.left() / min_size) {
     return absl::DataLossError(absl::StrCat("metadata ", key, ": array of ", n, " elements does not fit in the file"));
   }
+  if (n > c.array_budget) {
+    return absl::DataLossError(absl::StrCat("metadata ", key, ": array of ", n, " elements exceeds the reader's bound of ",
+                                            kMaxArrayElements, " in all"));
+  }
+  c.array_budget -= n;
   out->element_type = static_cast<Type>(et);
   out->array.resize(n);
   for (uint64_t i = 0; i < n; ++i) RETURN_IF_ERROR(ReadValue(c, out->element_type, key, depth + 1, &out->array[i]));
   return absl::OkStatus();
 }
 
-absl::Status ReadValue(Cursor& c, Type type, const std::string& key, int depth, GgufValue* out) {
+absl::Status ReadValue(GgufCursor& c, Type type, const std::string& key, int depth, GgufValue* out) {
   out->type = type;
   switch (type) {
 #define ADAPTD_GGUF_INT(T, field, ctype)                       \
@@ -180,11 +193,14 @@ GgufFile::~GgufFile() {
   if (map_ != nullptr) ::munmap(map_, map_size_);
 }
 
+absl::Status GgufFile::Corrupt(const std::string& what) const {
+  return absl::DataLossError(absl::StrCat("GGUF file ", path_, ": ", what));
+}
+
 absl::Status GgufFile::Parse() {
   const auto* begin = static_cast<const std::byte*>(map_);
-  Cursor c(begin, begin + map_size_, path_);
-  auto bad = [this](const std::string& what) { return absl::DataLossError(absl::StrCat("GGUF file ", path_, ": ", what)); };
-  if (map_size_ < 4 || std::memcmp(begin, "GGUF", 4) != 0) return bad("bad magic (not a GGUF file)");
+  GgufCursor c(begin, begin + map_size_, path_);
+  if (map_size_ < 4 || std::memcmp(begin, "GGUF", 4) != 0) return Corrupt("bad magic (not a GGUF file)");
   c.Read<uint32_t>("magic").IgnoreError();
   ASSIGN_OR_RETURN(version_, c.Read<uint32_t>("version"));
   if (version_ != 2 && version_ != 3) {
@@ -193,82 +209,90 @@ absl::Status GgufFile::Parse() {
   ASSIGN_OR_RETURN(uint64_t n_tensors, c.Read<uint64_t>("tensor count"));
   ASSIGN_OR_RETURN(uint64_t n_keys, c.Read<uint64_t>("metadata count"));
   if (n_tensors > kMaxTensors || n_keys > kMaxKeys) {
-    return bad(absl::StrCat(n_tensors, " tensors and ", n_keys, " metadata keys exceed the reader's bounds"));
+    return Corrupt(absl::StrCat(n_tensors, " tensors and ", n_keys, " metadata keys exceed the reader's bounds"));
   }
   for (uint64_t k = 0; k < n_keys; ++k) {
     ASSIGN_OR_RETURN(std::string key, c.ReadString("a metadata key"));
     ASSIGN_OR_RETURN(uint32_t type, c.Read<uint32_t>(key + " type"));
-    if (type > static_cast<uint32_t>(Type::kF64)) return bad(absl::StrCat("metadata ", key, ": unknown value type ", type));
+    if (type > static_cast<uint32_t>(Type::kF64)) return Corrupt(absl::StrCat("metadata ", key, ": unknown value type ", type));
     GgufValue v;
     RETURN_IF_ERROR(ReadValue(c, static_cast<Type>(type), key, 0, &v));
-    if (!metadata_.emplace(key, std::move(v)).second) {
-      return absl::InvalidArgumentError(absl::StrCat("GGUF file ", path_, ": duplicate metadata key ", key));
-    }
+    if (!metadata_.emplace(key, std::move(v)).second) return Corrupt(absl::StrCat("duplicate metadata key ", key));
   }
   uint64_t alignment = kDefaultAlignment;
   if (const GgufValue* a = Find("general.alignment")) {
     if (a->type != Type::kU32 || a->u == 0 || (a->u & (a->u - 1)) != 0) {
-      return bad("general.alignment must be a power of two (uint32)");
+      return Corrupt("general.alignment must be a power of two (uint32)");
     }
     alignment = a->u;
   }
-  struct Info {
-    uint64_t offset;
-  };
-  std::vector<Info> offsets;
-  for (uint64_t t = 0; t < n_tensors; ++t) {
-    GgufTensor tensor;
-    ASSIGN_OR_RETURN(tensor.name, c.ReadString("a tensor name"));
-    ASSIGN_OR_RETURN(uint32_t n_dims, c.Read<uint32_t>(tensor.name + " dimension count"));
-    if (n_dims == 0 || n_dims > kMaxDims) return bad(absl::StrCat("tensor ", tensor.name, " has ", n_dims, " dimensions"));
-    uint64_t numel = 1;
-    for (uint32_t i = 0; i < n_dims; ++i) {
-      ASSIGN_OR_RETURN(uint64_t d, c.Read<uint64_t>(tensor.name + " dimension"));
-      if (d == 0 || d > (uint64_t{1} << 40) || numel > (uint64_t{1} << 40) / d) {
-        return bad(absl::StrCat("tensor ", tensor.name, " has a dimension of ", d, " (too large or zero)"));
-      }
-      numel *= d;
-      tensor.dims.push_back(static_cast<int64_t>(d));
+  std::vector<uint64_t> offsets;
+  for (uint64_t t = 0; t < n_tensors; ++t) RETURN_IF_ERROR(ParseTensorInfo(c, alignment, &offsets));
+  return PlaceTensors(offsets, (c.offset() + alignment - 1) / alignment * alignment);
+}
+
+// One tensor description: name, dimensions (each and their product bounded), type, offset.
+absl::Status GgufFile::ParseTensorInfo(GgufCursor& c, uint64_t alignment, std::vector<uint64_t>* offsets) {
+  GgufTensor tensor;
+  ASSIGN_OR_RETURN(tensor.name, c.ReadString("a tensor name"));
+  ASSIGN_OR_RETURN(uint32_t n_dims, c.Read<uint32_t>(tensor.name + " dimension count"));
+  if (n_dims == 0 || n_dims > kMaxDims) return Corrupt(absl::StrCat("tensor ", tensor.name, " has ", n_dims, " dimensions"));
+  uint64_t numel = 1;
+  for (uint32_t i = 0; i < n_dims; ++i) {
+    ASSIGN_OR_RETURN(uint64_t d, c.Read<uint64_t>(tensor.name + " dimension"));
+    if (d == 0 || d > (uint64_t{1} << 40) || numel > (uint64_t{1} << 40) / d) {
+      return Corrupt(absl::StrCat("tensor ", tensor.name, " has a dimension of ", d, " (too large or zero)"));
     }
-    ASSIGN_OR_RETURN(tensor.type, c.Read<uint32_t>(tensor.name + " type"));
-    ASSIGN_OR_RETURN(uint64_t offset, c.Read<uint64_t>(tensor.name + " offset"));
-    auto block = GgmlBlockOf(tensor.type);
-    if (!block) {
-      return absl::UnimplementedError(absl::StrCat("GGUF file ", path_, ": tensor ", tensor.name,
-                                                   " has ggml type ", tensor.type, ", which the engine does not read"));
-    }
-    if (tensor.dims[0] % block->elements != 0) {
-      return bad(absl::StrCat("tensor ", tensor.name, ": rows of ", tensor.dims[0], " are not whole ",
-                              GgmlTypeName(tensor.type), " blocks of ", block->elements));
-    }
-    tensor.nbytes = numel / block->elements * block->bytes;
-    if (offset % alignment != 0) return bad(absl::StrCat("tensor ", tensor.name, " is not aligned to ", alignment));
-    offsets.push_back({offset});
-    if (!tensor_index_.emplace(tensor.name, tensors_.size()).second) {
-      return absl::InvalidArgumentError(absl::StrCat("GGUF file ", path_, ": duplicate tensor ", tensor.name));
-    }
-    tensors_.push_back(std::move(tensor));
+    numel *= d;
+    tensor.dims.push_back(static_cast<int64_t>(d));
   }
-  const uint64_t data_start = (c.offset() + alignment - 1) / alignment * alignment;
-  if (n_tensors > 0 && data_start > map_size_) return bad("tensor data section starts past the end of the file");
-  const uint64_t data_size = n_tensors > 0 ? map_size_ - data_start : 0;
-  // Ranges sorted by offset must not overlap (each tensor owns its bytes).
+  ASSIGN_OR_RETURN(tensor.type, c.Read<uint32_t>(tensor.name + " type"));
+  ASSIGN_OR_RETURN(uint64_t offset, c.Read<uint64_t>(tensor.name + " offset"));
+  auto block = GgmlBlockOf(tensor.type);
+  if (!block) {
+    return absl::UnimplementedError(absl::StrCat("GGUF file ", path_, ": tensor ", tensor.name, " has ggml type ",
+                                                 tensor.type, ", which the engine does not read"));
+  }
+  if (tensor.dims[0] % block->elements != 0) {
+    return Corrupt(absl::StrCat("tensor ", tensor.name, ": rows of ", tensor.dims[0], " are not whole ",
+                                GgmlTypeName(tensor.type), " blocks of ", block->elements));
+  }
+  tensor.nbytes = numel / block->elements * block->bytes;  // < 2^48: numel <= 2^40
+  if (offset % alignment != 0) return Corrupt(absl::StrCat("tensor ", tensor.name, " is not aligned to ", alignment));
+  if (!tensor_index_.emplace(tensor.name, tensors_.size()).second) {
+    return Corrupt(absl::StrCat("duplicate tensor ", tensor.name));
+  }
+  offsets->push_back(offset);
+  tensors_.push_back(std::move(tensor));
+  return absl::OkStatus();
+}
+
+// Points each tensor at its bytes: inside the data section, which starts at `data_start`, and
+// not overlapping another's.
+absl::Status GgufFile::PlaceTensors(const std::vector<uint64_t>& offsets, uint64_t data_start) {
+  if (tensors_.empty()) return absl::OkStatus();
+  if (data_start > map_size_) return Corrupt("tensor data section starts past the end of the file");
+  const uint64_t data_size = map_size_ - data_start;
   std::vector<std::pair<uint64_t, uint64_t>> ranges;
   for (size_t t = 0; t < tensors_.size(); ++t) {
     GgufTensor& tensor = tensors_[t];
-    const uint64_t offset = offsets[t].offset;
+    const uint64_t offset = offsets[t];
     if (offset > data_size || tensor.nbytes > data_size - offset) {
-      return bad(absl::StrCat("tensor ", tensor.name, ": bytes [", offset, ", ", offset + tensor.nbytes,
-                              ") lie outside the data section of ", data_size, " bytes (truncated file?)"));
+      return Corrupt(absl::StrCat("tensor ", tensor.name, ": bytes [", offset, ", ", offset + tensor.nbytes,
+                                  ") lie outside the data section of ", data_size, " bytes (truncated file?)"));
     }
-    tensor.data = begin + data_start + offset;
+    tensor.data = static_cast<const std::byte*>(map_) + data_start + offset;
     ranges.emplace_back(offset, offset + tensor.nbytes);
   }
   std::sort(ranges.begin(), ranges.end());
   for (size_t i = 1; i < ranges.size(); ++i) {
-    if (ranges[i].first < ranges[i - 1].second) return bad("two tensors overlap in the data section");
+    if (ranges[i].first < ranges[i - 1].second) return Corrupt("two tensors overlap in the data section");
   }
   return absl::OkStatus();
+}
+
+void GgufFile::ReleasePages() const {
+  if (map_ != nullptr) ::madvise(map_, map_size_, MADV_DONTNEED);
 }
 
 const GgufValue* GgufFile::Find(const std::string& key) const {
@@ -296,7 +320,10 @@ absl::StatusOr<double> GgufFile::GetFloat(const std::string& key) const {
   const GgufValue* v = Find(key);
   if (v == nullptr) return absl::NotFoundError(absl::StrCat("GGUF file ", path_, " lacks metadata ", key));
   if (v->IsFloat()) return v->f;
-  if (v->IsInteger()) return static_cast<double>(GetInt(key).value_or(0));
+  if (v->IsInteger()) {
+    const bool is_unsigned = v->type == Type::kU8 || v->type == Type::kU16 || v->type == Type::kU32 || v->type == Type::kU64;
+    return is_unsigned ? static_cast<double>(v->u) : static_cast<double>(v->i);
+  }
   return absl::InvalidArgumentError(absl::StrCat("GGUF metadata ", key, " is not a number"));
 }
 

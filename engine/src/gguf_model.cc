@@ -1,14 +1,14 @@
 // GGUF metadata to config.json fields, and GGUF tensor names to HF names.
 #include "gguf_model.h"
 
-#include <fstream>
+#include <cmath>
 #include <set>
-#include <sstream>
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "model_files.h"
 #include "status_macros.h"
 
 namespace adaptd::engine {
@@ -29,11 +29,8 @@ const std::set<std::string>& KnownArchKeys() {
 }
 
 absl::StatusOr<json> ReadTttJson(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path));
-  std::stringstream text;
-  text << in.rdbuf();
-  json j = json::parse(text.str(), nullptr, /*allow_exceptions=*/false);
+  ASSIGN_OR_RETURN(std::string text, ReadTextFile(path));
+  json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (!j.is_object()) return absl::InvalidArgumentError(absl::StrCat(path, ": not a JSON object"));
   static const std::set<std::string> kFields = {"ttt_mode", "ttt_layers", "ttt_chunk", "ttt_lr", "ttt_proj", "ttt_target"};
   for (const auto& [k, v] : j.items()) {
@@ -41,6 +38,10 @@ absl::StatusOr<json> ReadTttJson(const std::string& path) {
       return absl::InvalidArgumentError(absl::StrCat(path, ": unknown field '", k,
                                                      "' (ttt_mode, ttt_layers, ttt_chunk, ttt_lr, ttt_proj, ttt_target)"));
     }
+  }
+  if (j.value("ttt_mode", false) == true) {
+    return absl::UnimplementedError(absl::StrCat(path, ": ttt_mode true needs trained TTT modules, which a GGUF file "
+                                                 "does not hold (In-Place adapters beside a GGUF base are not read yet)"));
   }
   return j;
 }
@@ -78,7 +79,9 @@ absl::StatusOr<json> GgufConfigJson(const GgufFile& f, const std::string& ttt_js
   ASSIGN_OR_RETURN(int64_t heads, required("attention.head_count"));
   if (heads <= 0 || d % heads != 0) {
     // head_dim may differ from d / heads (Qwen3), but its default needs them to divide.
-    if (f.Find(a + "attention.key_length") == nullptr) return absl::InvalidArgumentError("GGUF: head count must divide the width");
+    if (f.Find(a + "attention.key_length") == nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat("GGUF file ", f.path(), ": the head count must divide the width"));
+    }
   }
   ASSIGN_OR_RETURN(int64_t kv_heads, optional_int("attention.head_count_kv", heads));
   ASSIGN_OR_RETURN(int64_t head_dim, optional_int("attention.key_length", heads > 0 ? d / heads : 0));
@@ -98,14 +101,22 @@ absl::StatusOr<json> GgufConfigJson(const GgufFile& f, const std::string& ttt_js
   if (f.Find(a + "rope.scaling.factor") != nullptr) {
     ASSIGN_OR_RETURN(factor, f.GetFloat(a + "rope.scaling.factor"));
   }
-  if (scaling != "none" || factor != 1.0) {
-    return Unimplemented(f.path(), absl::StrCat("RoPE scaling '", scaling, "' with factor ", factor));
+  double attn_factor = 1.0;
+  if (f.Find(a + "rope.scaling.attn_factor") != nullptr) {
+    ASSIGN_OR_RETURN(attn_factor, f.GetFloat(a + "rope.scaling.attn_factor"));
+  }
+  if (scaling != "none" || factor != 1.0 || attn_factor != 1.0) {
+    return Unimplemented(f.path(), absl::StrCat("RoPE scaling '", scaling, "' with factor ", factor,
+                                                " and attention factor ", attn_factor));
   }
   double theta = 10000.0, eps = 0;
   if (f.Find(a + "rope.freq_base") != nullptr) {
     ASSIGN_OR_RETURN(theta, f.GetFloat(a + "rope.freq_base"));
   }
   ASSIGN_OR_RETURN(eps, f.GetFloat(a + "attention.layer_norm_rms_epsilon"));
+  if (!std::isfinite(theta) || !std::isfinite(eps)) {
+    return absl::InvalidArgumentError(absl::StrCat("GGUF file ", f.path(), ": rope.freq_base and the RMS epsilon must be finite"));
+  }
   ASSIGN_OR_RETURN(int64_t context, optional_int("context_length", 4096));
   const GgufTensor* embed = f.FindTensor("token_embd.weight");
   if (embed == nullptr) return absl::NotFoundError(absl::StrCat("GGUF file ", f.path(), " lacks tensor token_embd.weight"));
@@ -122,9 +133,8 @@ absl::StatusOr<json> GgufConfigJson(const GgufFile& f, const std::string& ttt_js
   j["vocab_size"] = vocab;
   j["tie_word_embeddings"] = f.FindTensor("output.weight") == nullptr;
   j["torch_dtype"] = "float32";
-  if (ttt_json.empty()) {
-    j["ttt_layers"] = json::array();  // not defaulted: ntp_gradient needs them named
-  } else {
+  j["ttt_layers"] = json::array();  // not defaulted: ntp_gradient needs them named
+  if (!ttt_json.empty()) {
     ASSIGN_OR_RETURN(json ttt, ReadTttJson(ttt_json));
     j.update(ttt);
   }
@@ -156,7 +166,9 @@ absl::StatusOr<std::map<std::string, GgufSource>> GgufTensorsByHfName(const Gguf
     } else {
       std::vector<std::string> parts = absl::StrSplit(t.name, '.');
       int layer = -1;
-      if (parts.size() == 4 && parts[0] == "blk" && absl::SimpleAtoi(parts[1], &layer) && parts[3] == "weight") {
+      // The layer number as llama.cpp writes it ("01" or "+1" would alias layer 1).
+      if (parts.size() == 4 && parts[0] == "blk" && absl::SimpleAtoi(parts[1], &layer) &&
+          absl::StrCat(layer) == parts[1] && parts[3] == "weight") {
         for (const auto& [g, h] : kLayer) {
           if (parts[2] == g) hf = absl::StrCat("model.layers.", layer, ".", h, ".weight");
         }
@@ -167,7 +179,9 @@ absl::StatusOr<std::map<std::string, GgufSource>> GgufTensorsByHfName(const Gguf
     if (hf.empty()) {
       return absl::InvalidArgumentError(absl::StrCat("GGUF file ", f.path(), ": tensor ", t.name, " is not one the engine reads"));
     }
-    out[hf] = GgufSource{&t, heads};
+    if (!out.emplace(hf, GgufSource{&t, heads}).second) {
+      return absl::InvalidArgumentError(absl::StrCat("GGUF file ", f.path(), ": two tensors map to ", hf));
+    }
   }
   return out;
 }

@@ -18,7 +18,8 @@ namespace adaptd::engine {
 // the ttt_* fields of `ttt_json` (a file of only those fields) or, without one, no TTT layers:
 // a GGUF model's TTT settings are never defaulted. Every `<arch>.*` key is mapped or refused:
 // UNIMPLEMENTED names an architecture, key or value that would change the math unimplemented
-// (RoPE scaling, partial rotary, MoE, ...); INVALID_ARGUMENT a missing or ill-typed key.
+// (RoPE scaling, partial rotary, MoE, ...); NOT_FOUND a missing key; INVALID_ARGUMENT an
+// ill-typed or non-finite one, or a bad ttt.json.
 absl::StatusOr<nlohmann::json> GgufConfigJson(const GgufFile& file, const std::string& ttt_json);
 
 // A tensor of the checkpoint under its HF name.

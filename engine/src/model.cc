@@ -62,6 +62,14 @@ Model::Model(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Model::~Model() = default;
 
 absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& dir, const LoadOptions& options) {
+  try {
+    return LoadImpl(dir, options);
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError(absl::StrCat("loading ", dir, ": out of memory"));
+  }
+}
+
+absl::StatusOr<std::unique_ptr<Model>> Model::LoadImpl(const std::string& dir, const LoadOptions& options) {
   auto impl = std::make_unique<Impl>();
   ASSIGN_OR_RETURN(ModelFiles files, FindModelFiles(dir, options.ttt_config));
   std::string config_json;
@@ -89,6 +97,7 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& dir, const
   try {
     at::NoGradGuard no_grad;
     RETURN_IF_ERROR(LoadWeights(files, config_json, *impl));
+    if (impl->gguf != nullptr) impl->gguf->ReleasePages();  // the weights are dequantized now
     if (options.few_rows_as_gemm) impl->few_rows_as_gemm = *options.few_rows_as_gemm && impl->device.is_cpu();
     if (options.edit_config) options.edit_config(impl->config);
     impl->inv_freq = RopeInvFreq(impl->config).to(impl->device);

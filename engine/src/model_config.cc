@@ -2,13 +2,12 @@
 #include "adaptd/engine/model_config.h"
 
 #include <cmath>
-#include <fstream>
 #include <set>
-#include <sstream>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "nlohmann/json.hpp"
+#include "model_files.h"
 #include "status_macros.h"
 
 namespace adaptd::engine {
@@ -185,11 +184,9 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text) {
 }
 
 absl::StatusOr<std::string> ReadConfigJson(const std::string& dir) {
-  std::ifstream in(dir + "/config.json");
-  if (!in) return absl::NotFoundError(absl::StrCat("no config.json in ", dir));
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
+  auto text = ReadTextFile(dir + "/config.json");
+  if (!text.ok()) return absl::NotFoundError(absl::StrCat("no config.json in ", dir));
+  return text;
 }
 
 }  // namespace adaptd::engine

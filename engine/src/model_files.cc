@@ -2,6 +2,8 @@
 #include "model_files.h"
 
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <system_error>
 #include <vector>
 
@@ -9,6 +11,14 @@
 #include "absl/strings/str_join.h"
 
 namespace adaptd::engine {
+
+absl::StatusOr<std::string> ReadTextFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path));
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
 
 absl::StatusOr<ModelFiles> FindModelFiles(const std::string& path, const std::string& ttt_json) {
   namespace fs = std::filesystem;

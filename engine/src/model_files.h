@@ -16,6 +16,9 @@ struct ModelFiles {
   std::string ttt_json;  // a GGUF model's TTT settings; empty when it has none
 };
 
+// The bytes of the file at `path`; NOT_FOUND when it cannot be read.
+absl::StatusOr<std::string> ReadTextFile(const std::string& path);
+
 // NOT_FOUND when `path` is neither an HF directory (with config.json) nor a .gguf file nor a
 // directory holding exactly one; INVALID_ARGUMENT for a directory holding several. `ttt_json`
 // (LoadOptions::ttt_config) overrides <dir>/ttt.json for a GGUF model and is refused for an HF

@@ -34,7 +34,8 @@ struct Model::Impl {
   at::Tensor inv_freq;                        // [hd/2] fp32
   at::Tensor rope_cos, rope_sin;              // [rows, hd] in the model dtype for positions < rows
   bool few_rows_as_gemm = false;              // CPU weights past the cache: see Linear in forward.cc
-  // A GGUF checkpoint's file: its raw (quantized) blocks stay reachable after load.
+  // A GGUF checkpoint's file: its raw (quantized) blocks stay reachable after load, for a frozen
+  // base kept quantized (the mapping holds no resident pages once the weights are dequantized).
   std::shared_ptr<const GgufFile> gguf;
 };
 

@@ -3,14 +3,13 @@
 #include "adaptd/engine/tokenizer.h"
 
 #include <cstring>
-#include <fstream>
 #include <map>
 #include <optional>
-#include <sstream>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "nlohmann/json.hpp"
+#include "model_files.h"
 #include "status_macros.h"
 #include "tokenizer_pipeline.h"
 #include "unicode.h"
@@ -267,11 +266,8 @@ Tokenizer::Tokenizer() = default;
 Tokenizer::~Tokenizer() = default;
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path));
-  std::stringstream text;
-  text << in.rdbuf();
-  return FromJson(text.str(), path);
+  ASSIGN_OR_RETURN(std::string text, ReadTextFile(path));
+  return FromJson(text, path);
 }
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromJson(std::string_view text, const std::string& path) {

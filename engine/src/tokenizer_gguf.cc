@@ -1,7 +1,5 @@
 // The tokenizer of a GGUF file: its tokenizer.ggml.* metadata written as the tokenizer.json the
 // same vocabulary would have, then loaded by the one tokenizer.json path (tokenizer.cc).
-#include <fstream>
-#include <sstream>
 #include <string>
 
 #include "absl/strings/str_cat.h"
@@ -31,16 +29,23 @@ json Split(KnownSplit which) {
           {"invert", false}};
 }
 
-// The pre-tokenizer HF's tokenizer.json has for llama.cpp's pre-tokenizer name.
-absl::StatusOr<json> PreTokenizer(const std::string& pre, const std::string& path) {
+struct Front {
+  json normalizer, pre_tokenizer;
+};
+
+// The normalizer and pre-tokenizer HF's tokenizer.json has for llama.cpp's pre-tokenizer name.
+absl::StatusOr<Front> PreTokenizer(const std::string& pre, const std::string& path) {
   if (pre == "smollm") {
-    return json{{"type", "Sequence"},
-                {"pretokenizers", {{{"type", "Digits"}, {"individual_digits", true}}, ByteLevel(true)}}};
+    return Front{nullptr, {{"type", "Sequence"},
+                           {"pretokenizers", {{{"type", "Digits"}, {"individual_digits", true}}, ByteLevel(true)}}}};
   }
-  if (pre == "gpt-2") return ByteLevel(true);
-  if (pre == "qwen2") return json{{"type", "Sequence"}, {"pretokenizers", {Split(KnownSplit::kQwen2), ByteLevel(false)}}};
+  if (pre == "gpt-2") return Front{nullptr, ByteLevel(true)};
+  if (pre == "qwen2") {  // Qwen2/2.5/3 normalise to NFC first
+    return Front{{{"type", "NFC"}},
+                 {{"type", "Sequence"}, {"pretokenizers", {Split(KnownSplit::kQwen2), ByteLevel(false)}}}};
+  }
   if (pre == "llama-bpe" || pre == "llama3") {
-    return json{{"type", "Sequence"}, {"pretokenizers", {Split(KnownSplit::kLlama3), ByteLevel(false)}}};
+    return Front{nullptr, {{"type", "Sequence"}, {"pretokenizers", {Split(KnownSplit::kLlama3), ByteLevel(false)}}}};
   }
   return absl::UnimplementedError(absl::StrCat("GGUF file ", path, ": pre-tokenizer '", pre,
                                                "' (smollm, gpt-2, qwen2 and llama-bpe are read)"));
@@ -55,7 +60,7 @@ absl::StatusOr<std::string> GgufTokenizerJson(const GgufFile& f) {
   if (f.Find("tokenizer.ggml.pre") != nullptr) {
     ASSIGN_OR_RETURN(pre, f.GetString("tokenizer.ggml.pre"));
   }
-  ASSIGN_OR_RETURN(json pre_tokenizer, PreTokenizer(pre, f.path()));
+  ASSIGN_OR_RETURN(Front front, PreTokenizer(pre, f.path()));
   ASSIGN_OR_RETURN(const auto* tokens, f.GetArray("tokenizer.ggml.tokens", VType::kString));
   const std::vector<GgufValue>* types = nullptr;
   if (f.Find("tokenizer.ggml.token_type") != nullptr) {
@@ -84,8 +89,8 @@ absl::StatusOr<std::string> GgufTokenizerJson(const GgufFile& f) {
   }
   json j = {{"version", "1.0"},
             {"added_tokens", added},
-            {"normalizer", nullptr},
-            {"pre_tokenizer", pre_tokenizer},
+            {"normalizer", front.normalizer},
+            {"pre_tokenizer", front.pre_tokenizer},
             {"decoder", {{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", true}, {"use_regex", true}}},
             {"model", {{"type", "BPE"}, {"dropout", nullptr}, {"unk_token", nullptr}, {"fuse_unk", false},
                        {"byte_fallback", false}, {"ignore_merges", false}, {"vocab", vocab}, {"merges", merges}}}};
@@ -99,14 +104,19 @@ absl::StatusOr<std::string> GgufTokenizerJson(const GgufFile& f) {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::LoadForModel(const std::string& model_path) {
+  try {
+    return LoadForModelImpl(model_path);
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError(absl::StrCat("loading the tokenizer of ", model_path, ": out of memory"));
+  }
+}
+
+absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::LoadForModelImpl(const std::string& model_path) {
   ASSIGN_OR_RETURN(ModelFiles files, FindModelFiles(model_path));
   if (files.gguf.empty()) {
     ASSIGN_OR_RETURN(auto tokenizer, Load(files.dir + "/tokenizer.json"));
-    std::ifstream in(files.dir + "/tokenizer_config.json");
-    if (in) {
-      std::stringstream text;
-      text << in.rdbuf();
-      const json config = json::parse(text.str(), nullptr, /*allow_exceptions=*/false);
+    if (auto text = ReadTextFile(files.dir + "/tokenizer_config.json"); text.ok()) {
+      const json config = json::parse(*text, nullptr, /*allow_exceptions=*/false);
       if (config.is_object() && config.contains("chat_template") && config["chat_template"].is_string()) {
         tokenizer->chat_template_ = config["chat_template"].get<std::string>();
       }

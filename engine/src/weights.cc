@@ -75,7 +75,8 @@ absl::StatusOr<std::vector<std::unique_ptr<SafetensorsFile>>> OpenFiles(const st
 }
 
 // One tensor of a checkpoint file under its HF name: what identifies it (for the fingerprint),
-// its HF shape, and how to read it as a CPU tensor in that shape.
+// its HF shape, whether it holds floating-point weights, and how to read it as a CPU tensor in
+// that shape.
 struct SourceTensor {
   std::string file_name;     // as the file names it
   std::string type;          // "F32", "BF16", "Q4_1", ...
@@ -83,7 +84,8 @@ struct SourceTensor {
   std::vector<int64_t> shape;  // HF layout
   const std::byte* data;
   size_t nbytes;
-  std::function<at::Tensor()> read;
+  bool weights;  // F32, BF16, F16 or a quantized float type: loadable
+  std::function<absl::StatusOr<at::Tensor>()> read;
 };
 
 std::map<std::string, SourceTensor> SafetensorsSources(const std::vector<std::unique_ptr<SafetensorsFile>>& files) {
@@ -91,9 +93,12 @@ std::map<std::string, SourceTensor> SafetensorsSources(const std::vector<std::un
   for (const auto& f : files) {
     for (const auto& [name, view] : f->tensors()) {
       const TensorView* v = &view;
-      out[name] = SourceTensor{name, DTypeName(v->dtype), v->shape, v->shape, v->data, v->nbytes, [v] {
-        return at::from_blob(const_cast<std::byte*>(v->data), v->shape, at::TensorOptions().dtype(ToScalarType(v->dtype)));
-      }};
+      const bool weights = v->dtype == DType::kF32 || v->dtype == DType::kBF16 || v->dtype == DType::kF16;
+      out[name] = SourceTensor{name, DTypeName(v->dtype), v->shape, v->shape, v->data, v->nbytes, weights,
+                               [v]() -> absl::StatusOr<at::Tensor> {
+                                 return at::from_blob(const_cast<std::byte*>(v->data), v->shape,
+                                                      at::TensorOptions().dtype(ToScalarType(v->dtype)));
+                               }};
     }
   }
   return out;
@@ -106,11 +111,15 @@ absl::StatusOr<std::map<std::string, SourceTensor>> GgufSources(const GgufFile& 
   for (const auto& [name, src] : by_name) {
     const GgufTensor* t = src.tensor;
     const int64_t heads = src.permuted_heads;
-    out[name] = SourceTensor{t->name, GgmlTypeName(t->type), t->dims, t->Shape(), t->data, t->nbytes, [t, heads] {
+    out[name] = SourceTensor{t->name, GgmlTypeName(t->type), t->dims, t->Shape(), t->data, t->nbytes, true,
+                             [t, heads]() -> absl::StatusOr<at::Tensor> {
       at::Tensor x = at::empty(t->Shape(), at::kFloat);
-      Dequantize(*t, x.data_ptr<float>()).IgnoreError();  // the type and size were checked by Open
-      if (heads > 0 && x.dim() == 2 && x.size(0) % (2 * heads) == 0) {
+      RETURN_IF_ERROR(Dequantize(*t, x.data_ptr<float>()));
+      if (heads > 0) {
         // Per head the converter stored rows [h, 2, hd/2] as [h, hd/2, 2]: swap them back.
+        if (x.dim() != 2 || x.size(0) % (2 * heads) != 0) {
+          return absl::InvalidArgumentError(absl::StrCat("tensor ", t->name, ": rows do not split into ", heads, " heads"));
+        }
         const int64_t rows = x.size(0), cols = x.size(1);
         x = x.view({heads, rows / heads / 2, 2, cols}).transpose(1, 2).reshape({rows, cols});
       }
@@ -135,11 +144,12 @@ class TensorLoader {
       return absl::InvalidArgumentError(absl::StrFormat("tensor %s has shape [%s], expected [%s]", Describe(name, s), Join(s.shape),
                                                         Join(shape)));
     }
-    if (s.type == "F64" || s.type[0] == 'I' || s.type[0] == 'U' || s.type == "BOOL") {
+    if (!s.weights) {
       return absl::InvalidArgumentError(absl::StrCat("tensor ", Describe(name, s), " has dtype ", s.type,
-                                                     "; a float or quantized type expected"));
+                                                     "; F32, BF16, F16 or a GGUF weight type expected"));
     }
-    return s.read().to(device_, dtype_, /*non_blocking=*/false, /*copy=*/true);
+    ASSIGN_OR_RETURN(at::Tensor x, s.read());
+    return x.to(device_, dtype_, /*non_blocking=*/false, /*copy=*/true);
   }
 
   bool Has(const std::string& name) const { return sources_.count(name) > 0; }

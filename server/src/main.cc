@@ -32,7 +32,7 @@
 #include "logging.h"
 #include "service.h"
 
-ABSL_FLAG(std::string, model, "models/adaptd-tiny-ttt",
+ABSL_FLAG(std::string, model, "models/smollm2-135m-instruct",
           "checkpoint: an HF directory (config.json, safetensors, tokenizer.json), a .gguf file, or a directory "
           "holding one (and its ttt.json)");
 ABSL_FLAG(std::string, ttt_config, "",

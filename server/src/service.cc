@@ -238,11 +238,15 @@ absl::Status AdaptdService::StartScore(const std::string& tenant, const v1::Scor
   auto slot = quotas_.BeginTurn(tenant);  // a score holds a copy of the session: bounded like turns
   if (!slot.ok()) return slot.status();
   const session_store::SessionKey key{tenant, req.session_id()};
-  const auto too_long = absl::InvalidArgumentError("text: longer than the session's context");
+  const auto too_long = absl::InvalidArgumentError("text: longer than the session's context (beside its system prompt)");
+  // The window keeps the pinned system prompt whatever leaves it.
+  auto does_not_fit = [n = static_cast<int64_t>(ids->size())](const LiveSession& s) {
+    return s.PinnedTokens() + n > s.max_context_tokens;
+  };
   if (!req.adapt()) {  // on a copy: the session is untouched
     auto copy = sessions_.Clone(key);
     if (!copy.ok()) return copy.status();
-    if (static_cast<int64_t>(ids->size()) > (*copy)->max_context_tokens) return too_long;
+    if (does_not_fit(**copy)) return too_long;
     scorer_.Post([this, reactor, resp, slot = *slot, ids = *std::move(ids),
                   copy = std::shared_ptr<LiveSession>(std::move(*copy))]() mutable {
       // The window as a turn of these tokens would find it, then the tokens.
@@ -266,7 +270,7 @@ absl::Status AdaptdService::StartScore(const std::string& tenant, const v1::Scor
       return absl::OkStatus();
     }
   }
-  if (static_cast<int64_t>(ids->size()) > (*live)->max_context_tokens) {
+  if (does_not_fit(**live)) {
     sessions_.Release(key);
     return too_long;
   }

@@ -38,10 +38,12 @@ bool SnapshotDue(const v1::SessionOptions& options, uint64_t version, uint64_t s
 }  // namespace
 
 // Turn event: 'T', flags (1 learned, 2 assistant open, 4 not kept in context, 8 the tokens after
-// the prompt not learned, 16 per-token prompt flags follow), prompt tokens u32, max new tokens
-// u32, token count u32, the tokens (int32, little-endian); with flag 16: a run count u32 and the
-// runs' lengths (u32), alternately learned and not, the first learned (it may be 0), summing to
-// the prompt. Reset: 'R'.
+// the prompt not learned, 16 per-token prompt flags follow, 32 a pinned system prompt opens the
+// prompt), prompt tokens u32, max new tokens u32, token count u32, the tokens (int32,
+// little-endian); with flag 32: the system prompt's token count u32; with flag 16: a run count
+// u32 and the runs' lengths (u32), alternately learned and not, the first learned (it may be 0),
+// summing to the prompt. Reset: 'R'. A binary older than flag 32 refuses such events (DATA_LOSS)
+// rather than misreading them.
 std::string EncodeEvent(const LogEvent& e) {
   std::string out(1, static_cast<char>(e.kind));
   if (e.kind == LogEvent::Kind::kReset) return out;
@@ -120,6 +122,10 @@ absl::Status SessionManager::FitWindow(LiveSession& session, int64_t prompt_toke
   size_t drop = pinned;
   while (drop < session.window.size() && used + prompt_tokens + max_new_tokens > session.max_context_tokens) {
     used -= static_cast<int64_t>(session.window[drop++].size());
+  }
+  if (used + prompt_tokens + max_new_tokens > session.max_context_tokens) {  // callers check first
+    return absl::InvalidArgumentError(absl::StrCat("the turn (", prompt_tokens, " tokens + ", max_new_tokens,
+                                                   " to generate) does not fit the context beside the system prompt"));
   }
   if (drop == pinned) return absl::OkStatus();
   session.window.erase(session.window.begin() + pinned, session.window.begin() + drop);

@@ -86,8 +86,9 @@ class SessionManager {
         observer_(std::move(observer)) {}
 
   // The window rule, before a turn of `prompt_tokens` with room for `max_new_tokens`: drops whole
-  // old turns until it fits and re-reads the rest without learning (positions from 0). A
-  // function of the log alone, so replay repeats it.
+  // old turns (never the pinned system prompt at the head) until it fits and re-reads the rest
+  // without learning (positions from 0). A function of the log alone, so replay repeats it.
+  // INVALID_ARGUMENT when even the system prompt alone leaves no room (callers check first).
   absl::Status FitWindow(LiveSession& session, int64_t prompt_tokens, int64_t max_new_tokens) const;
 
   // The session, loaded if needed, leased to the caller. ABORTED ("session busy") while another

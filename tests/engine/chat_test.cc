@@ -156,6 +156,20 @@ TEST(ChatTest, ThinkTokensTellQwen3FromPlainChatml) {
   EXPECT_EQ(ChatFormatName(ChatFormat::kChatml), "chatml");
 }
 
+TEST(ChatTest, DefaultSystemPromptIsTheTemplatesLiteral) {
+  // SmolLM2's template (newlines as characters), Qwen2.5's (the client's system message is an
+  // expression first, the default a literal after it; newlines escaped), and templates without.
+  EXPECT_EQ(DefaultSystemPrompt("{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\n"
+                                "You are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}"),
+            "You are a helpful AI assistant named SmolLM, trained by Hugging Face");
+  EXPECT_EQ(DefaultSystemPrompt("{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}{%- else %}"
+                                "{{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud.<|im_end|>\\n' }}"),
+            "You are Qwen, created by Alibaba Cloud.");
+  EXPECT_EQ(DefaultSystemPrompt("{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}"), "");
+  EXPECT_EQ(DefaultSystemPrompt(""), "");
+  EXPECT_EQ(DefaultSystemPrompt("<|im_start|>system\nunterminated"), "");
+}
+
 TEST(ChatTest, ErrorsAreSpecific) {
   auto qwen = LoadTokenizer(DefaultTokenizer());
   auto gpt2 = LoadTokenizer(Gpt2Tokenizer());

@@ -161,11 +161,20 @@ TEST(GgufTest, NamesWhatIsWrongWithABrokenFile) {
   GgufWriter twice;
   twice.F32Tensor("a", {4}, [](uint64_t) { return 1.0; });
   twice.F32Tensor("a", {4}, [](uint64_t) { return 1.0; });
-  ExpectError(twice.Bytes(), absl::StatusCode::kInvalidArgument, "duplicate tensor a");
+  ExpectError(twice.Bytes(), absl::StatusCode::kDataLoss, "duplicate tensor a");
   GgufWriter keys;
   keys.U32("k", 1);
   keys.U32("k", 2);
-  ExpectError(keys.Bytes(), absl::StatusCode::kInvalidArgument, "duplicate metadata key k");
+  ExpectError(keys.Bytes(), absl::StatusCode::kDataLoss, "duplicate metadata key k");
+  // Many one-byte array elements in a small file: refused before they are materialised.
+  GgufWriter many;
+  many.I32Array("k", std::vector<int32_t>((1 << 22) / 4 + 1, 0));
+  std::string m = many.Bytes();
+  const uint32_t u8 = 0;  // claim u8 elements: 4x as many fit in the bytes
+  const uint64_t count = (uint64_t{1} << 22) + 1;
+  std::memcpy(m.data() + 24 + 8 + 1 + 4, &u8, 4);
+  std::memcpy(m.data() + 24 + 8 + 1 + 4 + 4, &count, 8);
+  ExpectError(m, absl::StatusCode::kDataLoss, "exceeds the reader's bound");
   GgufWriter align;
   align.U32("general.alignment", 48);
   ExpectError(align.Bytes(), absl::StatusCode::kDataLoss, "power of two");
@@ -259,8 +268,12 @@ TEST(GgufTest, LoadsATinyLlamaAndRefusesWhatItCannotRun) {
           "partial rotary");
   refused([](GgufWriter& w) { w.F32Tensor("rope_freqs.weight", {8}, [](uint64_t) { return 1.0; }); },
           absl::StatusCode::kUnimplemented, "rope_freqs");
+  refused([](GgufWriter& w) { w.F32("llama.rope.scaling.attn_factor", 2.0f); }, absl::StatusCode::kUnimplemented,
+          "attention factor 2");
   refused([](GgufWriter& w) { w.F32Tensor("blk.0.attn_q.bias", {32}, [](uint64_t) { return 1.0; }); },
           absl::StatusCode::kInvalidArgument, "blk.0.attn_q.bias");
+  refused([](GgufWriter& w) { w.F32Tensor("blk.00.ffn_norm.weight", {32}, [](uint64_t) { return 1.0; }); },
+          absl::StatusCode::kInvalidArgument, "blk.00.ffn_norm.weight");
   TinyModel mamba;
   mamba.arch = "mamba";
   refused([](GgufWriter&) {}, absl::StatusCode::kUnimplemented, "architecture 'mamba'", mamba);
@@ -281,6 +294,12 @@ TEST(GgufTest, LoadsATinyLlamaAndRefusesWhatItCannotRun) {
   EXPECT_NE((*with)->fingerprint(), (*m)->fingerprint());
   std::ofstream(ttt) << R"({"ttt_layer": [0]})";
   EXPECT_EQ(LoadBytes(w.Bytes(), options).status().code(), absl::StatusCode::kInvalidArgument);
+  std::ofstream(ttt) << R"({"ttt_chunk": 16})";  // no layers named: none (not the HF default)
+  auto unnamed = LoadBytes(w.Bytes(), options);
+  ASSERT_TRUE(unnamed.ok()) << unnamed.status();
+  EXPECT_TRUE((*unnamed)->config().ttt.fast_layers.empty());
+  std::ofstream(ttt) << R"({"ttt_mode": true, "ttt_layers": [0]})";  // no trained modules in a GGUF
+  EXPECT_EQ(LoadBytes(w.Bytes(), options).status().code(), absl::StatusCode::kUnimplemented);
   std::filesystem::remove(ttt);
 }
 
@@ -295,6 +314,29 @@ TEST(GgufTest, TokenizerFromMetadata) {
   auto ids = (*tok)->Encode("abc");
   ASSERT_TRUE(ids.ok());
   EXPECT_EQ(*ids, (std::vector<int32_t>{15, 2}));  // "ab" by the merge, then "c"
+  // qwen2 normalises to NFC as Qwen's tokenizer.json does: a decomposed é encodes as é.
+  std::vector<std::string> alphabet;  // GPT-2's byte-level alphabet: every byte a token
+  for (int b = 0, shifted = 0; b < 256; ++b) {
+    const bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
+    const int cp = printable ? b : 256 + shifted++;
+    std::string s;
+    if (cp < 0x80) {
+      s = std::string(1, char(cp));
+    } else {
+      s = {char(0xC0 | (cp >> 6)), char(0x80 | (cp & 0x3F))};
+    }
+    alphabet.push_back(s);
+  }
+  GgufWriter qwen;
+  qwen.Str("tokenizer.ggml.model", "gpt2");
+  qwen.Str("tokenizer.ggml.pre", "qwen2");
+  qwen.StrArray("tokenizer.ggml.tokens", alphabet);
+  GgufWriter::Save(path, qwen.Bytes());
+  auto q = Tokenizer::LoadForModel(path);
+  ASSERT_TRUE(q.ok()) << q.status();
+  EXPECT_EQ((*q)->Encode("e\u0301").value(), (*q)->Encode("\u00e9").value());
+  EXPECT_EQ((*q)->Encode("\u00e9").value().size(), 2u);
+
   GgufWriter other;
   TinyModel().Write(other, /*tokenizer=*/false);
   other.Str("tokenizer.ggml.model", "gpt2");
@@ -547,6 +589,9 @@ TEST(GgufRealModelTest, TokenizerEqualsHfTokenizersOnTheOracleCorpus) {
   EXPECT_EQ((*tok)->TokenId("<|im_end|>"), special["eos"].get<int>());
   EXPECT_EQ(DefaultSystemPrompt((*tok)->chat_template()),
             "You are a helpful AI assistant named SmolLM, trained by Hugging Face");
+  // The same vocabulary as SmolLM2's own tokenizer.json layout (Digits in a Sequence) loads too.
+  auto json_tok = Tokenizer::Load(GgufFixture("real/tokenizer.json"));
+  ASSERT_TRUE(json_tok.ok()) << json_tok.status();
   const auto docs = ReadJsonFile(GgufFixture("real/token_docs.json"))["docs"];
   std::ifstream in(GgufFixture("real/token_ids.bin"), std::ios::binary);
   size_t checked = 0, differ = 0;
@@ -555,9 +600,11 @@ TEST(GgufRealModelTest, TokenizerEqualsHfTokenizersOnTheOracleCorpus) {
     in.read(reinterpret_cast<char*>(&n), 4);
     std::vector<int32_t> want(n);
     in.read(reinterpret_cast<char*>(want.data()), std::streamsize(n) * 4);
-    auto ids = (*tok)->Encode(doc.get<std::string>());
-    ASSERT_TRUE(ids.ok()) << ids.status();
-    if (*ids != want && ++differ <= 3) ADD_FAILURE() << "doc " << checked << " encodes differently";
+    for (const Tokenizer* t : {tok->get(), json_tok->get()}) {
+      auto ids = t->Encode(doc.get<std::string>());
+      ASSERT_TRUE(ids.ok()) << ids.status();
+      if (*ids != want && ++differ <= 3) ADD_FAILURE() << "doc " << checked << " encodes differently";
+    }
     ++checked;
   }
   EXPECT_EQ(differ, 0u);

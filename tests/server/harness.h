@@ -114,6 +114,8 @@ class Server {
   std::unique_ptr<v1::Adaptd::Stub> stub_;
 };
 
+inline std::string HttpGet(int port, const std::string& path);
+
 class ServerTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -153,6 +155,13 @@ class ServerTest : public ::testing::Test {
     auto s = server_->stub().GetSession(As(key).get(), req, &resp);
     if (out != nullptr) *out = resp;
     return s;
+  }
+
+  // An unlabelled metric's value from /metrics (-1 when absent).
+  double Metric(const std::string& name) {
+    const std::string body = HttpGet(server_->metrics_port(), "/metrics");
+    const size_t at = body.find("\n" + name + " ");
+    return at == std::string::npos ? -1 : std::strtod(body.c_str() + at + name.size() + 2, nullptr);
   }
 
   struct Turn {

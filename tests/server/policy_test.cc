@@ -29,11 +29,6 @@ class PolicyTest : public ServerTest {
     EXPECT_TRUE(Get("key-acme", id, &s).ok());
     return s.snapshot_version();
   }
-  double Metric(const std::string& name) {
-    const std::string body = HttpGet(server_->metrics_port(), "/metrics");
-    const size_t at = body.find("\n" + name + " ");
-    return at == std::string::npos ? -1 : std::strtod(body.c_str() + at + name.size() + 2, nullptr);
-  }
   // Kills the server (-9), restarts it and loads the session by a dry-run Score (which leaves it
   // unchanged): its learning state as the log and snapshots rebuild it.
   v1::SessionState CrashAndReload(const std::string& id) {

@@ -4,6 +4,8 @@
 // as an uninterrupted server does. The other integration tests use the tiny models (speed).
 #include <gtest/gtest.h>
 
+#include "adaptd/engine/chat.h"
+#include "adaptd/engine/tokenizer.h"
 #include "server/harness.h"
 
 namespace adaptd::server {
@@ -47,14 +49,27 @@ TEST_F(RealModelTest, ConversationContinuesIdenticallyAfterKillNine) {
   ASSERT_TRUE(Create("key-acme", "a", nullptr, "", 192).ok());
   ASSERT_TRUE(Create("key-acme", "b", nullptr, "", 192).ok());
   std::vector<Turn> uninterrupted;
-  int64_t updates = 0;
+  int64_t updates = 0, fed = 0;
   for (const auto& t : turns) {
     uninterrupted.push_back(Chat("key-acme", "a", t, 40));
     ASSERT_TRUE(uninterrupted.back().status.ok()) << uninterrupted.back().status.error_message();
     EXPECT_FALSE(uninterrupted.back().text.empty());
     updates += uninterrupted.back().usage.updates_applied();
+    fed += uninterrupted.back().usage.prompt_tokens() + uninterrupted.back().usage.completion_tokens();
   }
   EXPECT_GT(updates, 0);  // ntp_gradient learned chunks of the conversation
+  // Whole turns left the window; the model's system prompt (not learned) stayed at its head.
+  auto tok = engine::Tokenizer::LoadForModel(ADAPTD_MODEL);
+  ASSERT_TRUE(tok.ok());
+  auto renderer = engine::ChatRenderer::Create(**tok, engine::ChatFormat::kChatml);
+  const std::vector<engine::ChatMessage> sys = {{"system", kSmolSystem}};
+  const auto pinned = static_cast<int64_t>(renderer->Render(sys, true, false)->size());
+  v1::Session a;
+  ASSERT_TRUE(Get("key-acme", "a", &a).ok());
+  const int64_t first = uninterrupted[0].usage.prompt_tokens() + uninterrupted[0].usage.completion_tokens();
+  EXPECT_LE(a.state().context_tokens(), fed - first + pinned);  // the first turn left, but for the system prompt
+  EXPECT_GT(a.state().context_tokens(), pinned);
+  EXPECT_EQ(a.state().tokens_learned(), fed - pinned);
   for (size_t i = 0; i + 1 < turns.size(); ++i) ASSERT_TRUE(Chat("key-acme", "b", turns[i], 40).status.ok());
   v1::Session b;
   for (int i = 0; i < 200 && (Get("key-acme", "b", &b).ok() && b.snapshot_version() < turns.size() - 1); ++i) {

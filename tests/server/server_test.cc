@@ -86,13 +86,23 @@ TEST_F(ServerTest, ServerInfoDescribesTheModel) {
 
 // The system prompt opens a chat context, enters the window but not the fast weights, and the
 // window rule keeps it at the head while whole later turns leave: the session's counters follow
-// that rule exactly, turn by turn.
+// that rule exactly, turn by turn, and after kill -9 both a snapshot reload and a replay of the
+// whole log (SNAPSHOT_ON_EVICTION) continue with it.
 TEST_F(ServerTest, SystemPromptIsPinnedAtTheHeadOfTheWindow) {
   const std::string system = "You are a terse assistant of the kernel documentation.";
+  const std::vector<std::string> flags = {"--replica_id=r0", "--system_prompt=" + system};
   server_->Kill(SIGTERM);
-  server_->Start({"--replica_id=r0", "--system_prompt=" + system});
+  server_->Start(flags);
   constexpr int kWindow = 128, kMaxNew = 16;
-  ASSERT_TRUE(Create("key-acme", "p", nullptr, "", kWindow, "chatml").ok());
+  for (const char* id : {"snap", "replay"}) {
+    v1::CreateSessionRequest req;
+    req.set_session_id(id);
+    req.mutable_options()->set_max_context_tokens(kWindow);
+    req.mutable_options()->set_chat_format("chatml");
+    if (std::string(id) == "replay") req.mutable_options()->set_snapshot_policy(v1::SNAPSHOT_ON_EVICTION);
+    v1::Session resp;
+    ASSERT_TRUE(server_->stub().CreateSession(As("key-acme").get(), req, &resp).ok());
+  }
   auto tok = engine::Tokenizer::LoadForModel(ADAPTD_MODEL);
   ASSERT_TRUE(tok.ok());
   auto renderer = engine::ChatRenderer::Create(**tok, engine::ChatFormat::kChatml);
@@ -101,11 +111,17 @@ TEST_F(ServerTest, SystemPromptIsPinnedAtTheHeadOfTheWindow) {
   const int64_t pinned = static_cast<int64_t>(renderer->Render(sys, true, false)->size());
   std::vector<int64_t> entries;  // the window's turns as the rule keeps them; [0]: the system prompt
   int64_t fed = 0, dropped = 0;
-  for (int k = 0; k < 8; ++k) {
-    auto t = Chat("key-acme", "p", "What does page number " + std::to_string(k) + " hold?", kMaxNew);
-    ASSERT_TRUE(t.status.ok()) << t.status.error_message();
-    const int64_t p = t.usage.prompt_tokens(), c = t.usage.completion_tokens();
-    if (k == 0) {
+  auto turn = [&](int k) {
+    std::vector<int32_t> ids[2];
+    int64_t p = 0, c = 0;
+    for (int i = 0; i < 2; ++i) {
+      auto t = Chat("key-acme", i == 0 ? "snap" : "replay", "What does page number " + std::to_string(k) + " hold?", kMaxNew);
+      ASSERT_TRUE(t.status.ok()) << t.status.error_message();
+      ids[i] = t.ids;
+      p = t.usage.prompt_tokens(), c = t.usage.completion_tokens();
+    }
+    EXPECT_EQ(ids[0], ids[1]) << "turn " << k;
+    if (entries.empty()) {
       entries = {pinned, p + c - pinned};
     } else {
       int64_t used = 0;
@@ -117,14 +133,25 @@ TEST_F(ServerTest, SystemPromptIsPinnedAtTheHeadOfTheWindow) {
       entries.push_back(p + c);
     }
     fed += p + c;
-    v1::Session s;
-    ASSERT_TRUE(Get("key-acme", "p", &s).ok());
     int64_t window = 0;
     for (int64_t e : entries) window += e;
-    EXPECT_EQ(s.state().context_tokens(), window) << "turn " << k;
-    EXPECT_EQ(s.state().tokens_learned(), fed - pinned) << "turn " << k;  // the system prompt is not learned
-  }
+    for (const char* id : {"snap", "replay"}) {
+      v1::Session s;
+      ASSERT_TRUE(Get("key-acme", id, &s).ok());
+      EXPECT_EQ(s.state().context_tokens(), window) << id << " turn " << k;
+      EXPECT_EQ(s.state().tokens_learned(), fed - pinned) << id << " turn " << k;  // the system prompt is not learned
+    }
+  };
+  for (int k = 0; k < 8; ++k) turn(k);
   EXPECT_GE(dropped, 3);  // the rule did drop turns, and never the system prompt
+  v1::Session snap;
+  for (int i = 0; i < 100 && Get("key-acme", "snap", &snap).ok() && snap.snapshot_version() < 8; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  server_->Kill(SIGKILL);
+  server_->Start(flags);
+  for (int k = 8; k < 10; ++k) turn(k);  // "snap" reloads its snapshot, "replay" replays 8 turns
+  EXPECT_EQ(Metric("adaptd_session_replayed_events_total"), 8);
 }
 
 TEST_F(ServerTest, SessionsSurviveKillNineAndSigtermEndsCleanly) {

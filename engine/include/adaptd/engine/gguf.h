@@ -49,6 +49,8 @@ struct GgufValue {
   bool IsFloat() const { return type == Type::kF32 || type == Type::kF64; }
 };
 
+class GgufCursor;  // gguf.cc
+
 struct GgufTensor {
   std::string name;
   uint32_t type = 0;             // a GgmlType
@@ -65,8 +67,8 @@ class GgufFile {
  public:
   // Maps and validates `path`: NOT_FOUND when it cannot be opened; DATA_LOSS naming what is
   // wrong for a bad magic, a truncated file, a length or count past the file, a tensor outside
-  // the data section, misaligned or overlapping; UNIMPLEMENTED for a version other than 2 or 3
-  // or a tensor type the engine does not read; INVALID_ARGUMENT for a duplicate key or tensor.
+  // the data section, misaligned or overlapping, a duplicate key or tensor; UNIMPLEMENTED for a
+  // version other than 2 or 3 or a tensor type the engine does not read.
   static absl::StatusOr<std::unique_ptr<GgufFile>> Open(const std::string& path);
   ~GgufFile();
   GgufFile(const GgufFile&) = delete;
@@ -87,9 +89,16 @@ class GgufFile {
   absl::StatusOr<std::string> GetString(const std::string& key) const;
   absl::StatusOr<const std::vector<GgufValue>*> GetArray(const std::string& key, GgufValue::Type element) const;
 
+  // Drops the mapping's resident pages (they are file-backed: a later read of a tensor's
+  // blocks faults them in again). Model::Load calls it once the weights are dequantized.
+  void ReleasePages() const;
+
  private:
   GgufFile() = default;
   absl::Status Parse();
+  absl::Status ParseTensorInfo(GgufCursor& c, uint64_t alignment, std::vector<uint64_t>* offsets);
+  absl::Status PlaceTensors(const std::vector<uint64_t>& offsets, uint64_t data_start);
+  absl::Status Corrupt(const std::string& what) const;
 
   std::string path_;
   void* map_ = nullptr;

@@ -158,6 +158,7 @@ class Model {
 
  private:
   explicit Model(std::unique_ptr<Impl> impl);
+  static absl::StatusOr<std::unique_ptr<Model>> LoadImpl(const std::string& dir, const LoadOptions& options);
   std::unique_ptr<Impl> impl_;
 };
 

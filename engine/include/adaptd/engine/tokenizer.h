@@ -62,6 +62,7 @@ class Tokenizer {
   friend class StreamDecoder;
   struct Pipeline;
   Tokenizer();
+  static absl::StatusOr<std::unique_ptr<Tokenizer>> LoadForModelImpl(const std::string& model_path);
   // Bytes of `id` as the first token of a text: the Metaspace decoder drops its replacement
   // characters there.
   std::string FirstTokenBytes(int32_t id) const;
