@@ -95,7 +95,7 @@ def main() -> None:
 
     med = {d: {k: statistics.median(x[k] for x in v) for k in v[0]} for d, v in runs.items()}
     print(f"\nSmolLM2-135M-Instruct (GGUF Q4_1/Q8_0, dequantized), {args.threads} threads, prompt {args.prompt}, "
-          f"decode {args.decode}, ntp_gradient in layers 0, 6, 12, 18, 24 (C = {med['f32']['chunk']:.0f}); "
+          f"decode {args.decode}, ntp_gradient in the layers of ttt.json (C = {med['f32']['chunk']:.0f}); "
           f"medians of {args.rounds} rounds")
     print("| | f32 | bf16 | bf16 / f32 |")
     print("|---|---|---|---|")

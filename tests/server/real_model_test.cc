@@ -32,7 +32,7 @@ TEST_F(RealModelTest, ServesTheGgufModelWithItsChatFormatAndSystemPrompt) {
   EXPECT_EQ(info.chat_format(), "chatml");
   EXPECT_EQ(info.system_prompt(), kSmolSystem);
   EXPECT_EQ(std::vector<int>(info.fast_layers().begin(), info.fast_layers().end()),
-            (std::vector<int>{0, 6, 12, 18, 24}));
+            (std::vector<int>{0, 3, 6, 9, 12, 15, 18, 21, 24, 27}));
   EXPECT_EQ(info.vocab_size(), 49152);
   ASSERT_TRUE(Create("key-acme", "q").ok());
   auto t = Chat("key-acme", "q", "What is the capital of France? Answer in one sentence.", 24);
