@@ -7,6 +7,7 @@
 //
 //   adaptd-bench-engine --model DIR --prompt 512 --decode 64 --sessions 16 --threads 2
 //   adaptd-bench-engine --model DIR --device cuda --dtype bf16
+//   adaptd-bench-engine --model models/smollm2-135m-instruct --ttt_rule ntp_gradient --weights int4
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -26,6 +27,7 @@ ABSL_FLAG(int, threads, 0, "CPU threads (0: LibTorch's default)");
 ABSL_FLAG(std::string, device, "cpu", "cpu, cuda or cuda:<i>");
 ABSL_FLAG(std::string, dtype, "", "compute dtype f32, bf16 or f16 (default: the checkpoint's)");
 ABSL_FLAG(std::string, ttt_rule, "inplace", "the TTT-on rule: inplace (a TTT checkpoint) or ntp_gradient (a stock one)");
+ABSL_FLAG(std::string, weights, "dense", "the frozen base's format: dense, int8, int4-g32 or int4-g64");
 ABSL_FLAG(std::string, ttt_config, "", "a GGUF model's TTT settings (default: ttt.json beside it)");
 
 namespace adaptd::engine {
@@ -98,12 +100,11 @@ std::pair<double, double> RunBatched(const Model& m, UpdateRule rule, int n, int
   return {batched, n * decode / Seconds(t0)};
 }
 
-// Bytes of weights a decode step reads: every projection and the output matrix once, in the
-// compute dtype (the embedding row and the norms are negligible).
-double WeightBytes(const ModelConfig& c, size_t dtype_bytes) {
-  const double d = c.hidden_size, hd = c.head_dim;
-  const double per_layer = d * hd * (2 * c.num_heads + 2 * c.num_kv_heads) + 3 * d * c.intermediate_size;
-  return (per_layer * c.num_layers + double(c.vocab_size) * d) * dtype_bytes;
+// Bytes of fp32 dW a TTT-on decode step reads: one [d, f] per layer the rule learns in.
+int64_t DeltaBytes(const Model& m, UpdateRule rule) {
+  const ModelConfig& c = m.config();
+  const size_t layers = rule == UpdateRule::kNtpGradient ? c.ttt.fast_layers.size() : c.ttt.layers.size();
+  return static_cast<int64_t>(layers) * c.hidden_size * c.intermediate_size * 4;
 }
 
 int Main() {
@@ -114,6 +115,9 @@ int Main() {
   Check(dtype.status());
   options.dtype = *dtype;
   options.ttt_config = absl::GetFlag(FLAGS_ttt_config);
+  auto weights = ParseWeightFormat(absl::GetFlag(FLAGS_weights));
+  Check(weights.status());
+  options.weights = *weights;
   const auto load_start = Clock::now();
   auto model = Model::Load(absl::GetFlag(FLAGS_model), options);
   Check(model.status());
@@ -139,10 +143,12 @@ int Main() {
   std::printf(
       "{\"prefill_tps_ttt_on\": %.1f, \"prefill_tps_ttt_off\": %.1f, \"decode_tps_ttt_on\": %.1f, "
       "\"decode_tps_ttt_off\": %.1f, \"updates_applied\": %lld, \"chunk\": %lld, \"batched_decode_tps\": %.1f, "
-      "\"sequential_decode_tps\": %.1f, \"sessions\": %d, \"load_seconds\": %.3f, \"weight_bytes\": %.0f}\n",
+      "\"sequential_decode_tps\": %.1f, \"sessions\": %d, \"load_seconds\": %.3f, \"weight_bytes\": %lld, "
+      "\"delta_bytes\": %lld, \"weights\": \"%s\"}\n",
       Median(pre_on), Median(pre_off), Median(dec_on), Median(dec_off), static_cast<long long>(updates),
       static_cast<long long>(m.config().ttt.chunk), Median(bat), Median(seq), absl::GetFlag(FLAGS_sessions),
-      load_seconds, WeightBytes(m.config(), dtype->value_or(m.config().dtype) == DType::kF32 ? 4 : 2));
+      load_seconds, static_cast<long long>(m.weight_bytes()), static_cast<long long>(DeltaBytes(m, rule)),
+      m.weight_format().Name().c_str());
   return 0;
 }
 

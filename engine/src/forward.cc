@@ -37,6 +37,18 @@ at::Tensor Linear(const Model::Impl& m, const at::Tensor& x, const at::Tensor& w
   return add.defined() ? y + add : y;
 }
 
+// x W^T for a frozen projection: dense as above, quantized through LibTorch's weight-only
+// kernels (bf16 activations; quant.h).
+at::Tensor Linear(const Model::Impl& m, const at::Tensor& x, const FrozenWeight& w) {
+  return w.kind == WeightFormat::Kind::kDense ? Linear(m, x, w.w) : QuantLinear(x, w);
+}
+
+// The embedding rows of ids [T] in the model dtype (an int8 embedding dequantizes its rows).
+at::Tensor Embed(const Model::Impl& m, const at::Tensor& ids) {
+  if (m.embed.kind == WeightFormat::Kind::kDense) return at::embedding(m.embed.w, ids);
+  return DequantizeRows(m.embed, ids, m.dtype);
+}
+
 at::Tensor RotateHalf(const at::Tensor& x) {
   const int64_t half = x.size(-1) / 2;
   return at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
@@ -171,12 +183,13 @@ bool ApplyUpdate(const LayerWeights& L, TttLayerState& st, const SessionOptions&
   const double keep = 1.0 - opt.decay;
   at::Tensor next;  // the new dW (split) or W (parity)
   if (parity) {
-    next = !st.whole.defined() ? L.down + d : opt.decay > 0 ? L.down + (st.whole - L.down) * keep + d : st.whole + d;
+    const at::Tensor& w0 = L.down.w;  // dense: parity sessions need it (Model::NewSession)
+    next = !st.whole.defined() ? w0 + d : opt.decay > 0 ? w0 + (st.whole - w0) * keep + d : st.whole + d;
   } else {
     next = !st.delta.defined() ? d : opt.decay > 0 ? st.delta * keep + d : st.delta + d;
   }
   if (opt.max_delta_norm) {
-    at::Tensor delta = parity ? next.to(at::kFloat) - L.down.to(at::kFloat) : next;
+    at::Tensor delta = parity ? next.to(at::kFloat) - L.down.w.to(at::kFloat) : next;
     if (at::linalg_vector_norm(delta).item<double>() > *opt.max_delta_norm) return false;
   }
   (parity ? st.whole : st.delta) = next;
@@ -296,7 +309,7 @@ std::vector<at::Tensor> ForwardBatch(const Model::Impl& m, std::vector<BatchItem
     ids.push_back(it.ids);
     ropes.push_back(MakeRope(m, it.session->position, it.ids.size(0)));
   }
-  at::Tensor x = at::embedding(m.embed, ids.size() == 1 ? ids[0] : at::cat(ids));  // [T, d]
+  at::Tensor x = Embed(m, ids.size() == 1 ? ids[0] : at::cat(ids));  // [T, d]
   const at::Tensor embeds = x;  // TTT targets in input_embed mode (x is rebound below)
   for (int64_t i = 0; i < c.num_layers; ++i) {
     const LayerWeights& L = m.layers[i];
@@ -345,9 +358,10 @@ void NtpUpdate(const Model::Impl& m, SessionState::Impl& s) {
   std::vector<at::Tensor> leaves;
   for (int l = 0; l < m.config.num_layers; ++l) {
     if (!s.ttt[l]) continue;
-    const at::Tensor& w0 = m.layers[l].down;
-    at::Tensor leaf = s.ttt[l]->delta.defined() ? s.ttt[l]->delta.detach().clone()
-                                                : at::zeros(w0.sizes(), w0.options().dtype(at::kFloat));
+    at::Tensor leaf = s.ttt[l]->delta.defined()
+                          ? s.ttt[l]->delta.detach().clone()
+                          : at::zeros({m.config.hidden_size, m.config.intermediate_size},
+                                      at::TensorOptions().dtype(at::kFloat).device(m.device));
     leaf.requires_grad_(true);
     scratch.ttt[l].emplace();
     scratch.ttt[l]->delta = leaf;

@@ -188,4 +188,28 @@ absl::Status Dequantize(const GgufTensor& t, float* out) {
   return absl::OkStatus();
 }
 
+absl::Status UnpackQ4(const GgufTensor& t, uint8_t* q, float* scale, float* min) {
+  const bool with_min = t.type == static_cast<uint32_t>(GgmlType::kQ4_1);
+  if (!with_min && t.type != static_cast<uint32_t>(GgmlType::kQ4_0)) {
+    return absl::InvalidArgumentError(absl::StrCat("tensor ", t.name, ": 4-bit codes are read from Q4_0 and Q4_1 only"));
+  }
+  const GgmlBlock block = *GgmlBlockOf(t.type);
+  const int64_t n = t.NumElements();
+  if (t.dims.empty() || t.dims[0] % kQK != 0 || size_t(n / kQK * block.bytes) != t.nbytes) {
+    return absl::InvalidArgumentError(absl::StrCat("tensor ", t.name, ": its size is not whole blocks"));
+  }
+  const auto* p = reinterpret_cast<const uint8_t*>(t.data);
+  for (int64_t b = 0; b < n / kQK; ++b, p += block.bytes, q += kQK) {
+    const float d = F16At(p);
+    scale[b] = d;
+    min[b] = with_min ? F16At(p + 2) : -8 * d;
+    const uint8_t* qs = p + (with_min ? 4 : 2);
+    for (int l = 0; l < 16; ++l) {
+      q[l] = qs[l] & 0xF;
+      q[l + 16] = qs[l] >> 4;
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace adaptd::engine

@@ -94,10 +94,13 @@ absl::StatusOr<std::unique_ptr<Model>> Model::LoadImpl(const std::string& dir, c
     return absl::InvalidArgumentError("compute dtype must be F32, BF16 or F16");
   }
   impl->dtype = dtype == DType::kF32 ? at::kFloat : dtype == DType::kBF16 ? at::kBFloat16 : at::kHalf;
+  impl->format = options.weights;
+  impl->dense_ttt_down = options.dense_ttt_down && options.weights.quantized();
+  impl->dequantize_weights = options.dequantize_weights && options.weights.quantized();
   try {
     at::NoGradGuard no_grad;
     RETURN_IF_ERROR(LoadWeights(files, config_json, *impl));
-    if (impl->gguf != nullptr) impl->gguf->ReleasePages();  // the weights are dequantized now
+    if (impl->gguf != nullptr) impl->gguf->ReleasePages();  // the weights are copied out now
     if (options.few_rows_as_gemm) impl->few_rows_as_gemm = *options.few_rows_as_gemm && impl->device.is_cpu();
     if (options.edit_config) options.edit_config(impl->config);
     impl->inv_freq = RopeInvFreq(impl->config).to(impl->device);
@@ -110,6 +113,9 @@ absl::StatusOr<std::unique_ptr<Model>> Model::LoadImpl(const std::string& dir, c
 
 const ModelConfig& Model::config() const { return impl_->config; }
 const std::string& Model::fingerprint() const { return impl_->fingerprint; }
+const std::string& Model::base_fingerprint() const { return impl_->base_fingerprint; }
+const WeightFormat& Model::weight_format() const { return impl_->format; }
+int64_t Model::weight_bytes() const { return impl_->weight_bytes; }
 
 absl::Status ValidateSessionOptions(const SessionOptions& o) {
   if (o.rule == UpdateRule::kNtpGradient && o.numeric != NumericMode::kSplit) {
@@ -124,6 +130,12 @@ absl::Status ValidateSessionOptions(const SessionOptions& o) {
 
 absl::StatusOr<std::unique_ptr<SessionState>> Model::NewSession(const SessionOptions& options) const {
   RETURN_IF_ERROR(ValidateSessionOptions(options));
+  if (options.numeric == NumericMode::kParity && impl_->format.quantized() && !impl_->dense_ttt_down &&
+      !impl_->dequantize_weights && !impl_->config.ttt.layers.empty()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "parity sessions update the TTT layers' W0 whole in the compute dtype, and this model holds it as ",
+        impl_->format.Name(), ": load it with dense_ttt_down (adaptd --dense_ttt_down) or use the split mode"));
+  }
   if (options.rule == UpdateRule::kNtpGradient && impl_->config.ttt.fast_layers.empty()) {
     return absl::FailedPreconditionError(
         "update rule ntp_gradient needs ttt_layers, and this model names none (a GGUF model takes them from a "
@@ -278,9 +290,10 @@ absl::StatusOr<std::vector<float>> Model::FastWeight(const SessionState& session
   }
   const TttLayerState& st = *session.impl().ttt[layer];
   try {
+    const FrozenWeight& w0 = impl_->layers[layer].down;
     at::Tensor w = st.whole.defined() ? st.whole.to(at::kFloat)
-                   : st.delta.defined() ? impl_->layers[layer].down.to(at::kFloat) + st.delta
-                                        : impl_->layers[layer].down.to(at::kFloat);
+                   : st.delta.defined() ? DequantizeWeight(w0, at::kFloat) + st.delta
+                                        : DequantizeWeight(w0, at::kFloat);
     w = w.contiguous().cpu();
     return std::vector<float>(w.data_ptr<float>(), w.data_ptr<float>() + w.numel());
   } catch (const std::exception& e) {
@@ -294,8 +307,8 @@ absl::StatusOr<std::vector<double>> Model::DeltaNorms(const SessionState& sessio
     for (size_t layer = 0; layer < session.impl().ttt.size(); ++layer) {
       if (!session.impl().ttt[layer]) continue;
       const TttLayerState& st = *session.impl().ttt[layer];
-      const at::Tensor delta = st.whole.defined() ? st.whole.to(at::kFloat) - impl_->layers[layer].down.to(at::kFloat)
-                                                  : st.delta;
+      const at::Tensor delta =
+          st.whole.defined() ? st.whole.to(at::kFloat) - impl_->layers[layer].down.w.to(at::kFloat) : st.delta;
       norms.push_back(delta.defined() ? at::linalg_vector_norm(delta).item<double>() : 0.0);
     }
   } catch (const std::exception& e) {

@@ -12,30 +12,35 @@
 #include "adaptd/engine/gguf.h"
 #include "adaptd/engine/model.h"
 #include "model_files.h"
+#include "quant.h"
 
 namespace adaptd::engine {
 
 struct LayerWeights {
   at::Tensor input_norm, post_norm;           // [d]
-  at::Tensor qkv, o;                          // [(H + 2 KV) hd, d] (q, k, v stacked), [d, H hd]
+  FrozenWeight qkv, o;                        // [(H + 2 KV) hd, d] (q, k, v stacked), [d, H hd]
   at::Tensor q_norm, k_norm;                  // [hd] (Qwen3) or undefined
-  at::Tensor gate_up, down;                   // [2f, d] (gate, up stacked), [d, f] = W0
+  FrozenWeight gate_up, down;                 // [2f, d] (gate, up stacked), [d, f] = W0
   at::Tensor ttt_conv, ttt_proj;              // [d, 1, 5], [d, d] (undefined if absent)
 };
 
 struct Model::Impl {
   ModelConfig config;
-  std::string fingerprint;
+  std::string fingerprint, base_fingerprint;  // Model::fingerprint(), base_fingerprint()
   at::ScalarType dtype;
   at::Device device{at::kCPU};
-  at::Tensor embed, final_norm, lm_head;      // [V, d], [d], [V, d]
+  WeightFormat format;                        // of the frozen projections (LoadOptions::weights)
+  bool dense_ttt_down = false;                // the TTT layers' W0 dense under a quantized format
+  bool dequantize_weights = false;            // the oracle of a quantized format
+  int64_t weight_bytes = 0;                   // Model::weight_bytes()
+  FrozenWeight embed, lm_head;                // [V, d] each (one weight when tied)
+  at::Tensor final_norm;                      // [d]
   std::vector<LayerWeights> layers;
   std::vector<bool> is_ttt;                   // per layer
   at::Tensor inv_freq;                        // [hd/2] fp32
   at::Tensor rope_cos, rope_sin;              // [rows, hd] in the model dtype for positions < rows
   bool few_rows_as_gemm = false;              // CPU weights past the cache: see Linear in forward.cc
-  // A GGUF checkpoint's file: its raw (quantized) blocks stay reachable after load, for a frozen
-  // base kept quantized (the mapping holds no resident pages once the weights are dequantized).
+  // A GGUF checkpoint's file (the mapping holds no resident pages once the weights are loaded).
   std::shared_ptr<const GgufFile> gguf;
 };
 

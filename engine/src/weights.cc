@@ -15,6 +15,7 @@
 #include "gguf_model.h"
 #include "model_impl.h"
 #include "nlohmann/json.hpp"
+#include "quant.h"
 #include "status_macros.h"
 
 namespace adaptd::engine {
@@ -86,6 +87,8 @@ struct SourceTensor {
   size_t nbytes;
   bool weights;  // F32, BF16, F16 or a quantized float type: loadable
   std::function<absl::StatusOr<at::Tensor>()> read;
+  // Q4_0 and Q4_1 (GGUF): the file's own 4-bit codes in the HF layout (groups of 32), else unset.
+  std::function<absl::StatusOr<QuantCodes>()> read_q4;
 };
 
 std::map<std::string, SourceTensor> SafetensorsSources(const std::vector<std::unique_ptr<SafetensorsFile>>& files) {
@@ -98,33 +101,54 @@ std::map<std::string, SourceTensor> SafetensorsSources(const std::vector<std::un
                                [v]() -> absl::StatusOr<at::Tensor> {
                                  return at::from_blob(const_cast<std::byte*>(v->data), v->shape,
                                                       at::TensorOptions().dtype(ToScalarType(v->dtype)));
-                               }};
+                               },
+                               {}};
     }
   }
   return out;
 }
 
-// Dequantized to f32 at load; Q and K of `llama` files get their HF row order back.
+// Rows [h, 2, hd/2] per head of x [rows, ...], as llama.cpp's converter stores Q and K
+// (`heads` > 0), back in HF order [h, hd/2, 2]; x itself for heads 0.
+absl::StatusOr<at::Tensor> UnpermuteHeads(const GgufTensor& t, at::Tensor x, int64_t heads) {
+  if (heads == 0) return x;
+  if (x.dim() != 2 || x.size(0) % (2 * heads) != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("tensor ", t.name, ": rows do not split into ", heads, " heads"));
+  }
+  const int64_t rows = x.size(0), cols = x.size(1);
+  return x.view({heads, rows / heads / 2, 2, cols}).transpose(1, 2).reshape({rows, cols});
+}
+
+// Dequantized to f32 at load, or for Q4_0/Q4_1 also as codes; Q and K of `llama` files get
+// their HF row order back.
 absl::StatusOr<std::map<std::string, SourceTensor>> GgufSources(const GgufFile& file, const ModelConfig& c) {
   ASSIGN_OR_RETURN(auto by_name, GgufTensorsByHfName(file, c));
   std::map<std::string, SourceTensor> out;
   for (const auto& [name, src] : by_name) {
     const GgufTensor* t = src.tensor;
     const int64_t heads = src.permuted_heads;
-    out[name] = SourceTensor{t->name, GgmlTypeName(t->type), t->dims, t->Shape(), t->data, t->nbytes, true,
-                             [t, heads]() -> absl::StatusOr<at::Tensor> {
-      at::Tensor x = at::empty(t->Shape(), at::kFloat);
-      RETURN_IF_ERROR(Dequantize(*t, x.data_ptr<float>()));
-      if (heads > 0) {
-        // Per head the converter stored rows [h, 2, hd/2] as [h, hd/2, 2]: swap them back.
-        if (x.dim() != 2 || x.size(0) % (2 * heads) != 0) {
-          return absl::InvalidArgumentError(absl::StrCat("tensor ", t->name, ": rows do not split into ", heads, " heads"));
-        }
-        const int64_t rows = x.size(0), cols = x.size(1);
-        x = x.view({heads, rows / heads / 2, 2, cols}).transpose(1, 2).reshape({rows, cols});
-      }
-      return x;
-    }};
+    SourceTensor s{t->name, GgmlTypeName(t->type), t->dims, t->Shape(), t->data, t->nbytes, true,
+                   [t, heads]() -> absl::StatusOr<at::Tensor> {
+                     at::Tensor x = at::empty(t->Shape(), at::kFloat);
+                     RETURN_IF_ERROR(Dequantize(*t, x.data_ptr<float>()));
+                     return UnpermuteHeads(*t, x, heads);
+                   },
+                   {}};
+    const bool q4 = t->type == static_cast<uint32_t>(GgmlType::kQ4_0) || t->type == static_cast<uint32_t>(GgmlType::kQ4_1);
+    if (q4 && t->dims.size() == 2) {
+      s.read_q4 = [t, heads]() -> absl::StatusOr<QuantCodes> {
+        const std::vector<int64_t> shape = t->Shape();  // [N, K]
+        at::Tensor q = at::empty(shape, at::kByte);
+        at::Tensor scale = at::empty({shape[0], shape[1] / 32}, at::kFloat), min = at::empty_like(scale);
+        RETURN_IF_ERROR(UnpackQ4(*t, q.data_ptr<uint8_t>(), scale.data_ptr<float>(), min.data_ptr<float>()));
+        // d q + m = (q - 8) d + (m + 8 d): the zero of the int4 layout (rounded to bf16 when packed).
+        ASSIGN_OR_RETURN(q, UnpermuteHeads(*t, q, heads));
+        ASSIGN_OR_RETURN(at::Tensor d, UnpermuteHeads(*t, scale, heads));
+        ASSIGN_OR_RETURN(at::Tensor m, UnpermuteHeads(*t, min, heads));
+        return QuantCodes{q, d, m + 8 * d};
+      };
+    }
+    out[name] = std::move(s);
   }
   return out;
 }
@@ -136,23 +160,60 @@ class TensorLoader {
 
   // The tensor `name` with `shape`, on the device in the compute dtype.
   absl::StatusOr<at::Tensor> Get(const std::string& name, std::vector<int64_t> shape) {
+    ASSIGN_OR_RETURN(const SourceTensor* s, Find(name, shape));
+    ASSIGN_OR_RETURN(at::Tensor x, s->read());
+    return x.to(device_, dtype_, /*non_blocking=*/false, /*copy=*/true);
+  }
+
+  // The projection of the tensors `parts` (name, shape) stacked along their rows, in `format`:
+  // Q4_0/Q4_1 codes as the file holds them when the format is int4 in groups of 32, else
+  // quantized from their f32 values. The oracle (dequantize_) stores it back dense.
+  absl::StatusOr<FrozenWeight> GetWeight(const std::vector<std::pair<std::string, std::vector<int64_t>>>& parts,
+                                         const WeightFormat& format) {
+    if (!format.quantized()) {
+      std::vector<at::Tensor> dense;
+      for (const auto& [name, shape] : parts) {
+        ASSIGN_OR_RETURN(at::Tensor x, Get(name, shape));
+        dense.push_back(x);
+      }
+      return DenseWeight(dense.size() == 1 ? dense[0] : at::cat(dense));
+    }
+    std::vector<QuantCodes> codes;
+    for (const auto& [name, shape] : parts) {
+      ASSIGN_OR_RETURN(const SourceTensor* s, Find(name, shape));
+      if (format.kind == WeightFormat::Kind::kInt4 && format.group == 32 && s->read_q4) {
+        ASSIGN_OR_RETURN(QuantCodes c, s->read_q4());
+        codes.push_back(c);
+        continue;
+      }
+      ASSIGN_OR_RETURN(at::Tensor x, s->read());
+      codes.push_back(format.kind == WeightFormat::Kind::kInt8 ? QuantizeInt8(x) : QuantizeInt4(x, format.group));
+    }
+    ASSIGN_OR_RETURN(FrozenWeight w, PackWeight(CatCodes(codes), format, device_));
+    if (dequantize_) return DenseWeight(DequantizeWeight(w, dtype_));
+    return w;
+  }
+
+  void set_dequantize(bool on) { dequantize_ = on; }
+
+  bool Has(const std::string& name) const { return sources_.count(name) > 0; }
+
+  // The source of `name`, checked to have `shape` and to hold weights; marks it used.
+  absl::StatusOr<const SourceTensor*> Find(const std::string& name, const std::vector<int64_t>& shape) {
     auto it = sources_.find(name);
     if (it == sources_.end()) return absl::NotFoundError(absl::StrCat("checkpoint lacks tensor ", name));
     used_.insert(name);
     const SourceTensor& s = it->second;
     if (s.shape != shape) {
-      return absl::InvalidArgumentError(absl::StrFormat("tensor %s has shape [%s], expected [%s]", Describe(name, s), Join(s.shape),
-                                                        Join(shape)));
+      return absl::InvalidArgumentError(absl::StrFormat("tensor %s has shape [%s], expected [%s]", Describe(name, s),
+                                                        Join(s.shape), Join(shape)));
     }
     if (!s.weights) {
       return absl::InvalidArgumentError(absl::StrCat("tensor ", Describe(name, s), " has dtype ", s.type,
                                                      "; F32, BF16, F16 or a GGUF weight type expected"));
     }
-    ASSIGN_OR_RETURN(at::Tensor x, s.read());
-    return x.to(device_, dtype_, /*non_blocking=*/false, /*copy=*/true);
+    return &s;
   }
-
-  bool Has(const std::string& name) const { return sources_.count(name) > 0; }
 
   // Names present in the files but never asked for (rotary caches are tolerated).
   std::vector<std::string> Unused() const {
@@ -188,27 +249,30 @@ class TensorLoader {
   std::set<std::string> used_;
   at::ScalarType dtype_;
   at::Device device_;
+  bool dequantize_ = false;
 };
 
 absl::Status LoadLayer(TensorLoader& t, const Model::Impl& m, int i, LayerWeights& L) {
   const ModelConfig& c = m.config;
   const int64_t d = c.hidden_size, f = c.intermediate_size, hd = c.head_dim;
   const std::string p = absl::StrCat("model.layers.", i, ".");
+  const WeightFormat& format = m.format;
   ASSIGN_OR_RETURN(L.input_norm, t.Get(p + "input_layernorm.weight", {d}));
   ASSIGN_OR_RETURN(L.post_norm, t.Get(p + "post_attention_layernorm.weight", {d}));
-  ASSIGN_OR_RETURN(at::Tensor q, t.Get(p + "self_attn.q_proj.weight", {c.num_heads * hd, d}));
-  ASSIGN_OR_RETURN(at::Tensor k, t.Get(p + "self_attn.k_proj.weight", {c.num_kv_heads * hd, d}));
-  ASSIGN_OR_RETURN(at::Tensor v, t.Get(p + "self_attn.v_proj.weight", {c.num_kv_heads * hd, d}));
-  L.qkv = at::cat({q, k, v});  // one GEMM per layer instead of three
-  ASSIGN_OR_RETURN(L.o, t.Get(p + "self_attn.o_proj.weight", {d, c.num_heads * hd}));
+  // q, k, v as one product per layer instead of three; gate and up likewise.
+  ASSIGN_OR_RETURN(L.qkv, t.GetWeight({{p + "self_attn.q_proj.weight", {c.num_heads * hd, d}},
+                                       {p + "self_attn.k_proj.weight", {c.num_kv_heads * hd, d}},
+                                       {p + "self_attn.v_proj.weight", {c.num_kv_heads * hd, d}}},
+                                      format));
+  ASSIGN_OR_RETURN(L.o, t.GetWeight({{p + "self_attn.o_proj.weight", {d, c.num_heads * hd}}}, format));
   if (c.qk_norm) {
     ASSIGN_OR_RETURN(L.q_norm, t.Get(p + "self_attn.q_norm.weight", {hd}));
     ASSIGN_OR_RETURN(L.k_norm, t.Get(p + "self_attn.k_norm.weight", {hd}));
   }
-  ASSIGN_OR_RETURN(at::Tensor gate, t.Get(p + "mlp.gate_proj.weight", {f, d}));
-  ASSIGN_OR_RETURN(at::Tensor up, t.Get(p + "mlp.up_proj.weight", {f, d}));
-  L.gate_up = at::cat({gate, up});
-  ASSIGN_OR_RETURN(L.down, t.Get(p + "mlp.down_proj.weight", {d, f}));
+  ASSIGN_OR_RETURN(L.gate_up, t.GetWeight({{p + "mlp.gate_proj.weight", {f, d}}, {p + "mlp.up_proj.weight", {f, d}}}, format));
+  // W0 of a TTT layer stays dense when parity sessions must be able to update it whole.
+  const bool dense_down = m.is_ttt[i] && m.dense_ttt_down;
+  ASSIGN_OR_RETURN(L.down, t.GetWeight({{p + "mlp.down_proj.weight", {d, f}}}, dense_down ? WeightFormat{} : format));
   if (m.is_ttt[i]) {
     const std::string conv = p + "mlp.ttt_conv.weight";
     if (!t.Has(conv)) {
@@ -238,12 +302,15 @@ absl::Status LoadWeights(const ModelFiles& files, const std::string& config_json
   TensorLoader t(std::move(sources), m.dtype, m.device);
   m.is_ttt.assign(c.num_layers, false);
   for (int l : c.ttt.layers) m.is_ttt[l] = true;
-  ASSIGN_OR_RETURN(m.embed, t.Get("model.embed_tokens.weight", {c.vocab_size, c.hidden_size}));
+  t.set_dequantize(m.dequantize_weights);
+  // lm_head and the embedding in int8 under both quantized formats (README "Quantized base").
+  const WeightFormat head_format = m.format.quantized() ? WeightFormat{WeightFormat::Kind::kInt8, 0} : WeightFormat{};
+  ASSIGN_OR_RETURN(m.embed, t.GetWeight({{"model.embed_tokens.weight", {c.vocab_size, c.hidden_size}}}, head_format));
   ASSIGN_OR_RETURN(m.final_norm, t.Get("model.norm.weight", {c.hidden_size}));
   if (c.tie_word_embeddings && !t.Has("lm_head.weight")) {
     m.lm_head = m.embed;
   } else {
-    ASSIGN_OR_RETURN(m.lm_head, t.Get("lm_head.weight", {c.vocab_size, c.hidden_size}));
+    ASSIGN_OR_RETURN(m.lm_head, t.GetWeight({{"lm_head.weight", {c.vocab_size, c.hidden_size}}}, head_format));
   }
   m.layers.resize(c.num_layers);
   for (int i = 0; i < c.num_layers; ++i) RETURN_IF_ERROR(LoadLayer(t, m, i, m.layers[i]));
@@ -254,13 +321,22 @@ absl::Status LoadWeights(const ModelFiles& files, const std::string& config_json
         "checkpoint has unexpected tensor ", unused[0], " (", unused.size(), " in all)",
         ttt_tensor ? ": TTT tensors, but config.json does not make this layer a TTT layer (ttt_mode/ttt_layers)" : ""));
   }
-  int64_t bytes = m.lm_head.nbytes();
-  for (const LayerWeights& L : m.layers) bytes += L.qkv.nbytes() + L.o.nbytes() + L.gate_up.nbytes() + L.down.nbytes();
-  m.few_rows_as_gemm = m.device.is_cpu() && bytes > kCacheBytes;
+  m.weight_bytes = m.lm_head.nbytes();
+  for (const LayerWeights& L : m.layers) {
+    m.weight_bytes += L.qkv.nbytes() + L.o.nbytes() + L.gate_up.nbytes() + L.down.nbytes();
+  }
+  m.few_rows_as_gemm = m.device.is_cpu() && m.weight_bytes > kCacheBytes;
   Fnv64 fnv;
   fnv.Add(nlohmann::json::parse(config_json, nullptr, false).dump());  // canonical: sorted keys
   t.Hash(fnv);
-  m.fingerprint = absl::StrFormat("%016x", fnv.h);
+  m.base_fingerprint = absl::StrFormat("%016x", fnv.h);
+  // Sessions bind to the weights they were computed with: the format (and the oracle's
+  // dequantized copy of it) is part of the served identity; dense keeps the bare hash.
+  m.fingerprint = m.base_fingerprint;
+  if (m.format.quantized()) {
+    absl::StrAppend(&m.fingerprint, "-", m.format.Name(), m.dense_ttt_down ? "-dense-ttt" : "",
+                    m.dequantize_weights ? "-dequantized" : "");
+  }
   return absl::OkStatus();
 }
 

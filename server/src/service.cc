@@ -372,6 +372,8 @@ grpc::ServerUnaryReactor* AdaptdService::GetServerInfo(grpc::CallbackServerConte
   resp->set_ttt_chunk(c.ttt.chunk);
   resp->set_ttt_lr(c.ttt.lr);
   resp->set_system_prompt(options_.system_prompt);
+  resp->set_weight_format(model_.weight_format().Name());
+  resp->set_base_fingerprint(model_.base_fingerprint());
   resp->set_vocab_size(c.vocab_size);
   resp->set_replica_id(options_.replica_id);
   resp->set_chat_format(options_.chat_format);

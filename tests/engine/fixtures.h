@@ -109,8 +109,26 @@ inline double MaxAbsDiff(const std::vector<float>& a, const std::vector<float>& 
   return m;
 }
 
+// The frozen base's format the tests run with: ADAPTD_TEST_WEIGHTS (e.g. "int4-g32", the
+// quant label's second run of the batching, codec and executor tests), else dense; a suffix
+// ":dense_ttt_down" keeps the TTT layers' W0 dense (parity sessions need it). One variable:
+// gtest_discover_tests splits a list of them.
+inline void ApplyTestWeights(LoadOptions& options) {
+  const char* env = std::getenv("ADAPTD_TEST_WEIGHTS");
+  std::string w = env ? env : "";
+  const std::string suffix = ":dense_ttt_down";
+  if (w.size() > suffix.size() && w.compare(w.size() - suffix.size(), suffix.size(), suffix) == 0) {
+    options.dense_ttt_down = true;
+    w.resize(w.size() - suffix.size());
+  }
+  auto f = ParseWeightFormat(w);
+  if (!f.ok()) ADD_FAILURE() << f.status();
+  if (f.ok()) options.weights = *f;
+}
+
 inline std::unique_ptr<Model> LoadModel(const std::string& rel_dir, LoadOptions options = {}) {
   options.device = Device();
+  if (!options.weights.quantized()) ApplyTestWeights(options);
   auto model = Model::Load(FixtureDir() + "/" + rel_dir, options);
   if (!model.ok()) {
     ADD_FAILURE() << model.status();

@@ -114,6 +114,12 @@ class GgufFile {
 // does not read or a row length that is not a whole number of blocks.
 absl::Status Dequantize(const GgufTensor& tensor, float* out);
 
+// The 4-bit codes of a Q4_0 or Q4_1 tensor, undecoded, for a base kept in 4 bits without
+// requantizing: element e (file order) is scale[e / 32] * q[e] + min[e / 32] (Q4_0: min is
+// -8 scale), q in [0, 15]; q holds NumElements() values, scale and min one per 32. Equal to
+// Dequantize up to f32 rounding. INVALID_ARGUMENT for another type or partial blocks.
+absl::Status UnpackQ4(const GgufTensor& tensor, uint8_t* q, float* scale, float* min);
+
 // Elements per block and bytes per block of a readable type (nullopt otherwise).
 struct GgmlBlock {
   int64_t elements;

@@ -28,6 +28,26 @@ enum class NumericMode {
   kParity,  // W whole in the model dtype, updated in place (the official code)
 };
 
+// How the frozen base's projections are stored (architecture.md "Quantized base"): in the
+// compute dtype, or weight-only quantized while activations, fast weights and updates stay in
+// floating point. Products with int8 or int4 weights take bf16 activations (LibTorch's kernels).
+struct WeightFormat {
+  enum class Kind {
+    kDense,  // the compute dtype (the default)
+    kInt8,   // int8 per output channel (one scale per row)
+    kInt4,   // int4 in groups of `group` along a row, each with a scale and a zero
+  };
+  Kind kind = Kind::kDense;
+  int group = 0;  // kInt4: 32 or 64
+  // "dense", "int8", "int4-g32", "int4-g64": the name ParseWeightFormat reads.
+  std::string Name() const;
+  bool quantized() const { return kind != Kind::kDense; }
+};
+
+// "dense" (or ""), "int8", "int4" (groups of 32), "int4-g32" or "int4-g64"; INVALID_ARGUMENT
+// otherwise.
+absl::StatusOr<WeightFormat> ParseWeightFormat(const std::string& name);
+
 struct LoadOptions {
   std::string device = "cpu";     // "cpu", "cuda" or "cuda:<i>"
   std::optional<DType> dtype;     // compute dtype; default: the checkpoint's config dtype
@@ -40,6 +60,15 @@ struct LoadOptions {
   // A GGUF model's In-Place TTT settings (a JSON file of ttt_* fields); default: ttt.json beside
   // the GGUF file, else none (no TTT layers: ntp_gradient sessions are refused).
   std::string ttt_config;
+  // How the frozen projections (q/k/v/o, gate/up, down, lm_head) are stored. Under int8 and
+  // int4 the TTT layers' W0 is quantized too (split sessions keep dW in fp32 beside it), unless
+  // dense_ttt_down; parity sessions need that (they update W whole in the compute dtype).
+  // lm_head and the embedding are int8 under both formats (measured: README "Quantized base").
+  WeightFormat weights;
+  bool dense_ttt_down = false;
+  // The oracle of a quantized base: every weight quantized as `weights` says, then stored back
+  // dense in the compute dtype (fingerprint marked "-dequantized"). Tests and benchmarks only.
+  bool dequantize_weights = false;
 };
 
 // A compute dtype as the command lines name it: "f32", "bf16" or "f16"; "" is none (the
@@ -96,8 +125,15 @@ class Model {
   ~Model();
 
   const ModelConfig& config() const;
-  // Stable across loads and machines: a hash of the config and every tensor's name and bytes.
+  // Stable across loads and machines: a hash of the config and every tensor's name and bytes,
+  // then the weight format unless dense ("<hash>-int4-g32"): what sessions and snapshots bind to.
   const std::string& fingerprint() const;
+  // The hash alone, the same under every weight format: what adapters bind to.
+  const std::string& base_fingerprint() const;
+  const WeightFormat& weight_format() const;
+  // Bytes of frozen weights a decode step reads (every projection and lm_head, not the
+  // embedding); the tied embedding counts once, as lm_head.
+  int64_t weight_bytes() const;
 
   // A session at N = P = 0 with dW = 0. Errors as ValidateSessionOptions.
   absl::StatusOr<std::unique_ptr<SessionState>> NewSession(const SessionOptions& options = {}) const;

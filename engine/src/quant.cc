@@ -1,0 +1,163 @@
+// The frozen base's quantized projections: codes, packing for LibTorch's weight-only kernels,
+// the product and its backward (quant.h). No kernel is written here: on the CPU the wheel's
+// _weight_int8pack_mm and _weight_int4pack_mm_for_cpu read these weights at memory speed with
+// bf16 activations (bench/quant_kernels.py; with f32 activations they are slower than a dense
+// f32 product), and on CUDA _weight_int8pack_mm and _weight_int4pack_mm serve the same layouts.
+#include "quant.h"
+
+#include <torch/csrc/autograd/custom_function.h>
+
+#include "absl/strings/str_cat.h"
+
+namespace adaptd::engine {
+namespace {
+
+using Kind = WeightFormat::Kind;
+
+at::Tensor RoundToBf16(const at::Tensor& x) { return x.to(at::kBFloat16).to(at::kFloat); }
+
+// Element (n, k) of int4 codes [n, K] under per-group scale and zero [n, K / group] (f32).
+at::Tensor Int4Values(const at::Tensor& q, const at::Tensor& scale, const at::Tensor& zero, int64_t group) {
+  return (q.to(at::kFloat) - 8) * scale.repeat_interleave(group, 1) + zero.repeat_interleave(group, 1);
+}
+
+// The forward product; the kernels take bf16 activations and scales of the same dtype.
+at::Tensor Product(const at::Tensor& x, const FrozenWeight& w) {
+  const at::Tensor xb = x.to(at::kBFloat16).contiguous();
+  at::Tensor y;
+  if (w.kind == Kind::kInt8) {
+    y = at::_weight_int8pack_mm(xb, w.w, w.scales);
+  } else if (xb.is_cpu()) {
+    y = at::_weight_int4pack_mm_for_cpu(xb, w.w, w.group, w.scales);
+  } else {
+    y = at::_weight_int4pack_mm(xb, w.w, w.group, w.scales);
+  }
+  return y.to(x.scalar_type());
+}
+
+// The packed kernels have no derivative: dx = dy W with W dequantized for this one product.
+// The weight is a model's, which outlives every backward (NtpUpdate runs inside a call).
+struct QuantLinearFunction : torch::autograd::Function<QuantLinearFunction> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, int64_t weight) {
+    ctx->saved_data["weight"] = weight;
+    return Product(x, *reinterpret_cast<const FrozenWeight*>(weight));
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto* w = reinterpret_cast<const FrozenWeight*>(ctx->saved_data["weight"].toInt());
+    const at::Tensor& dy = grads[0];  // [M, N]
+    at::Tensor dx = at::mm(dy.to(at::kFloat), DequantizeWeight(*w, at::kFloat)).to(dy.scalar_type());  // [M, K]
+    return {dx, at::Tensor()};
+  }
+};
+
+}  // namespace
+
+QuantCodes QuantizeInt8(const at::Tensor& w) {
+  const at::Tensor wf = w.to(at::kFloat);
+  at::Tensor scale = RoundToBf16(wf.abs().amax(1) / 127);  // [N]
+  scale = at::where(scale > 0, scale, at::ones_like(scale));  // an all-zero row
+  const at::Tensor q = at::round(wf / scale.unsqueeze(1)).clamp(-127, 127).to(at::kChar);
+  return {q, scale, {}};
+}
+
+QuantCodes QuantizeInt4(const at::Tensor& w, int64_t group) {
+  const int64_t n = w.size(0), k = w.size(1);
+  const at::Tensor g = w.to(at::kFloat).reshape({n, k / group, group});
+  const at::Tensor lo = g.amin(2), hi = g.amax(2);  // [N, K / group]
+  at::Tensor scale = RoundToBf16((hi - lo) / 15);
+  scale = at::where(scale > 0, scale, at::ones_like(scale));  // a constant group
+  const at::Tensor zero = RoundToBf16(lo + 8 * scale);
+  const at::Tensor q = at::round((g - zero.unsqueeze(2)) / scale.unsqueeze(2) + 8).clamp(0, 15);
+  return {q.reshape({n, k}).to(at::kByte), scale, zero};
+}
+
+QuantCodes CatCodes(const std::vector<QuantCodes>& parts) {
+  if (parts.size() == 1) return parts[0];
+  std::vector<at::Tensor> q, scale, zero;
+  for (const QuantCodes& p : parts) {
+    q.push_back(p.q);
+    scale.push_back(p.scale);
+    if (p.zero.defined()) zero.push_back(p.zero);
+  }
+  return {at::cat(q), at::cat(scale), zero.empty() ? at::Tensor() : at::cat(zero)};
+}
+
+int64_t FrozenWeight::rows() const { return kind == Kind::kInt4 ? nibbles.size(0) : w.size(0); }
+int64_t FrozenWeight::cols() const { return kind == Kind::kInt4 ? 2 * nibbles.size(1) : w.size(1); }
+int64_t FrozenWeight::nbytes() const { return w.nbytes() + (scales.defined() ? scales.nbytes() : 0); }
+
+absl::StatusOr<FrozenWeight> PackWeight(const QuantCodes& c, const WeightFormat& format, at::Device device) {
+  FrozenWeight f;
+  f.kind = format.kind;
+  if (format.kind == Kind::kInt8) {
+    f.w = c.q.to(device);
+    f.scales = c.scale.to(at::kBFloat16).to(device);
+    return f;
+  }
+  const int64_t n = c.q.size(0), k = c.q.size(1);
+  if (k % format.group != 0 || n % 16 != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("weights ", format.Name(), ": a [", n, ", ", k,
+                                                   "] projection needs rows a multiple of 16 and columns of ",
+                                                   format.group));
+  }
+  f.group = format.group;
+  const at::Tensor q = c.q.to(at::kInt);
+  f.nibbles = (q.slice(1, 0, k, 2).bitwise_left_shift(4).bitwise_or(q.slice(1, 1, k, 2))).to(at::kByte).to(device);
+  if (device.is_cpu()) {
+    f.w = at::_convert_weight_to_int4pack_for_cpu(q, /*innerKTiles=*/2);
+  } else {  // the CUDA layout tiles K by 16 innerKTiles
+    const int64_t tiles = k % 128 == 0 ? 8 : k % 64 == 0 ? 4 : 2;
+    f.w = at::_convert_weight_to_int4pack(f.nibbles, tiles);
+  }
+  f.scales = at::stack({c.scale.t(), c.zero.t()}, 2).to(at::kBFloat16).contiguous().to(device);  // [K/g, N, 2]
+  return f;
+}
+
+at::Tensor DequantizeRows(const FrozenWeight& w, const at::Tensor& ids, at::ScalarType dtype) {
+  switch (w.kind) {
+    case Kind::kDense: return w.w.index_select(0, ids).to(dtype);
+    case Kind::kInt8:
+      return (w.w.index_select(0, ids).to(at::kFloat) * w.scales.index_select(0, ids).to(at::kFloat).unsqueeze(1))
+          .to(dtype);
+    case Kind::kInt4: {
+      const at::Tensor nib = w.nibbles.index_select(0, ids);  // [n, K / 2]
+      const at::Tensor q = at::stack({nib.bitwise_right_shift(4), nib.bitwise_and(15)}, 2).reshape({nib.size(0), -1});
+      const at::Tensor sz = w.scales.index_select(1, ids).to(at::kFloat);  // [K / g, n, 2]
+      return Int4Values(q, sz.select(2, 0).t(), sz.select(2, 1).t(), w.group).to(dtype);
+    }
+  }
+  return {};
+}
+
+at::Tensor DequantizeWeight(const FrozenWeight& w, at::ScalarType dtype) {
+  if (w.kind == Kind::kDense) return w.w.to(dtype);
+  return DequantizeRows(w, at::arange(w.rows(), at::TensorOptions().dtype(at::kLong).device(w.w.device())), dtype);
+}
+
+at::Tensor QuantLinear(const at::Tensor& x, const FrozenWeight& w) {
+  if (at::GradMode::is_enabled() && x.requires_grad()) {
+    return QuantLinearFunction::apply(x, reinterpret_cast<int64_t>(&w));
+  }
+  return Product(x, w);
+}
+
+std::string WeightFormat::Name() const {
+  switch (kind) {
+    case Kind::kDense: return "dense";
+    case Kind::kInt8: return "int8";
+    case Kind::kInt4: return absl::StrCat("int4-g", group);
+  }
+  return "";
+}
+
+absl::StatusOr<WeightFormat> ParseWeightFormat(const std::string& name) {
+  if (name.empty() || name == "dense") return WeightFormat{};
+  if (name == "int8") return WeightFormat{Kind::kInt8, 0};
+  if (name == "int4" || name == "int4-g32") return WeightFormat{Kind::kInt4, 32};
+  if (name == "int4-g64") return WeightFormat{Kind::kInt4, 64};
+  return absl::InvalidArgumentError(
+      absl::StrCat("weight format '", name, "' must be dense, int8, int4 (int4-g32) or int4-g64"));
+}
+
+}  // namespace adaptd::engine

@@ -1,0 +1,67 @@
+// Private to engine/: a frozen projection of the base model, dense in the compute dtype or
+// weight-only quantized (int8 per output channel, int4 in groups with a scale and a zero), the
+// product that reads it (differentiable in its input, for ntp_gradient's backward), and its
+// codes before packing, so GGUF blocks map onto them without requantizing where they can.
+#ifndef ADAPTD_ENGINE_SRC_QUANT_H_
+#define ADAPTD_ENGINE_SRC_QUANT_H_
+
+#include <ATen/ATen.h>
+
+#include <vector>
+
+#include "adaptd/engine/model.h"
+
+namespace adaptd::engine {
+
+// One or more stacked weights' codes, on the CPU, before packing. Element (n, k) is
+//   int8: q[n, k] * scale[n]                       q int8 in [-127, 127], scale f32 [N]
+//   int4: (q[n, k] - 8) * scale[n, g] + zero[n, g]  q uint8 in [0, 15], scale and zero f32
+//         [N, K / group], g = k / group
+struct QuantCodes {
+  at::Tensor q, scale, zero;
+};
+
+// Round-to-nearest codes of a float weight [N, K]: int8 symmetric per row (scale max|w| / 127),
+// int4 asymmetric per group (scale (max - min) / 15). The scales are rounded to bf16 first, as
+// the kernels read them, so the codes are the nearest to the weight under the scales served:
+// |w - w'| <= scale / 2 (int4: plus the bf16 rounding of the zero, <= |zero| 2^-8).
+QuantCodes QuantizeInt8(const at::Tensor& w);
+QuantCodes QuantizeInt4(const at::Tensor& w, int64_t group);
+
+// The codes of several weights stacked along their rows (the fused q/k/v and gate/up).
+QuantCodes CatCodes(const std::vector<QuantCodes>& parts);
+
+struct FrozenWeight {
+  WeightFormat::Kind kind = WeightFormat::Kind::kDense;
+  int64_t group = 0;
+  at::Tensor w;        // dense: [N, K] compute dtype; int8: [N, K] int8; int4: the kernel's packing
+  at::Tensor scales;   // int8: [N] bf16; int4: [K / group, N, 2] bf16 (scale, zero)
+  at::Tensor nibbles;  // int4: [N, K / 2] uint8, element 2j in the high nibble (to dequantize)
+  int64_t rows() const;  // N
+  int64_t cols() const;  // K
+  int64_t nbytes() const;  // read by one product: codes and scales
+};
+
+inline FrozenWeight DenseWeight(at::Tensor w) {
+  FrozenWeight f;
+  f.w = std::move(w);
+  return f;
+}
+
+// The codes packed for `format` on `device`. INVALID_ARGUMENT when the shape does not fit the
+// kernels: int4 needs K a multiple of the group (32 or 64) and N a multiple of 16.
+absl::StatusOr<FrozenWeight> PackWeight(const QuantCodes& codes, const WeightFormat& format, at::Device device);
+
+// The weight as the products compute with it, [N, K] (or rows `ids` [n, K]) in `dtype`.
+at::Tensor DequantizeWeight(const FrozenWeight& w, at::ScalarType dtype);
+at::Tensor DequantizeRows(const FrozenWeight& w, const at::Tensor& ids, at::ScalarType dtype);
+
+// x W^T for x [M, K] in its own dtype through LibTorch's weight-only kernels (x rounded to bf16,
+// the result back to x's dtype); w quantized. With grad mode on and x requiring grad, the
+// backward dequantizes W to f32 for the one product dx = dy W and frees it: at most one weight
+// (the largest, lm_head) dequantized at a time, on top of what the pass holds.
+at::Tensor QuantLinear(const at::Tensor& x, const FrozenWeight& w);
+
+}  // namespace adaptd::engine
+
+#endif  // ADAPTD_ENGINE_SRC_QUANT_H_
