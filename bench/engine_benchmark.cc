@@ -57,6 +57,8 @@ void Check(const absl::Status& s) {
 
 struct Single {
   double prefill_tps, decode_tps;
+  double decode_step_tps;  // decode with the time of chunk updates taken out: the steps alone
+  double update_seconds;   // all chunk updates of the session
   int64_t updates;
 };
 
@@ -69,9 +71,12 @@ Single RunSingle(const Model& m, UpdateRule rule, const std::vector<int32_t>& pr
   Check(m.Forward(*s, prompt).status());
   const double prefill = Seconds(t0);
   const auto next = Ids(decode, 99, m.config().vocab_size);
+  const double before = s->update_seconds();
   t0 = Clock::now();
   for (int32_t id : next) Check(m.ForwardBatch({{s.get(), absl::MakeConstSpan(&id, 1)}}).status());
-  return {prompt.size() / prefill, decode / Seconds(t0), s->updates_applied()};
+  const double seconds = Seconds(t0);
+  return {prompt.size() / prefill, decode / seconds, decode / (seconds - (s->update_seconds() - before)),
+          s->update_seconds(), s->updates_applied()};
 }
 
 // Decode tokens/s of n sessions with distinct dW: one batched step per token vs one at a time.
@@ -128,7 +133,7 @@ int Main() {
   const Model& m = **model;
   const auto prompt = Ids(absl::GetFlag(FLAGS_prompt), 1, m.config().vocab_size);
   const int decode = absl::GetFlag(FLAGS_decode);
-  std::vector<double> pre_on, pre_off, dec_on, dec_off, bat, seq;
+  std::vector<double> pre_on, pre_off, dec_on, dec_off, step_on, step_off, upd, bat, seq;
   int64_t updates = 0;
   RunSingle(m, rule, prompt, 4);  // warm-up
   for (int r = 0; r < absl::GetFlag(FLAGS_repeats); ++r) {
@@ -136,6 +141,8 @@ int Main() {
     Single off = RunSingle(m, UpdateRule::kOff, prompt, decode);
     pre_on.push_back(on.prefill_tps), dec_on.push_back(on.decode_tps);
     pre_off.push_back(off.prefill_tps), dec_off.push_back(off.decode_tps);
+    step_on.push_back(on.decode_step_tps), step_off.push_back(off.decode_step_tps);
+    upd.push_back(on.update_seconds);
     updates = on.updates;
     auto [b, s] = RunBatched(m, rule, absl::GetFlag(FLAGS_sessions), 64, std::max(8, decode / 4));
     bat.push_back(b), seq.push_back(s);
@@ -144,11 +151,13 @@ int Main() {
       "{\"prefill_tps_ttt_on\": %.1f, \"prefill_tps_ttt_off\": %.1f, \"decode_tps_ttt_on\": %.1f, "
       "\"decode_tps_ttt_off\": %.1f, \"updates_applied\": %lld, \"chunk\": %lld, \"batched_decode_tps\": %.1f, "
       "\"sequential_decode_tps\": %.1f, \"sessions\": %d, \"load_seconds\": %.3f, \"weight_bytes\": %lld, "
-      "\"delta_bytes\": %lld, \"weights\": \"%s\"}\n",
+      "\"delta_bytes\": %lld, \"weights\": \"%s\", \"decode_step_tps_ttt_on\": %.1f, \"decode_step_tps_ttt_off\": %.1f, "
+      "\"update_seconds_per_chunk\": %.4f}\n",
       Median(pre_on), Median(pre_off), Median(dec_on), Median(dec_off), static_cast<long long>(updates),
       static_cast<long long>(m.config().ttt.chunk), Median(bat), Median(seq), absl::GetFlag(FLAGS_sessions),
       load_seconds, static_cast<long long>(m.weight_bytes()), static_cast<long long>(DeltaBytes(m, rule)),
-      m.weight_format().Name().c_str());
+      m.weight_format().Name().c_str(), Median(step_on), Median(step_off),
+      Median(upd) / std::max<int64_t>(1, (prompt.size() + decode) / m.config().ttt.chunk));
   return 0;
 }
 

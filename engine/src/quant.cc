@@ -5,6 +5,7 @@
 // f32 product), and on CUDA _weight_int8pack_mm and _weight_int4pack_mm serve the same layouts.
 #include "quant.h"
 
+#include <ATen/Parallel.h>
 #include <torch/csrc/autograd/custom_function.h>
 
 #include "absl/strings/str_cat.h"
@@ -16,9 +17,46 @@ using Kind = WeightFormat::Kind;
 
 at::Tensor RoundToBf16(const at::Tensor& x) { return x.to(at::kBFloat16).to(at::kFloat); }
 
-// Element (n, k) of int4 codes [n, K] under per-group scale and zero [n, K / group] (f32).
+// Element (n, k) of int4 codes [n, K] under per-group scale and zero [n, K / group] (f32):
+// broadcast over each group, never expanded to [n, K].
 at::Tensor Int4Values(const at::Tensor& q, const at::Tensor& scale, const at::Tensor& zero, int64_t group) {
-  return (q.to(at::kFloat) - 8) * scale.repeat_interleave(group, 1) + zero.repeat_interleave(group, 1);
+  const int64_t n = q.size(0), groups = q.size(1) / group;
+  const at::Tensor codes = q.reshape({n, groups, group}).to(at::kFloat) - 8;
+  return at::addcmul(zero.unsqueeze(2), codes, scale.unsqueeze(2)).reshape({n, groups * group});
+}
+
+// The int4 weight's rows `nib` [n, K / 2] (its nibbles) and `sz` [K / g, n, 2] as f32 values.
+// On the CPU a loop over a 16-entry table per group: LibTorch has no int4 unpack, and composing
+// shifts, a stack, a cast and a multiply-add costs ~10x the memory traffic (bench/quant_kernels.py),
+// which every ntp_gradient chunk update pays once per weight in its backward.
+at::Tensor Int4Rows(const at::Tensor& nib, const at::Tensor& sz, int64_t group) {
+  const int64_t n = nib.size(0), k = 2 * nib.size(1);
+  if (!nib.is_cpu()) {
+    const at::Tensor q = at::stack({nib.bitwise_right_shift(4), nib.bitwise_and(15)}, 2).reshape({n, k});
+    const at::Tensor s = sz.to(at::kFloat);
+    return Int4Values(q, s.select(2, 0).t(), s.select(2, 1).t(), group);
+  }
+  const at::Tensor codes = nib.contiguous(), sf = sz.to(at::kFloat).contiguous();
+  at::Tensor out = at::empty({n, k}, at::kFloat);
+  const uint8_t* q = codes.data_ptr<uint8_t>();
+  const float* szp = sf.data_ptr<float>();
+  float* o = out.data_ptr<float>();
+  at::parallel_for(0, n, 16, [&](int64_t begin, int64_t end) {
+    float table[16];
+    for (int64_t r = begin; r < end; ++r) {
+      for (int64_t g = 0; g < k / group; ++g) {
+        const float scale = szp[(g * n + r) * 2], zero = szp[(g * n + r) * 2 + 1];
+        for (int c = 0; c < 16; ++c) table[c] = static_cast<float>(c - 8) * scale + zero;
+        const uint8_t* in = q + r * (k / 2) + g * (group / 2);
+        float* row = o + r * k + g * group;
+        for (int64_t b = 0; b < group / 2; ++b) {
+          row[2 * b] = table[in[b] >> 4];
+          row[2 * b + 1] = table[in[b] & 15];
+        }
+      }
+    }
+  });
+  return out;
 }
 
 // The forward product; the kernels take bf16 activations and scales of the same dtype.
@@ -35,8 +73,12 @@ at::Tensor Product(const at::Tensor& x, const FrozenWeight& w) {
   return y.to(x.scalar_type());
 }
 
-// The packed kernels have no derivative: dx = dy W with W dequantized for this one product.
-// The weight is a model's, which outlives every backward (NtpUpdate runs inside a call).
+// Rows dequantized at a time by the backward: 8 MB of f32.
+constexpr int64_t kBackwardBlockElements = int64_t{2} << 20;
+
+// The packed kernels have no derivative: dx = dy W with W dequantized to f32 a block of rows at
+// a time (at most 8 MB beside the pass), never kept. The weight is a model's, which outlives
+// every backward (NtpUpdate runs inside a call).
 struct QuantLinearFunction : torch::autograd::Function<QuantLinearFunction> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, int64_t weight) {
     ctx->saved_data["weight"] = weight;
@@ -44,10 +86,15 @@ struct QuantLinearFunction : torch::autograd::Function<QuantLinearFunction> {
   }
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
-    const auto* w = reinterpret_cast<const FrozenWeight*>(ctx->saved_data["weight"].toInt());
-    const at::Tensor& dy = grads[0];  // [M, N]
-    at::Tensor dx = at::mm(dy.to(at::kFloat), DequantizeWeight(*w, at::kFloat)).to(dy.scalar_type());  // [M, K]
-    return {dx, at::Tensor()};
+    const auto& w = *reinterpret_cast<const FrozenWeight*>(ctx->saved_data["weight"].toInt());
+    const at::Tensor dy = grads[0].to(at::kFloat);  // [M, N]
+    const int64_t rows = w.rows(), block = std::max<int64_t>(16, kBackwardBlockElements / w.cols()) / 16 * 16;
+    at::Tensor dx = at::zeros({dy.size(0), w.cols()}, dy.options());  // [M, K]
+    for (int64_t r = 0; r < rows; r += block) {
+      const int64_t n = std::min(block, rows - r);
+      dx.addmm_(dy.narrow(1, r, n), DequantizeSlice(w, r, n, at::kFloat));
+    }
+    return {dx.to(grads[0].scalar_type()), at::Tensor()};
   }
 };
 
@@ -120,20 +167,25 @@ at::Tensor DequantizeRows(const FrozenWeight& w, const at::Tensor& ids, at::Scal
     case Kind::kInt8:
       return (w.w.index_select(0, ids).to(at::kFloat) * w.scales.index_select(0, ids).to(at::kFloat).unsqueeze(1))
           .to(dtype);
-    case Kind::kInt4: {
-      const at::Tensor nib = w.nibbles.index_select(0, ids);  // [n, K / 2]
-      const at::Tensor q = at::stack({nib.bitwise_right_shift(4), nib.bitwise_and(15)}, 2).reshape({nib.size(0), -1});
-      const at::Tensor sz = w.scales.index_select(1, ids).to(at::kFloat);  // [K / g, n, 2]
-      return Int4Values(q, sz.select(2, 0).t(), sz.select(2, 1).t(), w.group).to(dtype);
-    }
+    case Kind::kInt4:
+      return Int4Rows(w.nibbles.index_select(0, ids), w.scales.index_select(1, ids), w.group).to(dtype);
   }
   return {};
 }
 
-at::Tensor DequantizeWeight(const FrozenWeight& w, at::ScalarType dtype) {
-  if (w.kind == Kind::kDense) return w.w.to(dtype);
-  return DequantizeRows(w, at::arange(w.rows(), at::TensorOptions().dtype(at::kLong).device(w.w.device())), dtype);
+at::Tensor DequantizeSlice(const FrozenWeight& w, int64_t start, int64_t count, at::ScalarType dtype) {
+  switch (w.kind) {
+    case Kind::kDense: return w.w.narrow(0, start, count).to(dtype);
+    case Kind::kInt8:
+      return (w.w.narrow(0, start, count).to(at::kFloat) * w.scales.narrow(0, start, count).to(at::kFloat).unsqueeze(1))
+          .to(dtype);
+    case Kind::kInt4:
+      return Int4Rows(w.nibbles.narrow(0, start, count), w.scales.narrow(1, start, count), w.group).to(dtype);
+  }
+  return {};
 }
+
+at::Tensor DequantizeWeight(const FrozenWeight& w, at::ScalarType dtype) { return DequantizeSlice(w, 0, w.rows(), dtype); }
 
 at::Tensor QuantLinear(const at::Tensor& x, const FrozenWeight& w) {
   if (at::GradMode::is_enabled() && x.requires_grad()) {

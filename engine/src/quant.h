@@ -52,14 +52,16 @@ inline FrozenWeight DenseWeight(at::Tensor w) {
 // kernels: int4 needs K a multiple of the group (32 or 64) and N a multiple of 16.
 absl::StatusOr<FrozenWeight> PackWeight(const QuantCodes& codes, const WeightFormat& format, at::Device device);
 
-// The weight as the products compute with it, [N, K] (or rows `ids` [n, K]) in `dtype`.
+// The weight as the products compute with it, [N, K] (or rows `ids` [n, K], or rows
+// [start, start + count)) in `dtype`.
 at::Tensor DequantizeWeight(const FrozenWeight& w, at::ScalarType dtype);
+at::Tensor DequantizeSlice(const FrozenWeight& w, int64_t start, int64_t count, at::ScalarType dtype);
 at::Tensor DequantizeRows(const FrozenWeight& w, const at::Tensor& ids, at::ScalarType dtype);
 
 // x W^T for x [M, K] in its own dtype through LibTorch's weight-only kernels (x rounded to bf16,
 // the result back to x's dtype); w quantized. With grad mode on and x requiring grad, the
-// backward dequantizes W to f32 for the one product dx = dy W and frees it: at most one weight
-// (the largest, lm_head) dequantized at a time, on top of what the pass holds.
+// backward computes dx = dy W with W dequantized to f32 in blocks of rows (8 MB at a time, on
+// top of what the pass holds), never kept.
 at::Tensor QuantLinear(const at::Tensor& x, const FrozenWeight& w);
 
 }  // namespace adaptd::engine
