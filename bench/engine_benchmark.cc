@@ -22,6 +22,8 @@ ABSL_FLAG(std::string, model, "", "checkpoint directory");
 ABSL_FLAG(int, prompt, 512, "prompt tokens");
 ABSL_FLAG(int, decode, 64, "decoded tokens per session");
 ABSL_FLAG(int, sessions, 16, "sessions in the batched decode");
+ABSL_FLAG(int, batch_prompt, 64, "prompt tokens of each batched session (a chunk or more: it has a dW)");
+ABSL_FLAG(bool, sequential, true, "also decode the sessions one at a time (sequential_decode_tps; 0 when off)");
 ABSL_FLAG(int, repeats, 3, "repeats (the median is reported)");
 ABSL_FLAG(int, threads, 0, "CPU threads (0: LibTorch's default)");
 ABSL_FLAG(std::string, device, "cpu", "cpu, cuda or cuda:<i>");
@@ -98,6 +100,7 @@ std::pair<double, double> RunBatched(const Model& m, UpdateRule rule, int n, int
     Check(m.ForwardBatch(batch).status());
   }
   const double batched = n * decode / Seconds(t0);
+  if (!absl::GetFlag(FLAGS_sequential)) return {batched, 0};
   t0 = Clock::now();
   for (int32_t id : next) {
     for (auto& s : b) Check(m.ForwardBatch({{s.get(), absl::MakeConstSpan(&id, 1)}}).status());
@@ -144,7 +147,7 @@ int Main() {
     step_on.push_back(on.decode_step_tps), step_off.push_back(off.decode_step_tps);
     upd.push_back(on.update_seconds);
     updates = on.updates;
-    auto [b, s] = RunBatched(m, rule, absl::GetFlag(FLAGS_sessions), 64, std::max(8, decode / 4));
+    auto [b, s] = RunBatched(m, rule, absl::GetFlag(FLAGS_sessions), absl::GetFlag(FLAGS_batch_prompt), std::max(8, decode / 4));
     bat.push_back(b), seq.push_back(s);
   }
   std::printf(

@@ -48,6 +48,8 @@ ABSL_FLAG(std::string, score, "", "text file: print the NLL of each chunk with T
 ABSL_FLAG(bool, score_ids, false, "score the --ids / --ids_file input instead of generating");
 ABSL_FLAG(std::string, device, "cpu", "cpu, cuda or cuda:<i>");
 ABSL_FLAG(std::string, dtype, "", "compute dtype f32|bf16|f16 (default: the checkpoint's)");
+ABSL_FLAG(std::string, weights, "dense", "the frozen base's format: dense, int8, int4-g32 or int4-g64");
+ABSL_FLAG(bool, dequantize_weights, false, "the oracle of --weights: its quantized values stored dense (benchmarks)");
 ABSL_FLAG(int, threads, 0, "CPU threads for the engine (0: LibTorch's default)");
 ABSL_FLAG(bool, text, false, "with --ids: print generated tokens as text (text inputs always do)");
 
@@ -274,6 +276,13 @@ int Main() {
   }
   options.dtype = *dtype;
   options.ttt_config = absl::GetFlag(FLAGS_ttt_config);
+  auto weights = ParseWeightFormat(absl::GetFlag(FLAGS_weights));
+  if (!weights.ok()) {
+    std::cerr << "--weights: " << weights.status().message() << "\n";
+    return 2;
+  }
+  options.weights = *weights;
+  options.dequantize_weights = absl::GetFlag(FLAGS_dequantize_weights);
   auto input = ReadInput();
   if (!input.ok()) {
     std::cerr << input.status() << "\n";

@@ -183,7 +183,8 @@ bool ApplyUpdate(const LayerWeights& L, TttLayerState& st, const SessionOptions&
   const double keep = 1.0 - opt.decay;
   at::Tensor next;  // the new dW (split) or W (parity)
   if (parity) {
-    const at::Tensor& w0 = L.down.w;  // dense: parity sessions need it (Model::NewSession)
+    TORCH_CHECK(L.down.kind == WeightFormat::Kind::kDense, "a parity update needs a dense W0");  // NewSession
+    const at::Tensor& w0 = L.down.w;
     next = !st.whole.defined() ? w0 + d : opt.decay > 0 ? w0 + (st.whole - w0) * keep + d : st.whole + d;
   } else {
     next = !st.delta.defined() ? d : opt.decay > 0 ? st.delta * keep + d : st.delta + d;

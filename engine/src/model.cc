@@ -94,6 +94,11 @@ absl::StatusOr<std::unique_ptr<Model>> Model::LoadImpl(const std::string& dir, c
     return absl::InvalidArgumentError("compute dtype must be F32, BF16 or F16");
   }
   impl->dtype = dtype == DType::kF32 ? at::kFloat : dtype == DType::kBF16 ? at::kBFloat16 : at::kHalf;
+  const WeightFormat& w = options.weights;
+  if (w.kind == WeightFormat::Kind::kInt4 ? (w.group != 32 && w.group != 64) : w.group != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("weight format: int4 takes groups of 32 or 64 (got ", w.group,
+                                                   "), the others none"));
+  }
   impl->format = options.weights;
   impl->dense_ttt_down = options.dense_ttt_down && options.weights.quantized();
   impl->dequantize_weights = options.dequantize_weights && options.weights.quantized();
@@ -134,7 +139,7 @@ absl::StatusOr<std::unique_ptr<SessionState>> Model::NewSession(const SessionOpt
       !impl_->dequantize_weights && !impl_->config.ttt.layers.empty()) {
     return absl::FailedPreconditionError(absl::StrCat(
         "parity sessions update the TTT layers' W0 whole in the compute dtype, and this model holds it as ",
-        impl_->format.Name(), ": load it with dense_ttt_down (adaptd --dense_ttt_down) or use the split mode"));
+        impl_->format.Name(), ": load it with LoadOptions::dense_ttt_down or use the split mode"));
   }
   if (options.rule == UpdateRule::kNtpGradient && impl_->config.ttt.fast_layers.empty()) {
     return absl::FailedPreconditionError(

@@ -1,8 +1,9 @@
 // The frozen base's quantized projections: codes, packing for LibTorch's weight-only kernels,
-// the product and its backward (quant.h). No kernel is written here: on the CPU the wheel's
-// _weight_int8pack_mm and _weight_int4pack_mm_for_cpu read these weights at memory speed with
-// bf16 activations (bench/quant_kernels.py; with f32 activations they are slower than a dense
-// f32 product), and on CUDA _weight_int8pack_mm and _weight_int4pack_mm serve the same layouts.
+// the product and its backward (quant.h). No product kernel is written here: on the CPU the
+// wheel's _weight_int8pack_mm and _weight_int4pack_mm_for_cpu take bf16 activations (with f32
+// ones they are slower than a dense f32 product: README, "The frozen base quantized"), and a
+// hand-written AVX2 int4 product tried here was slower than LibTorch's; on CUDA
+// _weight_int8pack_mm and _weight_int4pack_mm serve the same codes (compiled, not yet run).
 #include "quant.h"
 
 #include <ATen/Parallel.h>
@@ -113,8 +114,9 @@ QuantCodes QuantizeInt4(const at::Tensor& w, int64_t group) {
   const at::Tensor g = w.to(at::kFloat).reshape({n, k / group, group});
   const at::Tensor lo = g.amin(2), hi = g.amax(2);  // [N, K / group]
   at::Tensor scale = RoundToBf16((hi - lo) / 15);
-  scale = at::where(scale > 0, scale, at::ones_like(scale));  // a constant group
-  const at::Tensor zero = RoundToBf16(lo + 8 * scale);
+  const at::Tensor constant = scale <= 0;  // all its weights equal: codes 8, the zero their value
+  scale = at::where(constant, at::ones_like(scale), scale);
+  const at::Tensor zero = RoundToBf16(at::where(constant, lo, lo + 8 * scale));
   const at::Tensor q = at::round((g - zero.unsqueeze(2)) / scale.unsqueeze(2) + 8).clamp(0, 15);
   return {q.reshape({n, k}).to(at::kByte), scale, zero};
 }

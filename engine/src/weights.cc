@@ -186,6 +186,10 @@ class TensorLoader {
         codes.push_back(c);
         continue;
       }
+      if (format.kind == WeightFormat::Kind::kInt4 && shape[1] % format.group != 0) {
+        return absl::InvalidArgumentError(absl::StrCat("weights ", format.Name(), ": ", name, " has ", shape[1],
+                                                       " columns, not a multiple of the group"));
+      }
       ASSIGN_OR_RETURN(at::Tensor x, s->read());
       codes.push_back(format.kind == WeightFormat::Kind::kInt8 ? QuantizeInt8(x) : QuantizeInt4(x, format.group));
     }
@@ -303,7 +307,7 @@ absl::Status LoadWeights(const ModelFiles& files, const std::string& config_json
   m.is_ttt.assign(c.num_layers, false);
   for (int l : c.ttt.layers) m.is_ttt[l] = true;
   t.set_dequantize(m.dequantize_weights);
-  // lm_head and the embedding in int8 under both quantized formats (README "Quantized base").
+  // lm_head and the embedding in int8 under both quantized formats (engine/README.md).
   const WeightFormat head_format = m.format.quantized() ? WeightFormat{WeightFormat::Kind::kInt8, 0} : WeightFormat{};
   ASSIGN_OR_RETURN(m.embed, t.GetWeight({{"model.embed_tokens.weight", {c.vocab_size, c.hidden_size}}}, head_format));
   ASSIGN_OR_RETURN(m.final_norm, t.Get("model.norm.weight", {c.hidden_size}));

@@ -45,8 +45,6 @@ ABSL_FLAG(std::string, weights, "dense",
           "how the frozen base is stored: dense (the compute dtype), int8 (per output channel) or int4 (int4-g32, "
           "int4-g64: groups with a scale and a zero); fast weights stay fp32. Part of the served fingerprint: "
           "sessions of another format are refused until migrated");
-ABSL_FLAG(bool, dense_ttt_down, false,
-          "under --weights int8/int4, keep the TTT layers' W0 dense (parity sessions need it)");
 ABSL_FLAG(std::string, store, "runs/store", "session store directory (RocksDB)");
 ABSL_FLAG(std::string, api_keys, "", "file of \"tenant sha256-hex-of-key\" lines (required)");
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051", "address:port of the API");
@@ -181,7 +179,6 @@ int main(int argc, char** argv) {
   auto weights = engine::ParseWeightFormat(absl::GetFlag(FLAGS_weights));
   if (!weights.ok()) return Fail(absl::InvalidArgumentError(absl::StrCat("--weights: ", weights.status().message())));
   load_options.weights = *weights;
-  load_options.dense_ttt_down = absl::GetFlag(FLAGS_dense_ttt_down);
   auto model = engine::Model::Load(model_dir, load_options);
   if (!model.ok()) return Fail(model.status());
   auto tokenizer = engine::Tokenizer::LoadForModel(model_dir);
@@ -281,7 +278,12 @@ int main(int argc, char** argv) {
   std::signal(SIGPIPE, SIG_IGN);  // a closed log pipe or socket is an error to handle, not a death
   std::signal(SIGTERM, OnSignal);
   std::signal(SIGINT, OnSignal);
-  server::LogLine("serving").Str("model", options.model_name).Str("fingerprint", (*model)->fingerprint()).Str("weights", (*model)->weight_format().Name()).Num("port", port).Write();
+  server::LogLine("serving")
+      .Str("model", options.model_name)
+      .Str("fingerprint", (*model)->fingerprint())
+      .Str("weights", (*model)->weight_format().Name())
+      .Num("port", port)
+      .Write();
   // Idle sessions expire: checked every TTL / 2 (at most every minute).
   const int64_t ttl = store_options.idle_ttl_seconds;
   const auto expire_every = std::chrono::seconds(std::clamp<int64_t>(ttl / 2, 1, 60));

@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <map>
@@ -547,6 +548,25 @@ TEST(GgufRealModelTest, EveryTensorDequantizesAsTheGgufPackage) {
   }
 }
 
+// The mean next-token NLL of `ids` under `m` in a fresh session (a stock model learns nothing
+// under the default in-place rule: it has no TTT tensors).
+double HeldOutNll(const Model& m, const std::vector<int32_t>& ids) {
+  auto s = m.NewSession();
+  EXPECT_TRUE(s.ok()) << s.status();
+  auto all = m.Forward(**s, ids);
+  EXPECT_TRUE(all.ok()) << all.status();
+  if (!all.ok()) return NAN;
+  const int64_t V = m.config().vocab_size;
+  double nll = 0;
+  for (size_t i = 0; i + 1 < ids.size(); ++i) {
+    const float* row = all->data() + i * V;
+    double mx = *std::max_element(row, row + V), z = 0;
+    for (int64_t v = 0; v < V; ++v) z += std::exp(double(row[v]) - mx);
+    nll += mx + std::log(z) - row[ids[i + 1]];
+  }
+  return nll / double(ids.size() - 1);
+}
+
 TEST(GgufRealModelTest, LogitsAndHeldOutNllEqualTransformers) {
   ASSERT_FALSE(RealPath().empty()) << "the default model is not installed (scripts/setup.sh)";
   LoadOptions options;
@@ -560,22 +580,38 @@ TEST(GgufRealModelTest, LogitsAndHeldOutNllEqualTransformers) {
   ASSERT_TRUE(logits.ok()) << logits.status();
   EXPECT_LE(MaxAbsDiff(*logits, Expected(expected, "logits")), kF32Tol);
   // The mean next-token NLL of a held-out text.
-  const auto ids = ExpectedIds(expected, "nll_ids");
-  auto t = (*m)->NewSession();
-  auto all = (*m)->Forward(**t, ids);
-  ASSERT_TRUE(all.ok());
-  const int64_t V = (*m)->config().vocab_size;
-  double nll = 0;
-  for (size_t i = 0; i + 1 < ids.size(); ++i) {
-    const float* row = all->data() + i * V;
-    double mx = *std::max_element(row, row + V), z = 0;
-    for (int64_t v = 0; v < V; ++v) z += std::exp(double(row[v]) - mx);
-    nll += mx + std::log(z) - row[ids[i + 1]];
-  }
-  nll /= double(ids.size() - 1);
+  const double nll = HeldOutNll(**m, ExpectedIds(expected, "nll_ids"));
   auto f = SafetensorsFile::Open(expected);
   const double want = *reinterpret_cast<const double*>((*f)->Find("nll")->data);
   EXPECT_NEAR(nll, want, 1e-4) << "engine " << nll << " vs transformers " << want;
+}
+
+// SmolLM2's projections are Q4_1 (Q and K rows permuted by the converter): int4-g32 serves the
+// file's own codes, so the held-out NLL of its dequantized weights stays within 0.1% of the
+// file dequantized to f32 (the bf16 rounding of scales and zeros, and the Q8_0 embedding
+// requantized to int8 per channel; a wrong zero or a code row left permuted would cost far
+// more), and serving them with bf16 activations within 0.2%. Requantizing the same 4-bit
+// values into groups of 64 costs several percent: the negative control.
+TEST(GgufRealModelTest, Int4KeepsTheFilesOwnBlocks) {
+  ASSERT_FALSE(RealPath().empty()) << "the default model is not installed (scripts/setup.sh)";
+  const auto ids = ExpectedIds(GgufFixture("real/logits.safetensors"), "nll_ids");
+  auto nll = [&](const char* weights, bool oracle) {
+    LoadOptions options;
+    options.dtype = DType::kF32;
+    options.device = Device();
+    options.weights = *ParseWeightFormat(weights);
+    options.dequantize_weights = oracle;
+    auto m = Model::Load(RealPath(), options);
+    EXPECT_TRUE(m.ok()) << m.status();
+    return m.ok() ? HeldOutNll(**m, ids) : NAN;
+  };
+  const double dense = nll("dense", false), mapped = nll("int4-g32", true), served = nll("int4-g32", false);
+  const double requantized = nll("int4-g64", true);
+  EXPECT_LE(std::abs(mapped / dense - 1), 1e-3) << mapped << " vs " << dense;
+  EXPECT_LE(std::abs(served / dense - 1), 2e-3) << served << " vs " << dense;
+  EXPECT_GT(std::abs(requantized / dense - 1), 1e-2) << requantized << " vs " << dense;
+  std::printf("held-out NLL: dense %.5f, int4-g32 codes %.5f, served %.5f, int4-g64 requantized %.5f\n", dense, mapped,
+              served, requantized);
 }
 
 TEST(GgufRealModelTest, TokenizerEqualsHfTokenizersOnTheOracleCorpus) {

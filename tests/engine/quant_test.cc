@@ -9,7 +9,6 @@
 
 #include <cmath>
 #include <cstdio>
-#include <fstream>
 #include <vector>
 
 #include "adaptd/engine/gguf.h"
@@ -69,6 +68,18 @@ TEST(QuantCodesTest, ShapesTheKernelsCannotTakeAreRefused) {
   EXPECT_EQ(ParseWeightFormat("int4")->Name(), "int4-g32");
   EXPECT_EQ(ParseWeightFormat("int4-g64")->group, 64);
   EXPECT_FALSE(ParseWeightFormat("")->quantized());
+  LoadOptions odd;
+  odd.weights = {Kind::kInt4, 16};
+  EXPECT_EQ(Model::Load(FixtureDir() + "/hf/llama_tied/model", odd).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+// A group whose weights are all equal keeps its value (codes 8, the zero the value in bf16).
+TEST(QuantCodesTest, ConstantGroupsKeepTheirValue) {
+  at::Tensor w = RandomWeight(16, 64, 8);
+  w.narrow(1, 0, 32).fill_(0.01);
+  const at::Tensor back = DequantizeWeight(Pack(w, kInt4G32), at::kFloat).narrow(1, 0, 32);
+  EXPECT_LE(MaxAbs(back - 0.01), 0.01 * kBf16Rel);
 }
 
 // The packed products compute x W'^T with W' the dequantized weight: the only differences are
@@ -102,9 +113,9 @@ TEST(QuantKernelTest, ProductsReadTheWeightsAsDequantized) {
 // The packed kernels have no derivative: the backward's dx = dy W' with W' dequantized equals
 // autograd through the dense product of the dequantized weight.
 TEST(QuantKernelTest, BackwardIsTheDequantizedWeightsTranspose) {
-  const at::Tensor w = RandomWeight(64, 128, 4);
+  const at::Tensor w = RandomWeight(40000, 64, 4);  // 2.56M elements: three blocks of the backward's rows
   at::manual_seed(5);
-  const at::Tensor x0 = at::randn({6, 128}), dy = at::randn({6, 64});
+  const at::Tensor x0 = at::randn({6, 64}), dy = at::randn({6, 40000});
   for (const WeightFormat& f : {kInt8, kInt4G32}) {
     const FrozenWeight q = Pack(w, f);
     at::Tensor x = x0.clone().requires_grad_(true);
@@ -211,9 +222,8 @@ double MaxAbs(const std::vector<float>& v) {
 
 // Every product of a quantized base rounds its input and its output to bf16 (2^-8 each): the
 // logits of these 3-layer models stay within 2^-4 max |logit| of the f32 model computing with
-// the same dequantized weights (measured: about 2^-6). One
-// quantization step is ~1/15 (int4) or ~1/127 (int8) of a group's range: an oracle of another
-// format or group size must land outside.
+// the same dequantized weights (measured: about 2^-6). One quantization step is ~1/15 (int4) or
+// ~1/127 (int8) of a group's range: an oracle of another format or group size must land outside.
 TEST(QuantModelTest, LogitsEqualTheDequantizedFloatModel) {
   const std::vector<std::string> dirs = {FixtureDir() + "/hf/qwen3_gqa_tied/model", FixtureDir() + "/hf/llama_tied/model",
                                          FixtureDir() + "/ttt/ttt_qwen3_hidden_proj/model",

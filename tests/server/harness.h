@@ -14,6 +14,7 @@
 #include <gtest/gtest.h>
 #include <grpcpp/grpcpp.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -53,6 +54,8 @@ class Server {
       std::vector<std::string> args = {"adaptd", "--model=" + std::string(ADAPTD_MODEL), "--store=" + dir_ + "/store",
                                        "--api_keys=" + dir_ + "/keys.txt", "--listen=127.0.0.1:0",
                                        "--metrics_listen=127.0.0.1:0", "--session_defaults=chat_format: \"raw\""};
+      // The quant label's second run of the store tests serves a quantized base (ADAPTD_TEST_WEIGHTS).
+      if (const char* w = std::getenv("ADAPTD_TEST_WEIGHTS")) args.push_back(std::string("--weights=") + w);
       args.insert(args.end(), extra_args.begin(), extra_args.end());  // later flags win
       std::vector<char*> argv;
       for (auto& a : args) argv.push_back(a.data());

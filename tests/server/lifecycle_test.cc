@@ -325,6 +325,29 @@ TEST_F(LifecycleTest, MigrateRebindsASessionToTheServedModel) {
   EXPECT_EQ(Migrate("nope").error_code(), StatusCode::NOT_FOUND);
 }
 
+// A session belongs to the weights it was computed with: served under another format (here
+// int8, or dense when the quant run serves int4) it is refused until migrated, which replays it.
+TEST_F(LifecycleTest, AnotherWeightFormatIsRefusedUntilMigrated) {
+  ASSERT_TRUE(Create("key-acme", "held").ok());
+  Ids("held", "What does the page allocator do?");
+  AwaitSnapshot("key-acme", "held", 1);
+  v1::Session before;
+  ASSERT_TRUE(Get("key-acme", "held", &before).ok());
+  server_->Kill(SIGTERM);
+  const bool quantized = std::getenv("ADAPTD_TEST_WEIGHTS") != nullptr;
+  const std::string other = quantized ? "dense" : "int8";
+  server_->Start({"--weights=" + other});
+  v1::ServerInfo info;
+  ASSERT_TRUE(server_->stub().GetServerInfo(As("key-acme").get(), {}, &info).ok());
+  EXPECT_EQ(info.weight_format(), other);
+  EXPECT_EQ(Chat("key-acme", "held", "And the slab allocator?").status.error_code(), StatusCode::FAILED_PRECONDITION);
+  v1::Session migrated;
+  ASSERT_TRUE(Migrate("held", &migrated).ok());
+  EXPECT_EQ(migrated.model_fingerprint(), info.model_fingerprint());
+  EXPECT_EQ(migrated.version(), before.version());
+  EXPECT_TRUE(Chat("key-acme", "held", "And the slab allocator?").status.ok());
+}
+
 // Many sessions at once, each with its own turns, ingests and scores: all succeed, every
 // session ends at its own version, and the engine batched them.
 TEST_F(LifecycleTest, ManySessionsConcurrently) {

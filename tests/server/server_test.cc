@@ -82,6 +82,13 @@ TEST_F(ServerTest, ServerInfoDescribesTheModel) {
   EXPECT_EQ(info.chat_format(), "chatml");
   EXPECT_EQ(info.system_prompt(), "");
   EXPECT_EQ(info.replica_id(), "r0");
+  // The weight format (ADAPTD_TEST_WEIGHTS in the quant label's run) is part of the served
+  // fingerprint; the base fingerprint is the weights' whatever the format.
+  const char* weights = std::getenv("ADAPTD_TEST_WEIGHTS");
+  const std::string format = weights ? weights : "dense";
+  EXPECT_EQ(info.weight_format(), format);
+  EXPECT_EQ(info.model_fingerprint(),
+            format == "dense" ? info.base_fingerprint() : info.base_fingerprint() + "-" + format);
 }
 
 // The system prompt opens a chat context, enters the window but not the fast weights, and the

@@ -28,9 +28,10 @@ enum class NumericMode {
   kParity,  // W whole in the model dtype, updated in place (the official code)
 };
 
-// How the frozen base's projections are stored (architecture.md "Quantized base"): in the
-// compute dtype, or weight-only quantized while activations, fast weights and updates stay in
-// floating point. Products with int8 or int4 weights take bf16 activations (LibTorch's kernels).
+// How the frozen base's projections are stored (engine/README.md, "The frozen base
+// quantized"): in the compute dtype, or weight-only quantized while activations, fast weights
+// and updates stay in floating point. Products with int8 or int4 weights take bf16
+// activations (LibTorch's kernels).
 struct WeightFormat {
   enum class Kind {
     kDense,  // the compute dtype (the default)
@@ -63,7 +64,7 @@ struct LoadOptions {
   // How the frozen projections (q/k/v/o, gate/up, down, lm_head) are stored. Under int8 and
   // int4 the TTT layers' W0 is quantized too (split sessions keep dW in fp32 beside it), unless
   // dense_ttt_down; parity sessions need that (they update W whole in the compute dtype).
-  // lm_head and the embedding are int8 under both formats (measured: README "Quantized base").
+  // lm_head and the embedding are int8 under both quantized formats.
   WeightFormat weights;
   bool dense_ttt_down = false;
   // The oracle of a quantized base: every weight quantized as `weights` says, then stored back
