@@ -18,7 +18,7 @@ echo "run.sh: chat with: ADAPTD_API_KEY=\$(cat runs/api_key) build/bin/adaptctl 
 # trained TTT modules; ttt.json names the layers, chunk and step: README, "The default model").
 # The frozen base as the file's own 4-bit blocks (--weights int4-g32: Q4_1 codes served as they
 # are, 4.8x the f32 decode speed at the same held-out NLL), everything else in f32, not bf16:
-# on this project's CPUs (AVX2, no AVX512-BF16) bf16 prefills and learns several times slower
-# (bench/quant_bench.py, bench/real_model_bench.py).
+# on both CPUs this project has measured (AVX2 alone; AVX512-BF16) bf16 prefills and learns
+# slower (bench/quant_bench.py, bench/real_model_bench.py).
 exec build/bin/adaptd --model models/smollm2-135m-instruct --dtype f32 --weights int4-g32 --store runs/store \
   --api_keys runs/keys.txt --session_defaults 'update_rule: "ntp_gradient"' "$@"
