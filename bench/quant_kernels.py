@@ -12,21 +12,16 @@ columns, the engine's form for a few rows).
 from __future__ import annotations
 
 import argparse
+import pathlib
+import sys
 import time
 
 import torch
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from real_model_bench import read_bandwidth  # noqa: E402
+
 N, K, LAYERS = 11264, 2048, 24
-
-
-def read_bandwidth() -> float:
-    x = torch.ones(1 << 28)
-    best = 0.0
-    for _ in range(3):
-        t = time.perf_counter()
-        x.sum()
-        best = max(best, x.numel() * 4 / (time.perf_counter() - t))
-    return best
 
 
 def stream(weights, product) -> float:
@@ -49,16 +44,17 @@ def main() -> None:
     for g in (32, 64):
         ws = [(torch._convert_weight_to_int4pack_for_cpu(torch.randint(0, 16, (N, K), dtype=torch.int32), 2),
                torch.rand(K // g, N, 2).bfloat16()) for _ in range(LAYERS)]
-        rows.append((f"int4-g{g} (_weight_int4pack_mm_for_cpu)",
-                     stream(ws, lambda p, s, g=g: torch._weight_int4pack_mm_for_cpu(x, p, g, s)), read_bandwidth()))
+        rate = stream(ws, lambda p, s, g=g: torch._weight_int4pack_mm_for_cpu(x, p, g, s))
+        rows.append((f"int4-g{g} (_weight_int4pack_mm_for_cpu)", rate, read_bandwidth(args.threads)))
         del ws
     ws = [(torch.randint(-127, 127, (N, K), dtype=torch.int8), torch.rand(N).bfloat16()) for _ in range(LAYERS // 2)]
-    rows.append(("int8 (_weight_int8pack_mm)", stream(ws, lambda q, s: torch._weight_int8pack_mm(x, q, s)),
-                 read_bandwidth()))
+    rate = stream(ws, lambda q, s: torch._weight_int8pack_mm(x, q, s))
+    rows.append(("int8 (_weight_int8pack_mm)", rate, read_bandwidth(args.threads)))
     del ws
     xf = torch.randn(2, K)
     ws = [(torch.randn(N // 2, K),) for _ in range(LAYERS // 4)]
-    rows.append(("f32 dense (mm, W X^T)", stream(ws, lambda w: torch.mm(w, xf.t())), read_bandwidth()))
+    rate = stream(ws, lambda w: torch.mm(w, xf.t()))
+    rows.append(("f32 dense (mm, W X^T)", rate, read_bandwidth(args.threads)))
     print(f"batch-1 products streaming distinct [{N}, {K}] weights, {args.threads} threads")
     print("| kernel | GB/s | read bandwidth GB/s (just after) | share |")
     print("|---|---|---|---|")
