@@ -78,16 +78,25 @@ at::Tensor Product(const at::Tensor& x, const FrozenWeight& w) {
 constexpr int64_t kBackwardBlockElements = int64_t{2} << 20;
 
 // The packed kernels have no derivative: dx = dy W with W dequantized to f32 a block of rows at
-// a time (at most 8 MB beside the pass), never kept. The weight is a model's, which outlives
-// every backward (NtpUpdate runs inside a call).
+// a time (at most 8 MB beside the pass), never kept. The weight's tensors are saved with the
+// graph, so a backward never outlives what it reads.
 struct QuantLinearFunction : torch::autograd::Function<QuantLinearFunction> {
-  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, int64_t weight) {
-    ctx->saved_data["weight"] = weight;
-    return Product(x, *reinterpret_cast<const FrozenWeight*>(weight));
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const FrozenWeight& w) {
+    ctx->saved_data["kind"] = static_cast<int64_t>(w.kind);
+    ctx->saved_data["group"] = w.group;
+    ctx->saved_data["w"] = w.w;
+    ctx->saved_data["scales"] = w.scales;
+    ctx->saved_data["nibbles"] = w.nibbles;
+    return Product(x, w);
   }
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
-    const auto& w = *reinterpret_cast<const FrozenWeight*>(ctx->saved_data["weight"].toInt());
+    FrozenWeight w;
+    w.kind = static_cast<Kind>(ctx->saved_data["kind"].toInt());
+    w.group = ctx->saved_data["group"].toInt();
+    w.w = ctx->saved_data["w"].toTensor();
+    w.scales = ctx->saved_data["scales"].toTensor();
+    w.nibbles = ctx->saved_data["nibbles"].toTensor();
     const at::Tensor dy = grads[0].to(at::kFloat);  // [M, N]
     const int64_t rows = w.rows(), block = std::max<int64_t>(16, kBackwardBlockElements / w.cols()) / 16 * 16;
     at::Tensor dx = at::zeros({dy.size(0), w.cols()}, dy.options());  // [M, K]
@@ -191,7 +200,7 @@ at::Tensor DequantizeWeight(const FrozenWeight& w, at::ScalarType dtype) { retur
 
 at::Tensor QuantLinear(const at::Tensor& x, const FrozenWeight& w) {
   if (at::GradMode::is_enabled() && x.requires_grad()) {
-    return QuantLinearFunction::apply(x, reinterpret_cast<int64_t>(&w));
+    return QuantLinearFunction::apply(x, w);
   }
   return Product(x, w);
 }

@@ -195,7 +195,7 @@ TEST(QuantGgufTest, Q8_0IsRequantizedPerChannel) {
 std::unique_ptr<Model> LoadAs(const std::string& dir, const WeightFormat& f, bool oracle, LoadOptions o = {}) {
   o.weights = f;
   o.dequantize_weights = oracle;
-  o.dtype = DType::kF32;
+  if (!o.dtype) o.dtype = DType::kF32;
   auto m = Model::Load(dir, o);
   EXPECT_TRUE(m.ok()) << dir << " " << f.Name() << ": " << m.status();
   return m.ok() ? *std::move(m) : nullptr;
@@ -242,6 +242,27 @@ TEST(QuantModelTest, LogitsEqualTheDequantizedFloatModel) {
       std::printf("%s %s: max |logit diff| %.4f vs its oracle, %.4f vs %s (bound %.4f)\n", dir.c_str(),
                   f.Name().c_str(), MaxAbsDiff(lq, lo), MaxAbsDiff(lq, lw), wrong.Name().c_str(), tol);
     }
+  }
+}
+
+// In a bf16 compute dtype the rest of the pass rounds too, and the oracle's dense copy rounds
+// the dequantized weights themselves to bf16 (2^-8 each): the bound doubles to 2^-3 max |logit|,
+// and an oracle of another group size must still land outside.
+TEST(QuantModelTest, Bf16ComputeFollowsItsOracle) {
+  const std::string dir = FixtureDir() + "/ttt/ttt_qwen3_hidden_proj/model";
+  LoadOptions bf16;
+  bf16.dtype = DType::kBF16;
+  const std::vector<std::pair<WeightFormat, WeightFormat>> formats = {{kInt8, kInt4G32}, {kInt4G32, kInt4G64}};
+  for (const auto& [f, wrong] : formats) {
+    auto q = LoadAs(dir, f, false, bf16), o = LoadAs(dir, f, true, bf16), w = LoadAs(dir, wrong, true, bf16);
+    ASSERT_TRUE(q && o && w);
+    const auto ids = TestIds(40, q->config().vocab_size);
+    const std::vector<float> lq = Logits(*q, ids), lo = Logits(*o, ids), lw = Logits(*w, ids);
+    const double tol = kBf16Rel * 32 * MaxAbs(lo);
+    EXPECT_LE(MaxAbsDiff(lq, lo), tol) << f.Name();
+    EXPECT_GT(MaxAbsDiff(lq, lw), tol) << f.Name() << " against " << wrong.Name();
+    std::printf("bf16 %s: max |logit diff| %.4f vs its oracle, %.4f vs %s (bound %.4f)\n", f.Name().c_str(),
+                MaxAbsDiff(lq, lo), MaxAbsDiff(lq, lw), wrong.Name().c_str(), tol);
   }
 }
 
