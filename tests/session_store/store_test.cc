@@ -408,7 +408,7 @@ TEST(StoreTest, BackupAndRestore) {
   EXPECT_EQ(load->snapshot_payload, Payload(3, 10000));
 }
 
-// Appends until it works (RocksDB resumes within about 100 ms of a fault clearing).
+// Appends until it works (the store recovers on the first write after a fault clears).
 absl::Status AppendWhenRecovered(SessionStore& store, const SessionKey& key, uint64_t expected) {
   absl::Status s;
   for (int i = 0; i < 50; ++i) {
