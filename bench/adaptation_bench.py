@@ -102,15 +102,17 @@ COST: dict[str, list[float]] = {}  # session -> [update seconds, chunk updates] 
 
 
 def converse(target: str, session: str, turns: list[str], window: int, rule: str = "",
-             stop_after: int | None = None, resume: bool = False, options: dict | None = None) -> list[float]:
-    """Scores then ingests each piece; returns the per-turn NLLs."""
+             stop_after: int | None = None, resume: bool = False, options: dict | None = None,
+             scored: list[str] | None = None) -> list[float]:
+    """Scores then ingests each piece; returns the per-turn NLLs. With `scored`, turn k scores
+    scored[k] instead (a control: another document's piece, after this one's turns)."""
     with Client(target, KEY) as c:
         if not resume:
             c.create_session(session, update_rule=rule, max_context_tokens=window, **(options or {}))
         start = c.get_session(session).version if resume else 0
         nll = []
         for k, piece in enumerate(turns[start:stop_after], start=start):
-            nll.append(c.score(session, piece).nll)
+            nll.append(c.score(session, (scored or turns)[k]).nll)
             usage = c.ingest(session, piece, keep_in_context=True, request_id=f"turn-{k}")
             cost = COST.setdefault(session, [0.0, 0])
             cost[0] += usage.update_seconds
@@ -118,9 +120,12 @@ def converse(target: str, session: str, turns: list[str], window: int, rule: str
         return nll
 
 
-def run(target: str, name: str, docs, window: int, **kw) -> list[list[float]]:
+def run(target: str, name: str, docs, window: int, shift: int = 0, **kw) -> list[list[float]]:
+    """Every document as a session; with `shift`, session i scores document i + shift's pieces."""
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        futures = [pool.submit(converse, target, f"{name}-{i}", p, window, **kw) for i, p in enumerate(docs)]
+        futures = [pool.submit(converse, target, f"{name}-{i}", p, window,
+                               scored=docs[(i + shift) % len(docs)] if shift else None, **kw)
+                   for i, p in enumerate(docs)]
         return [f.result() for f in futures]
 
 

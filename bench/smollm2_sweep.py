@@ -30,6 +30,7 @@ from tools.gguf_tokenizer import hf_tokenizer  # noqa: E402
 MODEL = ROOT / "models/smollm2-135m-instruct"
 EVERY_6TH = [0, 6, 12, 18, 24]
 EVERY_3RD = list(range(0, 30, 3))
+RMS = {"ttt_ntp_step": "rms"}
 
 # (name, ttt.json, session options, window)
 VARIANTS = [
@@ -44,6 +45,11 @@ VARIANTS = [
     ("every 6th layer, C 64, lr 0.3, window 512", {"ttt_layers": EVERY_6TH, "ttt_chunk": 64, "ttt_lr": 0.3}, {}, 512),
     # Added after the first run, whose best was every 3rd layer: every layer.
     ("every layer, C 64, lr 0.3", {"ttt_layers": list(range(30)), "ttt_chunk": 64, "ttt_lr": 0.3}, {}, 256),
+    # Issue 20: the RMS-normalised step (ttt_ntp_step rms, ntp_stats.safetensors from training text).
+    ("rms, every 3rd layer, C 64, lr 0.3", {"ttt_layers": EVERY_3RD, "ttt_chunk": 64, "ttt_lr": 0.3, **RMS}, {}, 256),
+    ("rms, every 3rd layer, C 64, lr 1", {"ttt_layers": EVERY_3RD, "ttt_chunk": 64, "ttt_lr": 1.0, **RMS}, {}, 256),
+    ("rms, every layer, C 64, lr 0.1", {"ttt_layers": list(range(30)), "ttt_chunk": 64, "ttt_lr": 0.1, **RMS}, {}, 256),
+    ("rms, every layer, C 64, lr 0.3", {"ttt_layers": list(range(30)), "ttt_chunk": 64, "ttt_lr": 0.3, **RMS}, {}, 256),
 ]
 
 

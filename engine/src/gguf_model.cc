@@ -32,11 +32,12 @@ absl::StatusOr<json> ReadTttJson(const std::string& path) {
   ASSIGN_OR_RETURN(std::string text, ReadTextFile(path));
   json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (!j.is_object()) return absl::InvalidArgumentError(absl::StrCat(path, ": not a JSON object"));
-  static const std::set<std::string> kFields = {"ttt_mode", "ttt_layers", "ttt_chunk", "ttt_lr", "ttt_proj", "ttt_target"};
+  static const std::set<std::string> kFields = {"ttt_mode", "ttt_layers", "ttt_chunk",  "ttt_lr",
+                                                "ttt_proj", "ttt_target", "ttt_ntp_step"};
   for (const auto& [k, v] : j.items()) {
     if (!kFields.count(k)) {
-      return absl::InvalidArgumentError(absl::StrCat(path, ": unknown field '", k,
-                                                     "' (ttt_mode, ttt_layers, ttt_chunk, ttt_lr, ttt_proj, ttt_target)"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          path, ": unknown field '", k, "' (ttt_mode, ttt_layers, ttt_chunk, ttt_lr, ttt_proj, ttt_target, ttt_ntp_step)"));
     }
   }
   if (j.value("ttt_mode", false) == true) {

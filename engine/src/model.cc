@@ -6,6 +6,7 @@
 #include <ATen/core/grad_mode.h>
 #include <ATen/detail/CUDAHooksInterface.h>
 
+#include <algorithm>
 #include <exception>
 #include <optional>
 #include <set>
@@ -121,6 +122,25 @@ const std::string& Model::fingerprint() const { return impl_->fingerprint; }
 const std::string& Model::base_fingerprint() const { return impl_->base_fingerprint; }
 const WeightFormat& Model::weight_format() const { return impl_->format; }
 int64_t Model::weight_bytes() const { return impl_->weight_bytes; }
+
+int64_t Model::NtpUpdateBytes(int64_t context_tokens) const {
+  const ModelConfig& c = impl_->config;
+  if (c.ttt.fast_layers.empty()) return 0;
+  const int64_t C = c.ttt.chunk, ctx = std::max<int64_t>(context_tokens, 0) + C;
+  const int64_t es = static_cast<int64_t>(c10::elementSize(impl_->dtype)), groups = c.num_heads / c.num_kv_heads;
+  // A copy of the window's keys and values for every layer (the pass appends the chunk there).
+  const int64_t kv = c.num_layers * 2 * c.num_kv_heads * c.head_dim * ctx * es;
+  // Per layer from the lowest fast one up, kept for the backward: the causal mask of the chunk's
+  // G C query rows over the window (bool, and the float copy the CPU flash kernel makes of it)
+  // and the chunk's activations (q/k/v/o, the MLP's gate, up and product, norms: < 10 d + 8 f
+  // values a row, in f32 at most).
+  const int64_t per_layer = groups * C * ctx * 5 + C * (10 * c.hidden_size + 8 * c.intermediate_size) * 4;
+  const int64_t layers = c.num_layers - c.ttt.fast_layers.front();
+  // The logits of the chunk and their gradient (f32), and each fast layer's dW and its gradient.
+  const int64_t head = 3 * C * c.vocab_size * 4;
+  const int64_t deltas = static_cast<int64_t>(c.ttt.fast_layers.size()) * 3 * c.hidden_size * c.intermediate_size * 4;
+  return kv + layers * per_layer + head + deltas;
+}
 
 absl::Status ValidateSessionOptions(const SessionOptions& o) {
   if (o.rule == UpdateRule::kNtpGradient && o.numeric != NumericMode::kSplit) {

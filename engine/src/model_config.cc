@@ -98,6 +98,13 @@ absl::Status ParseTtt(const json& j, int64_t num_layers, TttConfig& ttt) {
   } else {
     return Bad("ttt_target", absl::StrCat("= '", target, "' must be hidden_states or input_embed"));
   }
+  std::string step = "sgd";
+  if (j.contains("ttt_ntp_step") && !j["ttt_ntp_step"].is_null()) {
+    if (!j["ttt_ntp_step"].is_string()) return Bad("ttt_ntp_step", "must be a string");
+    step = j["ttt_ntp_step"].get<std::string>();
+  }
+  if (step != "sgd" && step != "rms") return Bad("ttt_ntp_step", absl::StrCat("= '", step, "' must be sgd or rms"));
+  ttt.ntp_step = step == "rms" ? TttConfig::NtpStep::kRms : TttConfig::NtpStep::kSgd;
   std::set<int> layers;
   if (j.contains("ttt_layers") && !j["ttt_layers"].is_null()) {
     if (!j["ttt_layers"].is_array()) return Bad("ttt_layers", "must be a list of integers");

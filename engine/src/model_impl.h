@@ -40,6 +40,9 @@ struct Model::Impl {
   at::Tensor inv_freq;                        // [hd/2] fp32
   at::Tensor rope_cos, rope_sin;              // [rows, hd] in the model dtype for positions < rows
   bool few_rows_as_gemm = false;              // CPU weights past the cache: see Linear in forward.cc
+  // ttt_ntp_step rms: per fast layer the mean squared gradient of each row [d] and column [f]
+  // of the down-projection (ntp_stats.safetensors); undefined elsewhere.
+  std::vector<at::Tensor> ntp_rows, ntp_cols;
   // A GGUF checkpoint's file (the mapping holds no resident pages once the weights are loaded).
   std::shared_ptr<const GgufFile> gguf;
 };

@@ -1,11 +1,13 @@
 // Checkpoint loading: every expected tensor present with its shape, nothing unexpected, then
 // copied to the device in the compute dtype; and the model fingerprint.
+#include <cstring>
 #include <fstream>
 #include <functional>
 #include <map>
 #include <memory>
 #include <set>
 #include <sstream>
+#include <tuple>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -291,6 +293,42 @@ absl::Status LoadLayer(TensorLoader& t, const Model::Impl& m, int i, LayerWeight
   return absl::OkStatus();
 }
 
+// ttt_ntp_step rms: the training-data gradient statistics (tools/train/ntp_stats.py) of every
+// fast layer, f32, finite and positive; a hostile or mismatched file is refused, not used.
+absl::Status LoadNtpStats(const ModelFiles& files, Model::Impl& m, Fnv64& fnv) {
+  const ModelConfig& c = m.config;
+  m.ntp_rows.assign(c.num_layers, at::Tensor());
+  m.ntp_cols.assign(c.num_layers, at::Tensor());
+  if (c.ttt.ntp_step != TttConfig::NtpStep::kRms) return absl::OkStatus();
+  const std::string path = files.dir + "/ntp_stats.safetensors";
+  auto opened = SafetensorsFile::Open(path);
+  if (!opened.ok()) {
+    if (!absl::IsNotFound(opened.status())) return opened.status();
+    return absl::NotFoundError(absl::StrCat("ttt_ntp_step rms needs ", path,
+                                            " (gradient statistics: python -m tools.train.ntp_stats)"));
+  }
+  const SafetensorsFile& f = **opened;
+  for (int l : c.ttt.fast_layers) {
+    for (auto [suffix, size, out] : {std::tuple{".rows", c.hidden_size, &m.ntp_rows[l]},
+                                     std::tuple{".cols", c.intermediate_size, &m.ntp_cols[l]}}) {
+      const std::string name = absl::StrCat("layers.", l, suffix);
+      const TensorView* v = f.Find(name);
+      if (v == nullptr) return absl::NotFoundError(absl::StrCat(path, " lacks ", name));
+      if (v->dtype != DType::kF32 || v->shape != std::vector<int64_t>{size}) {
+        return absl::InvalidArgumentError(absl::StrCat(path, ": ", name, " must be F32 [", size, "]"));
+      }
+      at::Tensor t = at::empty({size}, at::kFloat);
+      std::memcpy(t.data_ptr(), v->data, v->nbytes);
+      if (!at::isfinite(t).all().item<bool>() || !(t > 0).all().item<bool>()) {
+        return absl::InvalidArgumentError(absl::StrCat(path, ": ", name, " must be finite and positive"));
+      }
+      fnv.Add(v->data, v->nbytes);  // the statistics shape every update: part of the identity
+      *out = t.to(m.device);
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::Status LoadWeights(const ModelFiles& files, const std::string& config_json, Model::Impl& m) {
@@ -333,6 +371,7 @@ absl::Status LoadWeights(const ModelFiles& files, const std::string& config_json
   Fnv64 fnv;
   fnv.Add(nlohmann::json::parse(config_json, nullptr, false).dump());  // canonical: sorted keys
   t.Hash(fnv);
+  RETURN_IF_ERROR(LoadNtpStats(files, m, fnv));
   m.base_fingerprint = absl::StrFormat("%016x", fnv.h);
   // Sessions bind to the weights they were computed with: the format (and the oracle's
   // dequantized copy of it) is part of the served identity; dense keeps the bare hash.

@@ -59,6 +59,8 @@ ABSL_FLAG(std::string, ownership_map, "",
           "by; this replica serves only its sessions (FAILED_PRECONDITION for others). Empty: it owns every session");
 ABSL_FLAG(int, shutdown_grace_seconds, 10, "on SIGTERM: time for calls in flight to finish");
 ABSL_FLAG(int64_t, max_context_tokens, 1024, "default KV window of a session, in tokens");
+ABSL_FLAG(int64_t, ntp_update_mib, 1024,
+          "memory one ntp_gradient update may take (its backward over the window): larger windows are refused");
 ABSL_FLAG(std::string, session_defaults, "",
           "SessionOptions (text format, e.g. 'decay: 0.1') for the fields a new session's options leave unset");
 ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9464", "address:port of /metrics (Prometheus); empty: off");
@@ -218,6 +220,14 @@ int main(int argc, char** argv) {
   options.max_context_tokens = absl::GetFlag(FLAGS_max_context_tokens);
   options.session_defaults = session_defaults;
   if (options.max_context_tokens < 16) return Fail(absl::InvalidArgumentError("--max_context_tokens < 16"));
+  const int64_t ntp_mib = absl::GetFlag(FLAGS_ntp_update_mib);
+  if (ntp_mib < 1 || ntp_mib > (int64_t{1} << 20)) return Fail(absl::InvalidArgumentError("--ntp_update_mib in [1, 2^20]"));
+  options.ntp_update_budget_bytes = ntp_mib << 20;
+  if (auto s = server::CheckNtpUpdateMemory(**model, session_defaults, options.max_context_tokens,
+                                            options.ntp_update_budget_bytes);
+      !s.ok()) {
+    return Fail(absl::InvalidArgumentError(absl::StrCat("--session_defaults with --max_context_tokens: ", s.message())));
+  }
   options.max_new_tokens = absl::GetFlag(FLAGS_max_new_tokens);
   options.system_prompt = absl::GetFlag(FLAGS_system_prompt) == "@model"
                               ? engine::DefaultSystemPrompt((*tokenizer)->chat_template())

@@ -109,6 +109,10 @@ grpc::ServerUnaryReactor* AdaptdService::CreateSession(grpc::CallbackServerConte
   if (req->options().snapshot_policy() != v1::SNAPSHOT_POLICY_UNSPECIFIED) options.clear_snapshot_every_events();
   options.MergeFrom(req->options());
   if (auto s = ValidateOptions(options); !s.ok()) return Done(ctx, s);
+  if (auto s = CheckNtpUpdateMemory(model_, options, options_.max_context_tokens, options_.ntp_update_budget_bytes);
+      !s.ok()) {
+    return Done(ctx, s);
+  }
   auto id = NewSessionId(req->session_id());
   if (!id.ok()) return Done(ctx, id.status());
   v1::Session stored;

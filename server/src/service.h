@@ -26,6 +26,7 @@ struct ServiceOptions {
   int max_new_tokens = 4096;
   size_t memory_budget_bytes = size_t{2} << 30;
   int64_t max_context_tokens = 1024;
+  int64_t ntp_update_budget_bytes = int64_t{1} << 30;  // one ntp_gradient update's memory (--ntp_update_mib)
   size_t max_import_bytes = size_t{256} << 20;
   QuotaOptions quotas;
   std::string store_path;  // for the store's size on disk (metrics)

@@ -183,6 +183,17 @@ absl::Status ValidateOptions(const v1::SessionOptions& o) {
   return absl::OkStatus();
 }
 
+absl::Status CheckNtpUpdateMemory(const engine::Model& model, const v1::SessionOptions& o, int64_t default_window,
+                                  int64_t budget_bytes) {
+  if (o.update_rule() != "ntp_gradient") return absl::OkStatus();
+  const int64_t window = o.max_context_tokens() > 0 ? o.max_context_tokens() : default_window;
+  const int64_t bytes = model.NtpUpdateBytes(window);
+  if (bytes <= budget_bytes) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(
+      "options: an ntp_gradient update over a window of ", window, " tokens takes about ", bytes >> 20,
+      " MiB, over the server's --ntp_update_mib ", budget_bytes >> 20, ": ask for a smaller max_context_tokens"));
+}
+
 absl::StatusOr<std::unique_ptr<engine::SessionState>> SessionManager::FreshState(const v1::SessionOptions& options) const {
   return model_.NewSession(EngineOptions(options));
 }

@@ -49,6 +49,10 @@ std::string EncodeEvent(const LogEvent& event);
 engine::SessionOptions EngineOptions(const v1::SessionOptions& options);
 // INVALID_ARGUMENT naming the field for session options out of range.
 absl::Status ValidateOptions(const v1::SessionOptions& options);
+// INVALID_ARGUMENT when an ntp_gradient session's window (its max_context_tokens, else
+// `default_window`) would make one update take more than `budget_bytes` (Model::NtpUpdateBytes).
+absl::Status CheckNtpUpdateMemory(const engine::Model& model, const v1::SessionOptions& options, int64_t default_window,
+                                  int64_t budget_bytes);
 absl::StatusOr<LogEvent> DecodeEvent(const std::string& bytes);
 // Whether each of the event's tokens was learned (1) or only fed (0).
 std::vector<uint8_t> LearnFlags(const LogEvent& event);

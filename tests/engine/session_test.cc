@@ -7,6 +7,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <optional>
+#include <random>
 #include <numeric>
 #include <vector>
 
@@ -346,6 +351,149 @@ TEST_F(NtpGradientTest, OpenChunkRoundTrips) {
       ExpectNtpUpdate(*model_, **restored, file_, "alone.chunk1", "restored without its window");
     }
   }
+}
+
+// ttt_ntp_step rms: a copy of a stock fixture whose config names the step and layers 0 and 2,
+// with gradient statistics written beside it (tools/train/ntp_stats.py's format).
+class NtpRmsStepTest : public ::testing::Test {
+ protected:
+  using Stats = std::map<std::string, std::vector<float>>;
+  static constexpr char kStock[] = "hf/qwen3_gqa_tied/model";
+  static constexpr int64_t kD = 64, kF = 128;
+
+  // Random positive statistics (seeded), spread over two decades.
+  static Stats RandomStats(uint32_t seed) {
+    std::mt19937 rng(seed);
+    std::uniform_real_distribution<float> u(-2, 0);
+    Stats s;
+    for (int l : {0, 2}) {
+      for (auto [suffix, n] : {std::pair{".rows", kD}, std::pair{".cols", kF}}) {
+        auto& v = s["layers." + std::to_string(l) + suffix];
+        for (int64_t i = 0; i < n; ++i) v.push_back(std::pow(10.0f, u(rng)));
+      }
+    }
+    return s;
+  }
+  static void WriteSafetensors(const std::string& path, const Stats& stats) {
+    nlohmann::json header = nlohmann::json::object();
+    std::string data;
+    for (const auto& [name, v] : stats) {
+      header[name] = {{"dtype", "F32"}, {"shape", {v.size()}}, {"data_offsets", {data.size(), data.size() + 4 * v.size()}}};
+      data.append(reinterpret_cast<const char*>(v.data()), 4 * v.size());
+    }
+    const std::string h = header.dump();
+    const uint64_t n = h.size();
+    std::ofstream out(path, std::ios::binary);
+    out.write(reinterpret_cast<const char*>(&n), 8);
+    out << h << data;
+  }
+  // The fixture's files with its config edited; stats written unless nullopt.
+  static std::string MakeModel(const std::string& name, const std::string& step, const std::optional<Stats>& stats) {
+    namespace fs = std::filesystem;
+    const fs::path dir = fs::path(::testing::TempDir()) / ("ntp_rms_" + name);
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+    const fs::path src = fs::path(FixtureDir()) / kStock;
+    fs::create_symlink(src / "model.safetensors", dir / "model.safetensors");
+    std::ifstream in(src / "config.json");
+    nlohmann::json config = nlohmann::json::parse(in);
+    config["ttt_layers"] = {0, 2};
+    config["ttt_ntp_step"] = step;
+    std::ofstream(dir / "config.json") << config.dump();
+    if (stats) WriteSafetensors((dir / "ntp_stats.safetensors").string(), *stats);
+    return dir.string();
+  }
+  static absl::StatusOr<std::unique_ptr<Model>> Load(const std::string& dir) {
+    LoadOptions o;
+    o.device = Device();
+    o.edit_config = [](ModelConfig& c) { c.ttt.chunk = 8; };
+    return Model::Load(dir, o);
+  }
+  // Each fast layer's dW after one chunk of 8 ids.
+  static std::map<int, std::vector<float>> OneChunk(const Model& model) {
+    SessionOptions o;
+    o.rule = UpdateRule::kNtpGradient;
+    auto s = model.NewSession(o).value();
+    auto fresh = model.NewSession(o).value();  // W0
+    EXPECT_TRUE(model.Forward(*s, Tokens(8, 5)).ok());
+    EXPECT_EQ(s->updates_applied(), 2);
+    std::map<int, std::vector<float>> out;
+    for (int l : {0, 2}) {
+      const auto w = W(model, *s, l), w0 = W(model, *fresh, l);
+      for (size_t i = 0; i < w.size(); ++i) out[l].push_back(w[i] - w0[i]);
+    }
+    return out;
+  }
+};
+
+// The first update starts from dW = 0 in both models, so the gradient is the same: the rms step
+// is the sgd step times gbar / RMS_ij elementwise (RMS from the factored statistics, gbar the
+// mean RMS of both layers), and uniform statistics give the sgd step itself.
+TEST_F(NtpRmsStepTest, ScalesEachWeightsStepByTheTrainingRms) {
+  const Stats stats = RandomStats(7);
+  Stats uniform;
+  for (const auto& [name, v] : stats) uniform[name].assign(v.size(), 0.25f);
+  auto sgd = Load(MakeModel("sgd", "sgd", std::nullopt));
+  auto rms = Load(MakeModel("rms", "rms", stats));
+  auto flat = Load(MakeModel("flat", "rms", uniform));
+  ASSERT_TRUE(sgd.ok() && rms.ok() && flat.ok()) << sgd.status() << rms.status() << flat.status();
+  const auto d_sgd = OneChunk(**sgd), d_rms = OneChunk(**rms), d_flat = OneChunk(**flat);
+  // gbar: per layer mean_i sqrt(r_i) * mean_j sqrt(c_j) / sqrt(mean r), averaged over layers.
+  const auto mean = [](const std::vector<float>& v, auto f) {
+    double s = 0;
+    for (float x : v) s += f(x);
+    return s / v.size();
+  };
+  const auto id = [](double x) { return x; };
+  const auto root = [](double x) { return std::sqrt(x); };
+  double gbar = 0;
+  for (int l : {0, 2}) {
+    const auto &r = stats.at("layers." + std::to_string(l) + ".rows"), &c = stats.at("layers." + std::to_string(l) + ".cols");
+    gbar += mean(r, root) * mean(c, root) / std::sqrt(mean(r, id)) / 2;
+  }
+  for (int l : {0, 2}) {
+    const auto &r = stats.at("layers." + std::to_string(l) + ".rows"), &c = stats.at("layers." + std::to_string(l) + ".cols");
+    const double mr = mean(r, id);
+    double err = 0, scale = 0, lo = 1e30, hi = 0;
+    for (int64_t i = 0; i < kD; ++i) {
+      for (int64_t j = 0; j < kF; ++j) {
+        const double p = gbar / std::max(std::sqrt(r[i] * c[j] / mr), gbar / 100);
+        lo = std::min(lo, p);
+        hi = std::max(hi, p);
+        const double want = d_sgd.at(l)[i * kF + j] * p;
+        err = std::max(err, std::abs(d_rms.at(l)[i * kF + j] - want));
+        scale = std::max(scale, std::abs(want));
+      }
+    }
+    EXPECT_GT(hi / lo, 10) << "the statistics spread the steps";
+    EXPECT_GT(scale, 1e-5);
+    EXPECT_LT(err, 1e-4 * scale) << "layer " << l;
+    EXPECT_LT(MaxAbsDiff(d_flat.at(l), d_sgd.at(l)), 1e-4 * scale) << "uniform statistics are sgd, layer " << l;
+  }
+}
+
+// Missing, misshaped or non-positive statistics and an unknown step are refused at load, naming
+// the problem; the statistics are part of the model's identity.
+TEST_F(NtpRmsStepTest, StatisticsAreCheckedAndPartOfTheIdentity) {
+  EXPECT_EQ(Load(MakeModel("none", "rms", std::nullopt)).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(Load(MakeModel("adam", "adam", RandomStats(1))).status().code(), absl::StatusCode::kInvalidArgument);
+  Stats bad = RandomStats(1);
+  bad["layers.2.cols"][5] = -1;
+  EXPECT_EQ(Load(MakeModel("negative", "rms", bad)).status().code(), absl::StatusCode::kInvalidArgument);
+  bad = RandomStats(1);
+  bad["layers.0.rows"][0] = std::nanf("");
+  EXPECT_EQ(Load(MakeModel("nan", "rms", bad)).status().code(), absl::StatusCode::kInvalidArgument);
+  bad = RandomStats(1);
+  bad["layers.0.rows"].pop_back();
+  EXPECT_EQ(Load(MakeModel("short", "rms", bad)).status().code(), absl::StatusCode::kInvalidArgument);
+  bad = RandomStats(1);
+  bad.erase("layers.2.rows");
+  EXPECT_EQ(Load(MakeModel("missing", "rms", bad)).status().code(), absl::StatusCode::kNotFound);
+  auto a = Load(MakeModel("a", "rms", RandomStats(1))), b = Load(MakeModel("b", "rms", RandomStats(2)));
+  auto sgd = Load(MakeModel("plain", "sgd", std::nullopt));
+  ASSERT_TRUE(a.ok() && b.ok() && sgd.ok());
+  EXPECT_NE((*a)->fingerprint(), (*b)->fingerprint());
+  EXPECT_NE((*a)->fingerprint(), (*sgd)->fingerprint());
 }
 
 // A stock checkpoint (no TTT tensors) learns with ntp_gradient in its ttt_layers (here the

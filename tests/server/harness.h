@@ -136,9 +136,10 @@ class ServerTest : public ::testing::Test {
   std::unique_ptr<grpc::ClientContext> As(const std::string& key) {
     auto ctx = std::make_unique<grpc::ClientContext>();
     if (!key.empty()) ctx->AddMetadata("authorization", "Bearer " + key);
-    ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    ctx->set_deadline(std::chrono::system_clock::now() + rpc_deadline_);
     return ctx;
   }
+  std::chrono::seconds rpc_deadline_{10};  // per call
   grpc::Status Create(const std::string& key, const std::string& id, v1::Session* out = nullptr,
                       const std::string& rule = "", int max_context_tokens = 0, const std::string& chat_format = "") {
     v1::CreateSessionRequest req;

@@ -17,6 +17,8 @@ class RealModelTest : public ServerTest {
  protected:
   void SetUp() override {
     ServerTest::SetUp();
+    // A 40-token f32 turn with ntp_gradient updates takes ~5 s on 2 idle cores: room for a busy machine.
+    rpc_deadline_ = std::chrono::seconds(60);
     server_->Kill(SIGTERM);
     server_->Start(Args());
   }

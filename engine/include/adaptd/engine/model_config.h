@@ -35,6 +35,10 @@ struct TttConfig {
   double lr = 0.3;                  // ttt_lr (eta)
   int64_t chunk = 8192;             // ttt_chunk (C)
   Target target = Target::kHiddenStates;
+  // ntp_gradient's step (ttt_ntp_step): plain SGD, or SGD preconditioned by training-data
+  // gradient RMS (Krause et al. 2018; ntp_stats.safetensors beside the model, engine/README.md).
+  enum class NtpStep { kSgd, kRms };
+  NtpStep ntp_step = NtpStep::kSgd;
 };
 
 struct ModelConfig {
