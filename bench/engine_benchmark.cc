@@ -8,9 +8,13 @@
 //   adaptd-bench-engine --model DIR --prompt 512 --decode 64 --sessions 16 --threads 2
 //   adaptd-bench-engine --model DIR --device cuda --dtype bf16
 //   adaptd-bench-engine --model models/smollm2-135m-instruct --ttt_rule ntp_gradient --weights int4
+//   adaptd-bench-engine --model models/smollm2-135m-instruct --ntp_memory 256,1024,4096
+#include <malloc.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -31,6 +35,9 @@ ABSL_FLAG(std::string, dtype, "", "compute dtype f32, bf16 or f16 (default: the 
 ABSL_FLAG(std::string, ttt_rule, "inplace", "the TTT-on rule: inplace (a TTT checkpoint) or ntp_gradient (a stock one)");
 ABSL_FLAG(std::string, weights, "dense", "the frozen base's format: dense, int8, int4-g32 or int4-g64");
 ABSL_FLAG(std::string, ttt_config, "", "a GGUF model's TTT settings (default: ttt.json beside it)");
+ABSL_FLAG(std::vector<std::string>, ntp_memory, {},
+          "instead: windows (tokens) at which to measure one ntp_gradient update's peak memory against "
+          "Model::NtpUpdateBytes");
 
 namespace adaptd::engine {
 namespace {
@@ -108,6 +115,42 @@ std::pair<double, double> RunBatched(const Model& m, UpdateRule rule, int n, int
   return {batched, n * decode / Seconds(t0)};
 }
 
+// Linux: the process's resident and peak resident bytes (VmRSS, VmHWM).
+std::pair<int64_t, int64_t> ResidentBytes() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  int64_t rss = 0, hwm = 0;
+  while (std::getline(status, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) rss = std::stoll(line.substr(6)) << 10;
+    if (line.rfind("VmHWM:", 0) == 0) hwm = std::stoll(line.substr(6)) << 10;
+  }
+  return {rss, hwm};
+}
+
+// Per window: a session reads `window` tokens unlearned, then one learned chunk (one update);
+// the peak resident memory above the resident memory before the chunk (freed memory handed back
+// first, the peak reset through /proc/self/clear_refs) against the engine's estimate.
+void NtpMemory(const Model& m, const std::vector<std::string>& windows) {
+  const int64_t C = m.config().ttt.chunk;
+  std::printf("[");
+  for (size_t k = 0; k < windows.size(); ++k) {
+    const int window = std::stoi(windows[k]);
+    SessionOptions o;
+    o.rule = UpdateRule::kNtpGradient;
+    auto s = m.NewSession(o).value();
+    if (window > 0) Check(m.Forward(*s, Ids(window, 3, m.config().vocab_size), /*learn=*/false).status());
+    malloc_trim(0);
+    std::ofstream("/proc/self/clear_refs") << "5";
+    const int64_t before = ResidentBytes().first;
+    Check(m.Forward(*s, Ids(static_cast<int>(C), 4, m.config().vocab_size)).status());
+    const int64_t peak = ResidentBytes().second;
+    std::printf("%s{\"window\": %d, \"chunk\": %lld, \"updates\": %lld, \"measured_mib\": %.1f, \"estimate_mib\": %.1f}",
+                k ? ", " : "", window, static_cast<long long>(C), static_cast<long long>(s->updates_applied()),
+                (peak - before) / 1048576.0, m.NtpUpdateBytes(window) / 1048576.0);
+  }
+  std::printf("]\n");
+}
+
 // Bytes of fp32 dW a TTT-on decode step reads: one [d, f] per layer the rule learns in.
 int64_t DeltaBytes(const Model& m, UpdateRule rule) {
   const ModelConfig& c = m.config();
@@ -134,6 +177,10 @@ int Main() {
   if (rule_name != "inplace" && rule_name != "ntp_gradient") Check(absl::InvalidArgumentError("--ttt_rule"));
   const UpdateRule rule = rule_name == "inplace" ? UpdateRule::kInplace : UpdateRule::kNtpGradient;
   const Model& m = **model;
+  if (!absl::GetFlag(FLAGS_ntp_memory).empty()) {
+    NtpMemory(m, absl::GetFlag(FLAGS_ntp_memory));
+    return 0;
+  }
   const auto prompt = Ids(absl::GetFlag(FLAGS_prompt), 1, m.config().vocab_size);
   const int decode = absl::GetFlag(FLAGS_decode);
   std::vector<double> pre_on, pre_off, dec_on, dec_off, step_on, step_off, upd, bat, seq;

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import pathlib
 import statistics
 import sys
@@ -60,6 +61,8 @@ def main() -> None:
         raise SystemExit(f"only {len(chosen)} held-out documents qualify")
     docs = [ab.pieces(t, o, args.turns, args.turn_tokens) for _, t, o in chosen]
     shipped = json.loads((MODEL / "ttt.json").read_text())
+    if shipped.get("ttt_ntp_step") != "rms":
+        raise SystemExit("models/smollm2-135m-instruct/ttt.json does not use the rms step")
     full = need + 512
     flags = (f"--dtype={args.dtype}", f"--weights={args.weights}", "--system_prompt=", f"--max_context_tokens={full}")
 
@@ -113,7 +116,7 @@ def main() -> None:
     summary = {}
     for name, ref, window in rows:
         late = beyond(name, window)
-        rel = f"{100 * (1 - pow(2.718281828, late - beyond(ref, window))):+.2f}% ppl" if ref else ""
+        rel = f"{100 * (1 - math.exp(late - beyond(ref, window))):+.2f}% ppl" if ref else ""
         cost = "-"
         if name in prefixes:
             prefix, ttt = prefixes[name]
@@ -121,7 +124,7 @@ def main() -> None:
             chunks = sum(v[1] for s, v in ab.COST.items() if s.startswith(prefix)) / len(ttt["ttt_layers"])
             cost = f"{1e3 * sec / max(chunks, 1):.0f}"
         summary[name] = {"beyond_window": late, "per_document": results[name]}
-        print(f"| {name} | {late:.4f} | {pow(2.718281828, late):.2f} | {rel} | "
+        print(f"| {name} | {late:.4f} | {math.exp(late):.2f} | {rel} | "
               f"{wins(ref, name, window) if ref else ''} | {cost} |")
     diff = max(abs(x - y) for rr, rb in zip(restored, results["ntp rms, window 256"]) for x, y in zip(rr, rb))
     print(f"\nevicted half-way, restored and continued: max |NLL difference| per turn vs uninterrupted = {diff:.2e}")

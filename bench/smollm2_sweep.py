@@ -50,6 +50,10 @@ VARIANTS = [
     ("rms, every 3rd layer, C 64, lr 1", {"ttt_layers": EVERY_3RD, "ttt_chunk": 64, "ttt_lr": 1.0, **RMS}, {}, 256),
     ("rms, every layer, C 64, lr 0.1", {"ttt_layers": list(range(30)), "ttt_chunk": 64, "ttt_lr": 0.1, **RMS}, {}, 256),
     ("rms, every layer, C 64, lr 0.3", {"ttt_layers": list(range(30)), "ttt_chunk": 64, "ttt_lr": 0.3, **RMS}, {}, 256),
+    # Added after that run, whose best was every layer at the highest rate tried.
+    ("rms, every layer, C 64, lr 0.6", {"ttt_layers": list(range(30)), "ttt_chunk": 64, "ttt_lr": 0.6, **RMS}, {}, 256),
+    ("rms, every layer, C 64, lr 1", {"ttt_layers": list(range(30)), "ttt_chunk": 64, "ttt_lr": 1.0, **RMS}, {}, 256),
+    ("rms, every 3rd layer, C 64, lr 3", {"ttt_layers": EVERY_3RD, "ttt_chunk": 64, "ttt_lr": 3.0, **RMS}, {}, 256),
 ]
 
 

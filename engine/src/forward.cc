@@ -338,28 +338,13 @@ std::vector<at::Tensor> ForwardBatch(const Model::Impl& m, std::vector<BatchItem
 
 namespace {
 
-// ttt_ntp_step rms: the step's elementwise scale per fast layer, gbar / RMS_ij with
-// MS_ij ~ rows_i cols_j / mean(rows) (Adafactor's factoring of the training-data statistics) and
-// gbar the mean RMS over every fast layer's elements, so that a uniform RMS is plain SGD with
-// the same learning rate: layers and weights whose gradients are usually small move further.
-// RMS is floored at gbar / 100 (a weight the training data never moved is not stepped 1e6x).
-std::vector<at::Tensor> NtpScales(const Model::Impl& m) {
-  std::vector<at::Tensor> scales(m.config.num_layers);
-  if (m.config.ttt.ntp_step != TttConfig::NtpStep::kRms) return scales;
-  double gbar = 0;
-  int n = 0;
-  for (int l : m.config.ttt.fast_layers) {
-    const at::Tensor& r = m.ntp_rows[l];
-    gbar += (r.sqrt().mean() * m.ntp_cols[l].sqrt().mean() / r.mean().sqrt()).item<double>();
-    ++n;
-  }
-  gbar /= std::max(n, 1);
-  for (int l : m.config.ttt.fast_layers) {
-    const at::Tensor& r = m.ntp_rows[l];
-    at::Tensor rms = (at::outer(r, m.ntp_cols[l]) / r.mean()).sqrt_();  // [d, f]
-    scales[l] = gbar / rms.clamp_min_(gbar / 100);
-  }
-  return scales;
+// ttt_ntp_step rms: layer l's elementwise step scale gbar / RMS_ij (engine/README.md), RMS
+// floored at gbar / 100 (a weight the training data never moved is not stepped 1e6x); undefined
+// (plain SGD) without statistics, e.g. a layer made fast after load by LoadOptions::edit_config.
+at::Tensor NtpScale(const Model::Impl& m, int l) {
+  if (l >= static_cast<int>(m.ntp_rms_rows.size()) || !m.ntp_rms_rows[l].defined()) return {};
+  at::Tensor rms = at::outer(m.ntp_rms_rows[l], m.ntp_rms_cols[l]);  // [d, f]
+  return m.ntp_gbar / rms.clamp_min_(m.ntp_gbar / 100);
 }
 
 }  // namespace
@@ -406,10 +391,9 @@ void NtpUpdate(const Model::Impl& m, SessionState::Impl& s) {
       at::cross_entropy_loss(logits.narrow(0, 0, C - 1), ids.narrow(0, 1, C - 1)).backward();
     }
     const double lr = m.config.ttt.lr * s.options.lr_scale;
-    const std::vector<at::Tensor> scales = NtpScales(m);
     for (size_t k = 0; k < layers.size(); ++k) {
       at::Tensor g = leaves[k].grad();
-      if (g.defined() && scales[layers[k]].defined()) g = g * scales[layers[k]];
+      if (const at::Tensor scale = NtpScale(m, layers[k]); g.defined() && scale.defined()) g = g * scale;
       const bool applied = g.defined() && ApplyUpdate(m.layers[layers[k]], *s.ttt[layers[k]], s.options, g * -lr);
       ++(applied ? s.updates_applied : s.updates_rejected);
     }

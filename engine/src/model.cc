@@ -130,16 +130,20 @@ int64_t Model::NtpUpdateBytes(int64_t context_tokens) const {
   const int64_t es = static_cast<int64_t>(c10::elementSize(impl_->dtype)), groups = c.num_heads / c.num_kv_heads;
   // A copy of the window's keys and values for every layer (the pass appends the chunk there).
   const int64_t kv = c.num_layers * 2 * c.num_kv_heads * c.head_dim * ctx * es;
-  // Per layer from the lowest fast one up, kept for the backward: the causal mask of the chunk's
-  // G C query rows over the window (bool, and the float copy the CPU flash kernel makes of it)
-  // and the chunk's activations (q/k/v/o, the MLP's gate, up and product, norms: < 10 d + 8 f
-  // values a row, in f32 at most).
-  const int64_t per_layer = groups * C * ctx * 5 + C * (10 * c.hidden_size + 8 * c.intermediate_size) * 4;
+  // Per layer from the lowest fast one up: the causal mask of the chunk's G C query rows over the
+  // window (bool, and a float copy of it for the CPU flash kernel's forward and another for its
+  // backward: 9 bytes an entry) and the chunk's activations (q/k/v/o, the MLP's gate, up and
+  // product, norms: < 10 d + 8 f values a row, in f32 at most). Measured by adaptd-bench-engine
+  // --ntp_memory, this bounds the peak from above by 4-13% (README).
+  const int64_t per_layer = groups * C * ctx * 9 + C * (10 * c.hidden_size + 8 * c.intermediate_size) * 4;
   const int64_t layers = c.num_layers - c.ttt.fast_layers.front();
   // The logits of the chunk and their gradient (f32), and each fast layer's dW and its gradient.
   const int64_t head = 3 * C * c.vocab_size * 4;
-  const int64_t deltas = static_cast<int64_t>(c.ttt.fast_layers.size()) * 3 * c.hidden_size * c.intermediate_size * 4;
-  return kv + layers * per_layer + head + deltas;
+  const int64_t df = c.hidden_size * c.intermediate_size * 4;
+  const int64_t deltas = static_cast<int64_t>(c.ttt.fast_layers.size()) * 3 * df;
+  // The rms step's scale of one layer and the scaled gradient, while it is applied.
+  const int64_t rms = c.ttt.ntp_step == TttConfig::NtpStep::kRms ? 2 * df : 0;
+  return kv + layers * per_layer + head + deltas + rms;
 }
 
 absl::Status ValidateSessionOptions(const SessionOptions& o) {

@@ -40,9 +40,12 @@ struct Model::Impl {
   at::Tensor inv_freq;                        // [hd/2] fp32
   at::Tensor rope_cos, rope_sin;              // [rows, hd] in the model dtype for positions < rows
   bool few_rows_as_gemm = false;              // CPU weights past the cache: see Linear in forward.cc
-  // ttt_ntp_step rms: per fast layer the mean squared gradient of each row [d] and column [f]
-  // of the down-projection (ntp_stats.safetensors); undefined elsewhere.
-  std::vector<at::Tensor> ntp_rows, ntp_cols;
+  // ttt_ntp_step rms (ntp_stats.safetensors): per fast layer the factored RMS gradient of the
+  // down-projection, RMS_ij = rows_i cols_j with rows = sqrt(row MS / mean row MS) [d] and
+  // cols = sqrt(column MS) [f] (f32 on the device; undefined elsewhere), and gbar, the mean RMS
+  // over every fast layer's weights (computed in f64 at load).
+  std::vector<at::Tensor> ntp_rms_rows, ntp_rms_cols;
+  double ntp_gbar = 0;
   // A GGUF checkpoint's file (the mapping holds no resident pages once the weights are loaded).
   std::shared_ptr<const GgufFile> gguf;
 };

@@ -294,11 +294,11 @@ absl::Status LoadLayer(TensorLoader& t, const Model::Impl& m, int i, LayerWeight
 }
 
 // ttt_ntp_step rms: the training-data gradient statistics (tools/train/ntp_stats.py) of every
-// fast layer, f32, finite and positive; a hostile or mismatched file is refused, not used.
+// fast layer, f32 in (0, 1e30]; a hostile or mismatched file is refused, not used.
 absl::Status LoadNtpStats(const ModelFiles& files, Model::Impl& m, Fnv64& fnv) {
   const ModelConfig& c = m.config;
-  m.ntp_rows.assign(c.num_layers, at::Tensor());
-  m.ntp_cols.assign(c.num_layers, at::Tensor());
+  m.ntp_rms_rows.assign(c.num_layers, at::Tensor());
+  m.ntp_rms_cols.assign(c.num_layers, at::Tensor());
   if (c.ttt.ntp_step != TttConfig::NtpStep::kRms) return absl::OkStatus();
   const std::string path = files.dir + "/ntp_stats.safetensors";
   auto opened = SafetensorsFile::Open(path);
@@ -308,9 +308,11 @@ absl::Status LoadNtpStats(const ModelFiles& files, Model::Impl& m, Fnv64& fnv) {
                                             " (gradient statistics: python -m tools.train.ntp_stats)"));
   }
   const SafetensorsFile& f = **opened;
+  double gbar = 0;
   for (int l : c.ttt.fast_layers) {
-    for (auto [suffix, size, out] : {std::tuple{".rows", c.hidden_size, &m.ntp_rows[l]},
-                                     std::tuple{".cols", c.intermediate_size, &m.ntp_cols[l]}}) {
+    at::Tensor rows, cols;  // f64 mean squares
+    for (auto [suffix, size, out] : {std::tuple{".rows", c.hidden_size, &rows},
+                                     std::tuple{".cols", c.intermediate_size, &cols}}) {
       const std::string name = absl::StrCat("layers.", l, suffix);
       const TensorView* v = f.Find(name);
       if (v == nullptr) return absl::NotFoundError(absl::StrCat(path, " lacks ", name));
@@ -319,13 +321,18 @@ absl::Status LoadNtpStats(const ModelFiles& files, Model::Impl& m, Fnv64& fnv) {
       }
       at::Tensor t = at::empty({size}, at::kFloat);
       std::memcpy(t.data_ptr(), v->data, v->nbytes);
-      if (!at::isfinite(t).all().item<bool>() || !(t > 0).all().item<bool>()) {
-        return absl::InvalidArgumentError(absl::StrCat(path, ": ", name, " must be finite and positive"));
+      if (!at::isfinite(t).all().item<bool>() || !(t > 0).all().item<bool>() || !(t <= 1e30).all().item<bool>()) {
+        return absl::InvalidArgumentError(absl::StrCat(path, ": ", name, " must be finite, positive and at most 1e30"));
       }
       fnv.Add(v->data, v->nbytes);  // the statistics shape every update: part of the identity
-      *out = t.to(m.device);
+      *out = t.to(at::kDouble);
     }
+    at::Tensor r = (rows / rows.mean()).sqrt_(), col = cols.sqrt();
+    gbar += (r.mean() * col.mean()).item<double>();
+    m.ntp_rms_rows[l] = r.to(at::kFloat).to(m.device);
+    m.ntp_rms_cols[l] = col.to(at::kFloat).to(m.device);
   }
+  m.ntp_gbar = gbar / std::max<size_t>(c.ttt.fast_layers.size(), 1);
   return absl::OkStatus();
 }
 

@@ -50,7 +50,7 @@ class AdaptdService final : public adaptd::v1::Adaptd::CallbackService {
         executor_(executor),
         store_(store),
         metrics_(metrics),
-        sessions_(model, store, options.memory_budget_bytes, options.max_context_tokens,
+        sessions_(model, store, options.memory_budget_bytes, options.max_context_tokens, options.ntp_update_budget_bytes,
                   {[&metrics](double s) { metrics.Load(s); }, [&metrics] { metrics.SnapshotFailed(); }}),
         keys_(std::move(keys)),
         options_(std::move(options)),

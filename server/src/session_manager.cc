@@ -257,6 +257,9 @@ absl::StatusOr<std::unique_ptr<LiveSession>> SessionManager::Load(const session_
   if (auto s = ValidateOptions(meta.options()); !s.ok()) {  // an imported blob is not to be trusted
     return absl::FailedPreconditionError(absl::StrCat("session ", key.session, ": ", s.message()));
   }
+  if (auto s = CheckNtpUpdateMemory(model_, meta.options(), default_context_, ntp_budget_); !s.ok()) {
+    return absl::FailedPreconditionError(absl::StrCat("session ", key.session, ": ", s.message()));
+  }
   auto live = std::make_unique<LiveSession>();
   live->key = key;
   live->options = meta.options();

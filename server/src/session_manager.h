@@ -81,12 +81,16 @@ class SessionManager {
     std::function<void(double seconds)> loaded;
     std::function<void()> snapshot_failed;
   };
+  // `ntp_update_budget_bytes`: a stored ntp_gradient session whose window's update would take
+  // more is refused at load (CheckNtpUpdateMemory), whatever its origin (an import, a restart
+  // with another default window or budget).
   SessionManager(const engine::Model& model, session_store::SessionStore& store, size_t memory_budget_bytes,
-                 int64_t default_max_context_tokens, Observer observer)
+                 int64_t default_max_context_tokens, int64_t ntp_update_budget_bytes, Observer observer)
       : model_(model),
         store_(store),
         budget_(memory_budget_bytes),
         default_context_(default_max_context_tokens),
+        ntp_budget_(ntp_update_budget_bytes),
         observer_(std::move(observer)) {}
 
   // The window rule, before a turn of `prompt_tokens` with room for `max_new_tokens`: drops whole
@@ -199,6 +203,7 @@ class SessionManager {
   std::condition_variable snapshot_done_;  // an entry's snapshotting ended
   const size_t budget_;
   const int64_t default_context_;
+  const int64_t ntp_budget_;
   const Observer observer_;
   uint64_t clock_ = 0;            // guarded by mu_
   Stats stats_;                   // guarded by mu_ (loaded and bytes computed on demand)

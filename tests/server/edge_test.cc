@@ -506,8 +506,9 @@ TEST_F(EdgeTest, SessionDefaultsFillWhatCreationLeavesUnset) {
 }
 
 // An ntp_gradient update's backward reads the whole window: a window whose update would take
-// more than --ntp_update_mib is refused at creation (and as the default, at start), naming the
-// estimate; a smaller one, or another rule, is not.
+// more than --ntp_update_mib is refused at creation, at load (a stored session under a smaller
+// budget) and as the default (at start), naming the estimate; a smaller one, or another rule, is
+// not.
 TEST_F(EdgeTest, NtpWindowsPastTheUpdateBudgetAreRefused) {
   Restart({"--ntp_update_mib=64"});
   const int64_t big = 1 << 16;
@@ -516,7 +517,12 @@ TEST_F(EdgeTest, NtpWindowsPastTheUpdateBudgetAreRefused) {
   EXPECT_NE(s.error_message().find("--ntp_update_mib 64"), std::string::npos) << s.error_message();
   EXPECT_TRUE(Create("key-acme", "narrow", nullptr, "ntp_gradient", 256).ok());
   EXPECT_TRUE(Create("key-acme", "inplace", nullptr, "inplace", big).ok());
-  const std::string out = Shell(std::string(ADAPTD_BINARY) + " --api_keys=" + dir_ + "/keys.txt --model=" + ADAPTD_MODEL +
+  // Stored sessions are checked as they load: the same session under a smaller budget.
+  Restart({"--ntp_update_mib=1"});
+  const Turn t = Chat("key-acme", "narrow", "Hello", 2);
+  EXPECT_EQ(t.status.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << t.status.error_message();
+  EXPECT_NE(t.status.error_message().find("--ntp_update_mib 1"), std::string::npos) << t.status.error_message();
+  const std::string out = Shell("timeout 60 " + std::string(ADAPTD_BINARY) + " --api_keys=" + dir_ + "/keys.txt --model=" + ADAPTD_MODEL +
                                 " --store=" + dir_ + "/ntp-store --ntp_update_mib=1 --max_context_tokens=65536" +
                                 " --session_defaults='update_rule: \"ntp_gradient\"' 2>&1; echo rc=$?");
   EXPECT_NE(out.find("--ntp_update_mib 1"), std::string::npos) << out;

@@ -136,8 +136,8 @@ class Model {
   // embedding); the tied embedding counts once, as lm_head.
   int64_t weight_bytes() const;
   // The memory one ntp_gradient update takes beside its session when `context_tokens` of window
-  // precede its chunk of ttt.chunk ids: a bound from the shapes (engine/README.md "ntp_gradient's
-  // backward"), linear in the window. The server refuses windows whose update is over its budget.
+  // precede its chunk of ttt.chunk ids: a bound from the shapes (engine/README.md "The backward's
+  // memory"), linear in the window. The server refuses windows whose update is over its budget.
   int64_t NtpUpdateBytes(int64_t context_tokens) const;
 
   // A session at N = P = 0 with dW = 0. Errors as ValidateSessionOptions.
