@@ -134,7 +134,7 @@ int64_t Model::NtpUpdateBytes(int64_t context_tokens) const {
   // window (bool, and a float copy of it for the CPU flash kernel's forward and another for its
   // backward: 9 bytes an entry) and the chunk's activations (q/k/v/o, the MLP's gate, up and
   // product, norms: < 10 d + 8 f values a row, in f32 at most). Measured by adaptd-bench-engine
-  // --ntp_memory, this bounds the peak from above by 4-13% (README).
+  // --ntp_memory, this bounds the peak from above by 4-22% (engine/README.md).
   const int64_t per_layer = groups * C * ctx * 9 + C * (10 * c.hidden_size + 8 * c.intermediate_size) * 4;
   const int64_t layers = c.num_layers - c.ttt.fast_layers.front();
   // The logits of the chunk and their gradient (f32), and each fast layer's dW and its gradient.
