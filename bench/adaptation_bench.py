@@ -64,6 +64,14 @@ class Server:
         assert self.proc.wait(timeout=60) == 0
 
 
+def serve_with(model: pathlib.Path, out: pathlib.Path, keys: pathlib.Path, name: str, ttt: dict,
+               flags: tuple[str, ...]) -> Server:
+    """A server of `model` with the TTT settings `ttt` (written to out/<name>.json) and `flags`."""
+    cfg = out / f"{name}.json"
+    cfg.write_text(json.dumps(ttt))
+    return Server(str(model), out / f"store-{name}", keys, (f"--ttt_config={cfg}", *flags))
+
+
 def documents(n: int, tokens: int, tok=None):
     """The first `n` held-out documents of more than `tokens` tokens (by `tok`, default the tiny
     models' tokenizer), in a fixed content-free order: (path, text, token offsets)."""

@@ -69,9 +69,7 @@ def main() -> None:
     flags = (f"--dtype={args.dtype}", f"--weights={args.weights}", "--system_prompt=", f"--max_context_tokens={full}")
 
     def serve(name: str, ttt: dict) -> ab.Server:
-        cfg = out / f"{name}.json"
-        cfg.write_text(json.dumps(ttt))
-        return ab.Server(str(MODEL), out / f"store-{name}", keys, (f"--ttt_config={cfg}", *flags))
+        return ab.serve_with(MODEL, out, keys, name, ttt, flags)
 
     class Results(dict):
         def __setitem__(self, name, runs):  # printed as it goes: a long run keeps what it measured

@@ -200,9 +200,7 @@ def main() -> None:
     flags = (f"--dtype={args.dtype}", f"--weights={args.weights}", "--system_prompt=", f"--max_context_tokens={full}")
 
     def serve(name: str, ttt: dict) -> ab.Server:
-        cfg = out / f"{name}.json"
-        cfg.write_text(json.dumps(ttt))
-        return ab.Server(str(MODEL), out / f"store-{name}", keys, (f"--ttt_config={cfg}", *flags))
+        return ab.serve_with(MODEL, out, keys, name, ttt, flags)
 
     t0 = time.time()
     sgd, rms = serve("sgd", SGD), serve("rms", shipped)
