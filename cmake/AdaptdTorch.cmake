@@ -28,6 +28,11 @@ find_library(ADAPTD_C10_LIB c10 PATHS "${ADAPTD_TORCH_DIR}/lib" NO_DEFAULT_PATH 
 target_include_directories(adaptd::torch SYSTEM INTERFACE
   "${ADAPTD_TORCH_DIR}/include" "${ADAPTD_TORCH_DIR}/include/torch/csrc/api/include")
 target_link_libraries(adaptd::torch INTERFACE "${ADAPTD_TORCH_CPU_LIB}" "${ADAPTD_C10_LIB}")
+# at::parallel_for is a header template whose OpenMP pragma runs only in code compiled with
+# -fopenmp (without it, the loop runs on the calling thread alone). The engine's own parallel
+# loops are compiled so (engine/CMakeLists.txt) and linked to the wheel's libgomp, the runtime
+# LibTorch's threads already use: one OpenMP runtime in the process, one pool of threads.
+find_library(ADAPTD_TORCH_GOMP_LIB NAMES libgomp.so.1 gomp PATHS "${ADAPTD_TORCH_DIR}/lib" NO_DEFAULT_PATH)
 # The wheels are built with the C++11 ABI, like Debian's gRPC, protobuf and Abseil.
 target_compile_definitions(adaptd::torch INTERFACE _GLIBCXX_USE_CXX11_ABI=1)
 if(ADAPTD_CUDA)

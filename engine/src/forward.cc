@@ -7,6 +7,7 @@
 
 #include <ATen/core/grad_mode.h>
 
+#include "cpu_gemv.h"
 #include "model_impl.h"
 
 namespace adaptd::engine {
@@ -21,17 +22,21 @@ at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& w, double eps) {
 }
 
 // x W^T for rows x [n, in] and W [out, in], plus `add` if given. On the CPU, with weights that
-// stream from memory (few_rows_as_gemm), up to 16 f32 rows (decode) go as W X^T with at least two
-// columns: the wheel's MKL serves x W^T for one row as a GEMV and for a few rows with a slow GEMM
-// shape, while W X^T is a GEMM that streams W at memory speed (bench/small_rows.py, this 2-core
-// machine: 1.5-2.6x faster for one row, 1.0-4.5x for 2-16). Weights that stay in the cache are
-// the other way round (the GEMV of a 192x512 one is 3x faster), so small models keep x W^T.
+// stream from memory (few_rows_as_gemm), up to 16 f32 rows (decode) go through cpu_gemv.h where
+// the CPU has AVX512 (near the read bandwidth); elsewhere as W X^T with at least two columns: the
+// wheel's MKL serves x W^T for one row as a GEMV and for a few rows with a slow GEMM shape, while
+// W X^T is a GEMM that streams W at memory speed (bench/small_rows.py, this 2-core machine:
+// 1.5-2.6x faster for one row, 1.0-4.5x for 2-16). Weights that stay in the cache are the other
+// way round (the GEMV of a 192x512 one is 3x faster), so small models keep x W^T.
 // The result may be a transposed view.
 at::Tensor Linear(const Model::Impl& m, const at::Tensor& x, const at::Tensor& w, const at::Tensor& add = {}) {
   const int64_t rows = x.size(0);
   if (!m.few_rows_as_gemm || !x.is_cpu() || x.scalar_type() != at::kFloat || rows > 16) {
     return add.defined() ? at::addmm(add, x, w.t()) : at::linear(x, w);
   }
+  const bool grad = at::GradMode::is_enabled() &&
+                    (x.requires_grad() || w.requires_grad() || (add.defined() && add.requires_grad()));
+  if (!grad && CpuGemvAvailable() && w.scalar_type() == at::kFloat) return CpuGemv(x, w, {}, add);  // no derivative
   // One row is doubled, and its first column kept.
   at::Tensor y = rows == 1 ? at::mm(w, x.repeat({2, 1}).t()).narrow(1, 0, 1).t() : at::mm(w, x.t()).t();
   return add.defined() ? y + add : y;

@@ -1,15 +1,18 @@
 // The frozen base's quantized projections: codes, packing for LibTorch's weight-only kernels,
-// the product and its backward (quant.h). No product kernel is written here: on the CPU the
-// wheel's _weight_int8pack_mm and _weight_int4pack_mm_for_cpu take bf16 activations (with f32
-// ones they are slower than a dense f32 product: README, "The frozen base quantized"), and a
-// hand-written AVX2 int4 product tried here was slower than LibTorch's; on CUDA
-// _weight_int8pack_mm and _weight_int4pack_mm serve the same codes (compiled, not yet run).
+// the product and its backward (quant.h). int8 on an AVX512 CPU goes through cpu_gemv.h (f32
+// activations, near the read bandwidth at batch 1, where the wheel's _weight_int8pack_mm reaches
+// 30-41%); int4 and CPUs without AVX512 use LibTorch's kernels with bf16 activations (with f32
+// ones they are slower than a dense f32 product: README, "The frozen base quantized"). Hand-written
+// AVX2 and AVX512-VNNI int4 products tried here were no faster than LibTorch's: unpacking nibbles
+// costs more per byte than the stream. On CUDA _weight_int8pack_mm and _weight_int4pack_mm serve
+// the same codes (compiled, not yet run).
 #include "quant.h"
 
 #include <ATen/Parallel.h>
 #include <torch/csrc/autograd/custom_function.h>
 
 #include "absl/strings/str_cat.h"
+#include "cpu_gemv.h"
 
 namespace adaptd::engine {
 namespace {
@@ -60,8 +63,11 @@ at::Tensor Int4Rows(const at::Tensor& nib, const at::Tensor& sz, int64_t group) 
   return out;
 }
 
-// The forward product; the kernels take bf16 activations and scales of the same dtype.
+// The forward product; LibTorch's kernels take bf16 activations and scales of the same dtype.
 at::Tensor Product(const at::Tensor& x, const FrozenWeight& w) {
+  if (w.kind == Kind::kInt8 && x.is_cpu() && CpuGemvAvailable()) {
+    return CpuGemv(x, w.w, w.scales).to(x.scalar_type());
+  }
   const at::Tensor xb = x.to(at::kBFloat16).contiguous();
   at::Tensor y;
   if (w.kind == Kind::kInt8) {

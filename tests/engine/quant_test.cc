@@ -14,6 +14,7 @@
 #include "adaptd/engine/gguf.h"
 #include "adaptd/engine/model.h"
 #include "engine/fixtures.h"
+#include "cpu_gemv.h"
 #include "quant.h"
 
 namespace adaptd::engine {
@@ -126,6 +127,46 @@ TEST(QuantKernelTest, BackwardIsTheDequantizedWeightsTranspose) {
     const at::Tensor expected = at::mm(dy, DequantizeWeight(q, at::kFloat));
     ASSERT_TRUE(x.grad().defined()) << f.Name();
     EXPECT_LE(MaxAbs(x.grad() - expected), 1e-5 * MaxAbs(expected)) << f.Name();
+  }
+}
+
+// The AVX512 product (cpu_gemv.h) against a float64 reference, within the f32 rounding of a
+// K-term sum: |y - y*| <= K 2^-24 sum_k |x_k w_k| (+ the scale's product, one more rounding).
+// Tails of K and N, tiles of 1-4 rows of x and more, `add`; a row's result is the same bits
+// whatever rows are batched with it.
+TEST(CpuGemvTest, EqualsTheFloat64ProductForEveryShape) {
+  if (!CpuGemvAvailable()) GTEST_SKIP() << "this CPU has no AVX512 (LibTorch's products serve it)";
+  at::manual_seed(11);
+  for (const int64_t k : {16, 200, 576}) {
+    for (const int64_t n : {1, 6, 97}) {
+      const at::Tensor wf = RandomWeight(n, k, 12);
+      const QuantCodes c = QuantizeInt8(wf);
+      for (const bool int8 : {true, false}) {
+        const at::Tensor w = int8 ? c.q : wf, scales = int8 ? c.scale.to(at::kBFloat16) : at::Tensor();
+        const at::Tensor wd = int8 ? c.q.to(at::kDouble) * scales.to(at::kDouble).unsqueeze(1) : wf.to(at::kDouble);
+        for (const int64_t m : {1, 3, 4, 9}) {
+          const at::Tensor x = at::randn({m, k}), add = at::randn({m, n});
+          const at::Tensor ref = at::mm(x.to(at::kDouble), wd.t()) + add.to(at::kDouble);
+          const at::Tensor bound = at::mm(x.abs().to(at::kDouble), wd.abs().t()) * (k + 2) * std::ldexp(1.0, -24) + 1e-30;
+          const at::Tensor y = CpuGemv(x, w, scales, add);
+          const std::string what = (int8 ? "int8 " : "f32 ") + std::to_string(m) + "x" + std::to_string(n) + "x" +
+                                   std::to_string(k);
+          EXPECT_TRUE(((y.to(at::kDouble) - ref).abs() <= bound + add.abs().to(at::kDouble) * 1e-7).all().item<bool>())
+              << what;
+          EXPECT_TRUE(at::equal(CpuGemv(x.narrow(0, m - 1, 1), w, scales, add.narrow(0, m - 1, 1)), y.narrow(0, m - 1, 1)))
+              << what << ": its last row alone";
+          if (int8) {
+            const at::Tensor wrong = CpuGemv(x, w, scales * (1 + 1.0 / 64), add);
+            EXPECT_FALSE(((wrong.to(at::kDouble) - ref).abs() <= bound + add.abs().to(at::kDouble) * 1e-7).all().item<bool>())
+                << what << ": a wrong scale";
+          }
+          if (k % 16 != 0) {  // the tail's lanes must count
+            const at::Tensor head = CpuGemv(x.narrow(1, 0, k / 16 * 16), w.narrow(1, 0, k / 16 * 16), scales, add);
+            EXPECT_GT((head - y).abs().max().item<double>(), 1e-4) << what << ": without the tail";
+          }
+        }
+      }
+    }
   }
 }
 
