@@ -4,6 +4,7 @@
 //   adaptctl [--target 127.0.0.1:50051] sessions create [ID] [--options TEXT] | get ID | list | delete ID
 //   adaptctl sessions fork ID NEW_ID [--version V] | reset ID | rollback ID VERSION | migrate ID
 //   adaptctl sessions export ID FILE | import FILE [ID]
+//   adaptctl contexts ID [new | N]       a session's conversations: list them, start one, continue N
 //   adaptctl chat ID                     interactive: one line per user turn, replies streamed
 //                                        (a new ID starts a session)
 //   adaptctl chat ID --message "text"    one turn
@@ -14,6 +15,7 @@
 //   adaptctl health                      grpc.health.v1: exit 0 while SERVING (probes, Docker)
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
@@ -188,6 +190,43 @@ int Sessions(Client& c, const std::vector<char*>& args) {
   return 2;
 }
 
+void PrintContext(const adaptd::v1::Context& x) {
+  std::cout << x.context_id() << (x.current() ? "\tcurrent" : "\t") << "\t" << x.window_turns() << " turns, "
+            << x.window_tokens() << " tokens in its window\n";
+}
+
+// contexts ID: the list; contexts ID new: a new one; contexts ID N: continue context N.
+int Contexts(Client& c, const std::vector<char*>& args) {
+  const std::string id = args.size() > 2 ? args[2] : "";
+  const std::string what = args.size() > 3 ? args[3] : "";
+  char* end = nullptr;
+  const unsigned long n = what.empty() ? 0 : std::strtoul(what.c_str(), &end, 10);
+  if (id.empty() || (!what.empty() && what != "new" && (*end != '\0' || n > UINT32_MAX))) {
+    std::cerr << "usage: adaptctl contexts ID [new | N]\n";
+    return 2;
+  }
+  adaptd::v1::Context x;
+  if (what == "new") {
+    adaptd::v1::CreateContextRequest req;
+    req.set_session_id(id);
+    if (int rc = Check(c.stub().CreateContext(c.Context(id).get(), req, &x))) return rc;
+  } else if (!what.empty()) {
+    adaptd::v1::SwitchContextRequest req;
+    req.set_session_id(id);
+    req.set_context_id(static_cast<uint32_t>(n));
+    if (int rc = Check(c.stub().SwitchContext(c.Context(id).get(), req, &x))) return rc;
+  } else {
+    adaptd::v1::ListContextsRequest req;
+    req.set_session_id(id);
+    adaptd::v1::ListContextsResponse resp;
+    if (int rc = Check(c.stub().ListContexts(c.Context(id).get(), req, &resp))) return rc;
+    for (const auto& each : resp.contexts()) PrintContext(each);
+    return 0;
+  }
+  PrintContext(x);
+  return 0;
+}
+
 // One turn: streams the reply to stdout; usage to stderr.
 int Turn(Client& c, const std::string& id, const std::string& text, bool first) {
   adaptd::v1::ChatRequest req;
@@ -339,18 +378,19 @@ int Backup(Client& c) {
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
-      "adaptctl [--target HOST:PORT] (sessions ... | chat ID | ingest ID FILE | score ID FILE | info | backup | health)");
+      "adaptctl [--target HOST:PORT] (sessions ... | contexts ID [new | N] | chat ID | ingest ID FILE | score ID FILE | info | backup | health)");
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
   Client client(ClientOptions());
   const std::string cmd = args.size() > 1 ? args[1] : "";
   if (cmd == "sessions") return Sessions(client, args);
   if (cmd == "chat") return Chat(client, args);
+  if (cmd == "contexts") return Contexts(client, args);
   if (cmd == "info") return Info(client);
   if (cmd == "ingest") return Ingest(client, args);
   if (cmd == "score") return Score(client, args);
   if (cmd == "backup") return Backup(client);
   if (cmd == "health") return Health(client);
-  std::cerr << "usage: adaptctl [--target HOST:PORT] (sessions ... | chat ID | ingest ID FILE | score ID FILE | info | backup |"
+  std::cerr << "usage: adaptctl [--target HOST:PORT] (sessions ... | contexts ID [new | N] | chat ID | ingest ID FILE | score ID FILE | info | backup |"
                " health)\n";
   return 2;
 }

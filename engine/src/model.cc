@@ -215,17 +215,17 @@ absl::Status Model::RewindWindow(SessionState& session, int64_t position) const 
 }
 
 absl::StatusOr<std::unique_ptr<SessionState>> Model::RereadWindow(const SessionState& session,
-                                                                  absl::Span<const int32_t> kept) const {
+                                                                  absl::Span<const int32_t> kept, bool tail) const {
   const SessionState::Impl& s = session.impl();
   const int64_t dropped = s.position - static_cast<int64_t>(kept.size());
-  if (dropped < 0) {
+  if (tail && dropped < 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("kept ", kept.size(), " tokens of a window of ", s.position));
   }
   ASSIGN_OR_RETURN(auto bytes, EncodeSession(session, {StateEncoding::kExact, /*include_kv=*/false}));
   ASSIGN_OR_RETURN(auto state, DecodeSession(bytes));
   if (!kept.empty()) RETURN_IF_ERROR(Forward(*state, kept, /*learn=*/false).status());
-  if (!s.ntp_ids.empty() && s.ntp_start >= dropped) state->impl().ntp_start = s.ntp_start - dropped;
+  if (tail && !s.ntp_ids.empty() && s.ntp_start >= dropped) state->impl().ntp_start = s.ntp_start - dropped;
   return state;
 }
 

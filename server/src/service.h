@@ -6,6 +6,7 @@
 #define ADAPTD_SERVER_SERVICE_H_
 
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "adaptd/engine/model.h"
@@ -90,6 +91,14 @@ class AdaptdService final : public adaptd::v1::Adaptd::CallbackService {
   grpc::ServerUnaryReactor* MigrateSession(grpc::CallbackServerContext* ctx, const v1::MigrateSessionRequest* req,
                                            v1::Session* resp) override;
 
+  // contexts.cc
+  grpc::ServerUnaryReactor* CreateContext(grpc::CallbackServerContext* ctx, const v1::CreateContextRequest* req,
+                                          v1::Context* resp) override;
+  grpc::ServerUnaryReactor* ListContexts(grpc::CallbackServerContext* ctx, const v1::ListContextsRequest* req,
+                                         v1::ListContextsResponse* resp) override;
+  grpc::ServerUnaryReactor* SwitchContext(grpc::CallbackServerContext* ctx, const v1::SwitchContextRequest* req,
+                                          v1::Context* resp) override;
+
   Metrics::Gauges Gauges();
   // Deletes the sessions idle past the store's TTL (and drops them from memory); returns how many.
   absl::StatusOr<int> ExpireIdle();
@@ -105,6 +114,10 @@ class AdaptdService final : public adaptd::v1::Adaptd::CallbackService {
   // The id a new session (create, fork, import) gets: `requested`, if this replica owns it
   // (else FAILED_PRECONDITION), or a generated one it owns ("s-" and 24 hex digits).
   absl::StatusOr<std::string> NewSessionId(const std::string& requested) const;
+  // Creates a context (`to` empty) or switches to `to`: one event, committed and snapshotted as
+  // a turn's; *resp describes the context made current.
+  absl::Status ChangeContext(const session_store::SessionKey& key, std::optional<uint32_t> to,
+                             const std::string& request_id, v1::Context* resp);
   // Score's work: an error to finish the call with, or OK once the call is answered or posted.
   absl::Status StartScore(const std::string& tenant, const v1::ScoreRequest& req, v1::ScoreResponse* resp,
                           grpc::ServerUnaryReactor* reactor);

@@ -19,9 +19,44 @@ namespace {
 // Snapshot payload: "ADS2", flags (1: assistant turn open, 2: the window's first turn is the
 // pinned system prompt), the last token (int32), the number
 // of turns in the KV window (u32) and each one's tokens (u32 count, int32s), then the engine's
-// session bytes (exact, with the KV window).
+// session bytes (exact, with the KV window). A session with more than one context writes "ADS3"
+// and, after the window's turns, the current context (u32), the number of contexts (u32) and
+// each one as last left: its last token (int32), its flags (1: assistant turn open) and its turns
+// as above (the current one's entry is not written: the window is it). A binary older than
+// contexts refuses ADS3 and replays the log instead (which it refuses too: it has 'C' events).
 constexpr char kSnapshotMagic[] = "ADS2";
-constexpr size_t kSnapshotHeader = 4 + 1 + 4 + 4;
+constexpr char kSnapshotContextsMagic[] = "ADS3";
+
+void AppendTurns(std::string& out, const std::vector<std::vector<int32_t>>& turns) {
+  const auto count = static_cast<uint32_t>(turns.size());
+  out.append(reinterpret_cast<const char*>(&count), 4);
+  for (const auto& t : turns) {
+    const auto n = static_cast<uint32_t>(t.size());
+    out.append(reinterpret_cast<const char*>(&n), 4);
+    out.append(reinterpret_cast<const char*>(t.data()), t.size() * 4);
+  }
+}
+
+// Reads what AppendTurns wrote at `at` (advanced past it); false when it overruns `p`.
+bool ReadTurns(const std::string& p, size_t& at, std::vector<std::vector<int32_t>>& turns) {
+  uint32_t count = 0;
+  if (at + 4 > p.size()) return false;
+  std::memcpy(&count, p.data() + at, 4);
+  at += 4;
+  if (count > (p.size() - at) / 4) return false;  // each turn takes 4 bytes at least
+  for (uint32_t i = 0; i < count; ++i) {
+    uint32_t n = 0;
+    if (at + 4 > p.size()) return false;
+    std::memcpy(&n, p.data() + at, 4);
+    if (n > (p.size() - at - 4) / 4) return false;
+    std::vector<int32_t> t(n);
+    std::memcpy(t.data(), p.data() + at + 4, size_t{n} * 4);
+    turns.push_back(std::move(t));
+    at += 4 + size_t{n} * 4;
+  }
+  return true;
+}
+constexpr size_t kSnapshotHeader = 4 + 1 + 4;  // magic, flags, last token
 constexpr char kSnapshotEncoding[] = "server1+exact+kv";
 
 bool SnapshotDue(const v1::SessionOptions& options, uint64_t version, uint64_t snapshotted) {
@@ -36,84 +71,6 @@ bool SnapshotDue(const v1::SessionOptions& options, uint64_t version, uint64_t s
 }
 
 }  // namespace
-
-// Turn event: 'T', flags (1 learned, 2 assistant open, 4 not kept in context, 8 the tokens after
-// the prompt not learned, 16 per-token prompt flags follow, 32 a pinned system prompt opens the
-// prompt), prompt tokens u32, max new tokens u32, token count u32, the tokens (int32,
-// little-endian); with flag 32: the system prompt's token count u32; with flag 16: a run count
-// u32 and the runs' lengths (u32), alternately learned and not, the first learned (it may be 0),
-// summing to the prompt. Reset: 'R'. A binary older than flag 32 refuses such events (DATA_LOSS)
-// rather than misreading them.
-std::string EncodeEvent(const LogEvent& e) {
-  std::string out(1, static_cast<char>(e.kind));
-  if (e.kind == LogEvent::Kind::kReset) return out;
-  const bool masked = std::count(e.prompt_learn.begin(), e.prompt_learn.end(), 0) > 0;
-  out.push_back(static_cast<char>((e.learned ? 1 : 0) | (e.assistant_open ? 2 : 0) | (e.keep_in_context ? 0 : 4) |
-                                  (e.learn_generated ? 0 : 8) | (masked ? 16 : 0) | (e.pinned_tokens ? 32 : 0)));
-  const uint32_t head[3] = {e.prompt_tokens, e.max_new_tokens, static_cast<uint32_t>(e.tokens.size())};
-  out.append(reinterpret_cast<const char*>(head), sizeof head);
-  out.append(reinterpret_cast<const char*>(e.tokens.data()), e.tokens.size() * 4);
-  if (e.pinned_tokens) out.append(reinterpret_cast<const char*>(&e.pinned_tokens), 4);
-  if (!masked) return out;
-  std::vector<uint32_t> runs{0};
-  for (uint8_t flag : e.prompt_learn) {
-    if ((flag != 0) != (runs.size() % 2 == 1)) runs.push_back(0);  // odd count: a learned run is open
-    ++runs.back();
-  }
-  const auto count = static_cast<uint32_t>(runs.size());
-  out.append(reinterpret_cast<const char*>(&count), 4);
-  out.append(reinterpret_cast<const char*>(runs.data()), runs.size() * 4);
-  return out;
-}
-
-absl::StatusOr<LogEvent> DecodeEvent(const std::string& bytes) {
-  LogEvent e;
-  if (bytes.size() == 1 && bytes[0] == static_cast<char>(LogEvent::Kind::kReset)) {
-    e.kind = LogEvent::Kind::kReset;
-    return e;
-  }
-  uint32_t head[3];
-  if (bytes.size() < 14 || bytes[0] != static_cast<char>(LogEvent::Kind::kTurn)) return absl::DataLossError("not an event of the server's");
-  std::memcpy(head, bytes.data() + 2, sizeof head);
-  const bool pinned = bytes[1] & 32;
-  const size_t tokens_end = 14 + size_t{head[2]} * 4 + (pinned ? 4 : 0);
-  const bool masked = bytes[1] & 16;
-  if (bytes.size() < tokens_end || (!masked && bytes.size() != tokens_end) || head[0] > head[2]) {
-    return absl::DataLossError("turn event of the wrong size");
-  }
-  e.learned = bytes[1] & 1;
-  e.assistant_open = bytes[1] & 2;
-  e.keep_in_context = !(bytes[1] & 4);
-  e.learn_generated = !(bytes[1] & 8);
-  e.prompt_tokens = head[0];
-  e.max_new_tokens = head[1];
-  e.tokens.resize(head[2]);
-  std::memcpy(e.tokens.data(), bytes.data() + 14, size_t{head[2]} * 4);
-  if (pinned) {
-    std::memcpy(&e.pinned_tokens, bytes.data() + 14 + size_t{head[2]} * 4, 4);
-    if (e.pinned_tokens == 0 || e.pinned_tokens > e.prompt_tokens) return absl::DataLossError("turn event's system prompt overruns the prompt");
-  }
-  if (!masked) return e;
-  uint32_t count = 0;
-  if (bytes.size() >= tokens_end + 4) std::memcpy(&count, bytes.data() + tokens_end, 4);
-  if (bytes.size() != tokens_end + 4 + size_t{count} * 4) return absl::DataLossError("turn event's flags of the wrong size");
-  for (uint32_t i = 0; i < count; ++i) {
-    uint32_t run = 0;
-    std::memcpy(&run, bytes.data() + tokens_end + 4 + size_t{i} * 4, 4);
-    if (run > e.prompt_tokens - e.prompt_learn.size()) return absl::DataLossError("turn event's flags overrun the prompt");
-    e.prompt_learn.insert(e.prompt_learn.end(), run, i % 2 == 0 ? 1 : 0);
-  }
-  if (e.prompt_learn.size() != e.prompt_tokens) return absl::DataLossError("turn event's flags do not cover the prompt");
-  return e;
-}
-
-std::vector<uint8_t> LearnFlags(const LogEvent& e) {
-  std::vector<uint8_t> flags(e.tokens.size(), e.learned ? 1 : 0);
-  if (!e.learned) return flags;
-  for (size_t i = 0; i < e.prompt_learn.size(); ++i) flags[i] = e.prompt_learn[i];
-  if (!e.learn_generated) std::fill(flags.begin() + e.prompt_tokens, flags.end(), 0);
-  return flags;
-}
 
 absl::Status SessionManager::FitWindow(LiveSession& session, int64_t prompt_tokens, int64_t max_new_tokens) const {
   int64_t used = 0;
@@ -133,6 +90,38 @@ absl::Status SessionManager::FitWindow(LiveSession& session, int64_t prompt_toke
   std::vector<int32_t> kept;
   for (const auto& t : session.window) kept.insert(kept.end(), t.begin(), t.end());
   auto state = model_.RereadWindow(*session.state, kept);
+  if (!state.ok()) return state.status();
+  session.state = *std::move(state);
+  return absl::OkStatus();
+}
+
+ContextWindow LiveSession::Context(uint32_t id) const {
+  if (id != context) return contexts.at(id);
+  return {{window.begin() + (pinned_head ? 1 : 0), window.end()}, last_token, assistant_open};
+}
+
+absl::Status SessionManager::SwitchContext(LiveSession& session, uint32_t to) const {
+  if (to > session.contexts.size()) {
+    return absl::NotFoundError(absl::StrCat("session ", session.key.session, " has no context ", to));
+  }
+  if (to == session.contexts.size() && to >= kMaxContexts) {
+    return absl::ResourceExhaustedError(absl::StrCat("a session holds at most ", kMaxContexts, " contexts"));
+  }
+  if (to == session.context) return absl::OkStatus();
+  session.contexts[session.context] = session.Context(session.context);
+  if (to == session.contexts.size()) session.contexts.emplace_back();
+  const ContextWindow& next = session.contexts[to];
+  session.window.resize(session.pinned_head ? 1 : 0);
+  session.window.insert(session.window.end(), next.turns.begin(), next.turns.end());
+  // An empty context continues from the system prompt (its last token, no BOS again) or from
+  // nothing at all.
+  session.last_token = !next.turns.empty() ? next.last_token : session.pinned_head ? session.window[0].back() : -1;
+  session.assistant_open = next.assistant_open;
+  session.context = to;
+  if (next.turns.empty()) return model_.RewindWindow(*session.state, session.PinnedTokens());
+  std::vector<int32_t> kept;
+  for (const auto& t : session.window) kept.insert(kept.end(), t.begin(), t.end());
+  auto state = model_.RereadWindow(*session.state, kept, /*tail=*/false);  // the same fast state, this window
   if (!state.ok()) return state.status();
   session.state = *std::move(state);
   return absl::OkStatus();
@@ -207,8 +196,10 @@ absl::Status SessionManager::Settle(LiveSession& session, const LogEvent& event)
     session.pinned_head = false;
     session.last_token = -1;
     session.assistant_open = false;
+    for (ContextWindow& c : session.contexts) c = {};  // every context empty; their ids stay
     return absl::OkStatus();
   }
+  if (event.kind == LogEvent::Kind::kContext) return SwitchContext(session, event.context);
   if (!event.keep_in_context) {  // back to the window before it (its tokens are the KV rows)
     int64_t kept = 0;
     for (const auto& t : session.window) kept += static_cast<int64_t>(t.size());
@@ -239,7 +230,11 @@ absl::Status SessionManager::Replay(LiveSession& session, const LogEvent& event)
       }
     }
   }
-  return Settle(session, event);
+  const absl::Status settled = Settle(session, event);
+  if (event.kind == LogEvent::Kind::kContext && (absl::IsNotFound(settled) || absl::IsResourceExhausted(settled))) {
+    return absl::DataLossError(absl::StrCat("a logged switch to a context that cannot exist: ", settled.message()));
+  }
+  return settled;
 }
 
 absl::StatusOr<std::unique_ptr<LiveSession>> SessionManager::Load(const session_store::SessionKey& key,
@@ -267,24 +262,33 @@ absl::StatusOr<std::unique_ptr<LiveSession>> SessionManager::Load(const session_
   if (loaded->snapshot) {
     const std::string& p = loaded->snapshot_payload;
     auto corrupt = [&] { return absl::DataLossError(absl::StrCat("session ", key.session, ": snapshot is not the server's format")); };
-    if (p.size() < kSnapshotHeader || p.compare(0, 4, kSnapshotMagic) != 0) return corrupt();
+    const bool contexts = p.size() >= kSnapshotHeader && p.compare(0, 4, kSnapshotContextsMagic) == 0;
+    if (p.size() < kSnapshotHeader || (p.compare(0, 4, kSnapshotMagic) != 0 && !contexts)) return corrupt();
     live->assistant_open = p[4] & 1;
     live->pinned_head = p[4] & 2;
     std::memcpy(&live->last_token, p.data() + 5, 4);
-    uint32_t turns = 0;
-    std::memcpy(&turns, p.data() + 9, 4);
     size_t at = kSnapshotHeader;
-    for (uint32_t i = 0; i < turns; ++i) {  // the window's turns
-      uint32_t n = 0;
-      if (at + 4 > p.size()) return corrupt();
-      std::memcpy(&n, p.data() + at, 4);
-      if (n > (p.size() - at - 4) / 4) return corrupt();
-      std::vector<int32_t> t(n);
-      std::memcpy(t.data(), p.data() + at + 4, size_t{n} * 4);
-      live->window.push_back(std::move(t));
-      at += 4 + size_t{n} * 4;
-    }
+    if (!ReadTurns(p, at, live->window)) return corrupt();  // the window's turns
     if (live->pinned_head && live->window.empty()) return corrupt();
+    if (contexts) {
+      uint32_t current = 0, count = 0;
+      if (at + 8 > p.size()) return corrupt();
+      std::memcpy(&current, p.data() + at, 4);
+      std::memcpy(&count, p.data() + at + 4, 4);
+      at += 8;
+      if (count < 2 || count > kMaxContexts || current >= count) return corrupt();
+      live->context = current;
+      live->contexts.assign(count, {});
+      for (uint32_t c = 0; c < count; ++c) {
+        if (c == current) continue;
+        ContextWindow& w = live->contexts[c];
+        if (at + 5 > p.size()) return corrupt();
+        std::memcpy(&w.last_token, p.data() + at, 4);
+        w.assistant_open = p[at + 4] & 1;
+        at += 5;
+        if (!ReadTurns(p, at, w.turns)) return corrupt();
+      }
+    }
     auto state = model_.DecodeSession(std::string_view(p).substr(at));
     if (!state.ok()) return state.status();
     live->state = *std::move(state);
@@ -472,6 +476,8 @@ absl::StatusOr<std::unique_ptr<LiveSession>> SessionManager::Clone(const session
     copy->max_context_tokens = (*live)->max_context_tokens;
     copy->window = (*live)->window;
     copy->pinned_head = (*live)->pinned_head;
+    copy->context = (*live)->context;
+    copy->contexts = (*live)->contexts;
     copy->state = *std::move(state);
   }
   Release(key);
@@ -575,15 +581,22 @@ absl::Status SessionManager::Migrate(const session_store::SessionKey& key) {
 absl::StatusOr<std::string> SessionManager::EncodeSnapshot(const LiveSession& session) const {
   auto bytes = model_.EncodeSession(*session.state, {engine::StateEncoding::kExact, /*include_kv=*/true});
   if (!bytes.ok()) return bytes.status();
-  std::string payload(kSnapshotMagic);
+  const bool contexts = session.contexts.size() > 1;
+  std::string payload(contexts ? kSnapshotContextsMagic : kSnapshotMagic);
   payload.push_back(static_cast<char>((session.assistant_open ? 1 : 0) | (session.pinned_head ? 2 : 0)));
   payload.append(reinterpret_cast<const char*>(&session.last_token), 4);
-  const auto turns = static_cast<uint32_t>(session.window.size());
-  payload.append(reinterpret_cast<const char*>(&turns), 4);
-  for (const auto& t : session.window) {
-    const auto n = static_cast<uint32_t>(t.size());
-    payload.append(reinterpret_cast<const char*>(&n), 4);
-    payload.append(reinterpret_cast<const char*>(t.data()), t.size() * 4);
+  AppendTurns(payload, session.window);
+  if (contexts) {
+    const auto count = static_cast<uint32_t>(session.contexts.size());
+    payload.append(reinterpret_cast<const char*>(&session.context), 4);
+    payload.append(reinterpret_cast<const char*>(&count), 4);
+    for (uint32_t c = 0; c < count; ++c) {
+      if (c == session.context) continue;
+      const ContextWindow& w = session.contexts[c];
+      payload.append(reinterpret_cast<const char*>(&w.last_token), 4);
+      payload.push_back(static_cast<char>(w.assistant_open ? 1 : 0));
+      AppendTurns(payload, w.turns);
+    }
   }
   payload += *bytes;
   return payload;

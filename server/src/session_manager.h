@@ -19,32 +19,10 @@
 #include "adaptd/engine/model.h"
 #include "adaptd/session_store/store.h"
 #include "adaptd/v1/adaptd.pb.h"
+#include "log_event.h"
 
 namespace adaptd::server {
 
-// One event of a session's log. A turn (Chat, Generate, Ingest): every token that entered the
-// model (template, prompt, generated, stop), whether they were learned, whether the turn ended
-// inside the assistant's message (the next turn closes it first), and whether its tokens stay in
-// the KV window (an Ingest with keep_in_context = false leaves none). A reset: the state starts
-// afresh (the history before it stays in the log).
-struct LogEvent {
-  enum class Kind : char { kTurn = 'T', kReset = 'R' };
-  Kind kind = Kind::kTurn;
-  std::vector<int32_t> tokens;
-  bool learned = true;
-  bool assistant_open = false;
-  bool keep_in_context = true;
-  bool learn_generated = true;  // with learned: the tokens after the prompt were learned too
-  uint32_t prompt_tokens = 0;   // tokens[0, prompt_tokens) were the prompt
-  // With learned: empty (the whole prompt was learned) or a flag per prompt token (0: fed
-  // without learning, as a role the session does not learn).
-  std::vector<uint8_t> prompt_learn;
-  uint32_t max_new_tokens = 0;  // the reply's reserved room (the window rule reads it)
-  // tokens[0, pinned_tokens) are the session's system prompt: the first turn of a context
-  // renders it, and the window rule keeps it at the window's head.
-  uint32_t pinned_tokens = 0;
-};
-std::string EncodeEvent(const LogEvent& event);
 // The engine's options of a session's (validated by engine::ValidateSessionOptions).
 engine::SessionOptions EngineOptions(const v1::SessionOptions& options);
 // INVALID_ARGUMENT naming the field for session options out of range.
@@ -53,9 +31,17 @@ absl::Status ValidateOptions(const v1::SessionOptions& options);
 // `default_window`) would make one update take more than `budget_bytes` (Model::NtpUpdateBytes).
 absl::Status CheckNtpUpdateMemory(const engine::Model& model, const v1::SessionOptions& options, int64_t default_window,
                                   int64_t budget_bytes);
-absl::StatusOr<LogEvent> DecodeEvent(const std::string& bytes);
-// Whether each of the event's tokens was learned (1) or only fed (0).
-std::vector<uint8_t> LearnFlags(const LogEvent& event);
+
+// A conversation within a session (its memory is the session's fast weights): the turns it had
+// in the KV window when it was last left, and how its last turn ended.
+struct ContextWindow {
+  std::vector<std::vector<int32_t>> turns;  // the pinned system prompt not included
+  int32_t last_token = -1;
+  bool assistant_open = false;
+};
+// Contexts a session may hold (RESOURCE_EXHAUSTED past it): each keeps up to a window of tokens
+// in memory and in every snapshot.
+inline constexpr uint32_t kMaxContexts = 256;
 
 struct LiveSession {
   session_store::SessionKey key;
@@ -69,6 +55,10 @@ struct LiveSession {
   bool pinned_head = false;  // window[0] is the system prompt, which never leaves it
   // Tokens of the window that the window rule keeps whatever comes (the pinned system prompt).
   int64_t PinnedTokens() const { return pinned_head ? static_cast<int64_t>(window[0].size()) : 0; }
+  uint32_t context = 0;                         // the current context
+  std::vector<ContextWindow> contexts{1};       // each context as last left (the current one's: stale)
+  // The context as it stands now (the current one from the live window).
+  ContextWindow Context(uint32_t id) const;
 };
 
 class SessionManager {
@@ -98,6 +88,12 @@ class SessionManager {
   // without learning (positions from 0). A function of the log alone, so replay repeats it.
   // INVALID_ARGUMENT when even the system prompt alone leaves no room (callers check first).
   absl::Status FitWindow(LiveSession& session, int64_t prompt_tokens, int64_t max_new_tokens) const;
+
+  // Makes context `to` current (a new one when to == contexts.size()): the current one's turns
+  // are kept aside, and the window becomes the pinned system prompt and `to`'s turns, re-read
+  // without learning (the fast weights stay). A function of the log alone, so replay repeats it.
+  // NOT_FOUND for a context that does not exist; RESOURCE_EXHAUSTED past kMaxContexts.
+  absl::Status SwitchContext(LiveSession& session, uint32_t to) const;
 
   // The session, loaded if needed, leased to the caller. ABORTED ("session busy") while another
   // call holds it; NOT_FOUND; FAILED_PRECONDITION for a session of another model.

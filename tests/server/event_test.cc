@@ -1,8 +1,9 @@
 // The server's turn events as the log keeps them: per-token learn flags round-trip, events
-// written before the flags existed still decode, and damaged ones are DATA_LOSS.
+// written before the flags existed still decode, context events round-trip, and damaged ones
+// are DATA_LOSS.
 #include <gtest/gtest.h>
 
-#include "session_manager.h"
+#include "log_event.h"
 
 namespace adaptd::server {
 namespace {
@@ -74,6 +75,19 @@ TEST(EventTest, PinnedSystemPromptRoundTrips) {
   LogEvent past = Turn({});
   past.pinned_tokens = 6;  // beyond the prompt's 5 tokens
   EXPECT_EQ(DecodeEvent(EncodeEvent(past)).status().code(), absl::StatusCode::kDataLoss);
+}
+
+TEST(EventTest, ContextEventsRoundTrip) {
+  LogEvent e;
+  e.kind = LogEvent::Kind::kContext;
+  e.context = 70000;
+  auto back = DecodeEvent(EncodeEvent(e));
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->kind, LogEvent::Kind::kContext);
+  EXPECT_EQ(back->context, 70000u);
+  std::string bytes = EncodeEvent(e);
+  EXPECT_EQ(DecodeEvent(bytes.substr(0, 4)).status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(DecodeEvent(bytes + "x").status().code(), absl::StatusCode::kDataLoss);
 }
 
 }  // namespace

@@ -62,7 +62,13 @@ def test_every_rpc(server):
         assert fork.version == 2
         assert [x.session_id for x in c.list_sessions(page_size=1)] == ["py-1", "py-2"]
         assert c.reset_session("py-2").version == 3
+        ctx = c.create_context("py-2")
+        assert ctx.name == "sessions/py-2/contexts/1" and ctx.current and ctx.version == 4
+        assert [x.context_id for x in c.list_contexts("py-2")] == [0, 1]
+        assert c.switch_context("py-2", 0).version == 5
+        assert codes(lambda: c.switch_context("py-2", 9)) == "NOT_FOUND"
         assert c.rollback_session("py-2", 1).version == 1
+        assert [x.context_id for x in c.list_contexts("py-2")] == [0]  # the rollback undid them
         assert c.migrate_session("py-1").version == 4  # bound already: unchanged
 
         blob = c.export_session("py-1")

@@ -115,6 +115,20 @@ class Client:
     def reset_session(self, session_id: str) -> pb.Session:
         return self._call(self._stub.ResetSession, pb.ResetSessionRequest(session_id=session_id), session_id)
 
+    def create_context(self, session_id: str, request_id: str = "") -> pb.Context:
+        """A new conversation in the session (its memory kept, its window emptied), made current."""
+        req = pb.CreateContextRequest(session_id=session_id, request_id=request_id)
+        return self._call(self._stub.CreateContext, req, session_id)
+
+    def list_contexts(self, session_id: str) -> list[pb.Context]:
+        resp = self._call(self._stub.ListContexts, pb.ListContextsRequest(session_id=session_id), session_id)
+        return list(resp.contexts)
+
+    def switch_context(self, session_id: str, context_id: int) -> pb.Context:
+        """Continues context `context_id`: its latest turns re-read into the window, not learned again."""
+        req = pb.SwitchContextRequest(session_id=session_id, context_id=context_id)
+        return self._call(self._stub.SwitchContext, req, session_id)
+
     def rollback_session(self, session_id: str, version: int) -> pb.Session:
         req = pb.RollbackSessionRequest(session_id=session_id, version=version)
         return self._call(self._stub.RollbackSession, req, session_id)

@@ -157,12 +157,14 @@ class Model {
   // fed goes to `position`. An Ingest that leaves no KV behind. INVALID_ARGUMENT outside [0, P].
   absl::Status RewindWindow(SessionState& session, int64_t position) const;
 
-  // A copy of `session` (fast state and counters) whose window is `kept`, the last kept.size()
-  // tokens of its window, re-read without learning from position 0 (a window that dropped its
-  // oldest tokens). An open ntp_gradient chunk whose ids are among them keeps the rows before it
-  // as its context. INVALID_ARGUMENT when `kept` is longer than the window.
+  // A copy of `session` (fast state and counters) whose window is `kept`, re-read without
+  // learning from position 0. With `tail`, kept are the last kept.size() tokens of its window (a
+  // window that dropped its oldest tokens): an open ntp_gradient chunk whose ids are among them
+  // keeps the rows before it as its context, and a `kept` longer than the window is
+  // INVALID_ARGUMENT. Without, kept is another window (a context switched to): an open chunk
+  // keeps no rows, as after RewindWindow.
   absl::StatusOr<std::unique_ptr<SessionState>> RereadWindow(const SessionState& session,
-                                                             absl::Span<const int32_t> kept) const;
+                                                             absl::Span<const int32_t> kept, bool tail = true) const;
 
   // INVALID_ARGUMENT for an empty input or an id outside the vocabulary.
   absl::Status ValidateIds(absl::Span<const int32_t> ids) const;

@@ -1,0 +1,99 @@
+// A session's contexts (CreateContext, ListContexts, SwitchContext): conversations within one
+// memory. Creating and switching are events committed as a turn is (synced before the answer);
+// the session manager applies them (SessionManager::SwitchContext).
+#include "absl/strings/str_cat.h"
+#include "logging.h"
+#include "service.h"
+
+namespace adaptd::server {
+namespace {
+
+// Context `id` of `live` as it stands (one past its contexts: a new, empty one), described as
+// current or not and at `version`.
+v1::Context DescribeContext(const LiveSession& live, uint32_t id, bool current, uint64_t version) {
+  const ContextWindow w = id < live.contexts.size() ? live.Context(id) : ContextWindow{};
+  int64_t tokens = 0;
+  for (const auto& t : w.turns) tokens += static_cast<int64_t>(t.size());
+  v1::Context c;
+  c.set_name(absl::StrCat("sessions/", live.key.session, "/contexts/", id));
+  c.set_context_id(id);
+  c.set_current(current);
+  c.set_window_turns(static_cast<int32_t>(w.turns.size()));
+  c.set_window_tokens(tokens);
+  c.set_version(version);
+  return c;
+}
+
+}  // namespace
+
+absl::Status AdaptdService::ChangeContext(const session_store::SessionKey& key, std::optional<uint32_t> to,
+                                          const std::string& request_id, v1::Context* resp) {
+  if (auto s = quotas_.CheckStorage(key.tenant); !s.ok()) return s;
+  auto live = sessions_.Acquire(key);  // ABORTED while a turn runs
+  if (!live.ok()) return live.status();
+  LiveSession& session = **live;
+  if (!request_id.empty()) {  // a retry of a committed CreateContext gets its context
+    auto seen = sessions_.LookupRequest(key, request_id);
+    if (!seen.ok() || seen->has_value()) sessions_.Release(key);
+    if (!seen.ok()) return seen.status();
+    if (seen->has_value()) {
+      return resp->ParseFromString((*seen)->result) ? absl::OkStatus()
+                                                    : absl::DataLossError("recorded context is unreadable");
+    }
+  }
+  const uint32_t target = to.value_or(static_cast<uint32_t>(session.contexts.size()));
+  absl::Status refused;
+  if (target > session.contexts.size() || (to && target == session.contexts.size())) {
+    refused = absl::NotFoundError(absl::StrCat("session ", key.session, " has no context ", target));
+  } else if (target == session.contexts.size() && target >= kMaxContexts) {
+    refused = absl::ResourceExhaustedError(absl::StrCat("a session holds at most ", kMaxContexts, " contexts"));
+  }
+  if (!refused.ok() || target == session.context) {  // refused, or current already: no event
+    if (refused.ok()) *resp = DescribeContext(session, target, true, session.version);
+    sessions_.Release(key);
+    return refused;
+  }
+  // What the switch leaves, described before the commit releases the session.
+  *resp = DescribeContext(session, target, true, session.version + 1);
+  LogEvent event;
+  event.kind = LogEvent::Kind::kContext;
+  event.context = target;
+  auto committed = sessions_.Commit(session, event, request_id, resp->SerializeAsString());
+  Audit(to ? "switch_context" : "create_context", key.tenant, key.session, committed.status(),
+        absl::StrCat("context ", target));
+  if (!committed.ok()) return committed.status();
+  WriteSnapshot(sessions_, metrics_, *committed);
+  return absl::OkStatus();
+}
+
+grpc::ServerUnaryReactor* AdaptdService::CreateContext(grpc::CallbackServerContext* ctx,
+                                                       const v1::CreateContextRequest* req, v1::Context* resp) {
+  auto tenant = Tenant(ctx, &req->session_id());
+  if (!tenant.ok()) return Done(ctx, tenant.status());
+  return Done(ctx, ChangeContext({*tenant, req->session_id()}, std::nullopt, req->request_id(), resp));
+}
+
+grpc::ServerUnaryReactor* AdaptdService::SwitchContext(grpc::CallbackServerContext* ctx,
+                                                       const v1::SwitchContextRequest* req, v1::Context* resp) {
+  auto tenant = Tenant(ctx, &req->session_id());
+  if (!tenant.ok()) return Done(ctx, tenant.status());
+  return Done(ctx, ChangeContext({*tenant, req->session_id()}, req->context_id(), "", resp));
+}
+
+grpc::ServerUnaryReactor* AdaptdService::ListContexts(grpc::CallbackServerContext* ctx,
+                                                      const v1::ListContextsRequest* req,
+                                                      v1::ListContextsResponse* resp) {
+  auto tenant = Tenant(ctx, &req->session_id());
+  if (!tenant.ok()) return Done(ctx, tenant.status());
+  const session_store::SessionKey key{*tenant, req->session_id()};
+  auto live = sessions_.Acquire(key);  // ABORTED while a turn runs
+  if (!live.ok()) return Done(ctx, live.status());
+  const LiveSession& session = **live;
+  for (uint32_t id = 0; id < session.contexts.size(); ++id) {
+    *resp->add_contexts() = DescribeContext(session, id, id == session.context, session.version);
+  }
+  sessions_.Release(key);
+  return Done(ctx, absl::OkStatus());
+}
+
+}  // namespace adaptd::server
