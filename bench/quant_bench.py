@@ -81,10 +81,10 @@ def random_llama_1b() -> pathlib.Path:
     return out
 
 
-def bench(model: pathlib.Path, dtype: str, weights: str, args, extra: list[str]) -> dict:
+def bench(model: pathlib.Path, dtype: str, weights: str, args, extra: list[str], repeats: int = 1) -> dict:
     bw = read_bandwidth(args.threads)
     cmd = [str(BIN / "adaptd-bench-engine"), f"--model={model}", f"--dtype={dtype}", f"--weights={weights}",
-           "--ttt_rule=ntp_gradient", f"--threads={args.threads}", "--repeats=1", "--sessions=16", *extra]
+           "--ttt_rule=ntp_gradient", f"--threads={args.threads}", f"--repeats={repeats}", "--sessions=16", *extra]
     res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
     res["read_bytes_per_second"] = bw
     print(f"{model.name} {label(dtype, weights)}: {json.dumps(res)}", flush=True)
@@ -130,7 +130,8 @@ def main() -> None:
     with tempfile.NamedTemporaryFile("w", suffix=".json") as ttt:
         json.dump({"ttt_layers": [0, 6, 12, 18, 24], "ttt_chunk": 64, "ttt_lr": 0.3}, ttt)
         ttt.flush()
-        small = {label(d, w): bench(MODEL, d, w, args, [f"--ttt_config={ttt.name}", "--prompt=256", "--decode=64"])
+        # Medians of three: one run's TTT-on / off ratio moved by +-0.3 between runs on SmolLM2.
+        small = {label(d, w): bench(MODEL, d, w, args, [f"--ttt_config={ttt.name}", "--prompt=256", "--decode=64"], 3)
                  for d, w in FORMATS}
     lines += table(f"SmolLM2-135M-Instruct (GGUF Q4_1/Q8_0), {args.threads} threads, prompt 256, decode 64, "
                    "ntp_gradient in layers 0, 6, 12, 18, 24", small)
