@@ -11,7 +11,7 @@
 #include <algorithm>
 #include <cstdint>
 
-#if defined(__x86_64__) && defined(__GNUC__)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)  // GCC: #pragma GCC target
 #include <immintrin.h>
 #define ADAPTD_GEMV_X86 1
 #endif
@@ -79,7 +79,10 @@ void Tile(const Args& a, int64_t m0, int64_t n0, bool prefetch) {
   for (int64_t k = 0; k < full; k += 16) {
     if (prefetch && (!kInt8 || k % 64 == 0)) {  // a line per row: 64 int8 or 16 f32 weights
 #pragma GCC unroll 4
-      for (int j = 0; j < NR; ++j) _mm_prefetch(w + (j * k_len + k) * elt + ahead, _MM_HINT_T0);  // a hint: never faults
+      for (int j = 0; j < NR; ++j) {  // a hint, never a load: past the end of W it is ignored
+        const uintptr_t at = reinterpret_cast<uintptr_t>(w) + (j * k_len + k) * elt + ahead;
+        _mm_prefetch(reinterpret_cast<const char*>(at), _MM_HINT_T0);
+      }
     }
     Step<kInt8, MR, NR>(w + k * elt, x + k, k_len, static_cast<__mmask16>(0xFFFF), acc);
   }
@@ -167,6 +170,7 @@ at::Tensor CpuGemv(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s
   // then 4 KB ahead within the row (measured best for each shape of the 1B model and SmolLM2).
   const int64_t block_bytes = kNr * a.k * (int8 ? 1 : 4);
   a.prefetch = block_bytes <= (int64_t{24} << 10) ? block_bytes : 4096;
+  if (a.k == 0) return addf.defined() ? addf.clone() : y.zero_();
 #ifdef ADAPTD_GEMV_X86
   if (x.size(0) > 0 && w.size(0) > 0) int8 ? Run<true>(a) : Run<false>(a);
 #endif

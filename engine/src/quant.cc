@@ -65,7 +65,8 @@ at::Tensor Int4Rows(const at::Tensor& nib, const at::Tensor& sz, int64_t group) 
 
 // The forward product; LibTorch's kernels take bf16 activations and scales of the same dtype.
 at::Tensor Product(const at::Tensor& x, const FrozenWeight& w) {
-  if (w.kind == Kind::kInt8 && x.is_cpu() && CpuGemvAvailable()) {
+  // Past 256 rows x's traffic (re-read per 4 rows of W) outgrows W's: LibTorch's kernel then.
+  if (w.kind == Kind::kInt8 && x.is_cpu() && x.size(0) <= 256 && CpuGemvAvailable()) {
     return CpuGemv(x, w.w, w.scales).to(x.scalar_type());
   }
   const at::Tensor xb = x.to(at::kBFloat16).contiguous();

@@ -13,12 +13,12 @@ namespace {
 v1::Context DescribeContext(const LiveSession& live, uint32_t id, bool current, uint64_t version) {
   const ContextWindow w = id < live.contexts.size() ? live.Context(id) : ContextWindow{};
   int64_t tokens = 0;
-  for (const auto& t : w.turns) tokens += static_cast<int64_t>(t.size());
+  for (size_t t = w.pinned ? 1 : 0; t < w.turns.size(); ++t) tokens += static_cast<int64_t>(w.turns[t].size());
   v1::Context c;
   c.set_name(absl::StrCat("sessions/", live.key.session, "/contexts/", id));
   c.set_context_id(id);
   c.set_current(current);
-  c.set_window_turns(static_cast<int32_t>(w.turns.size()));
+  c.set_window_turns(static_cast<int32_t>(w.Turns()));
   c.set_window_tokens(tokens);
   c.set_version(version);
   return c;

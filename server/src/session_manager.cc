@@ -21,9 +21,10 @@ namespace {
 // of turns in the KV window (u32) and each one's tokens (u32 count, int32s), then the engine's
 // session bytes (exact, with the KV window). A session with more than one context writes "ADS3"
 // and, after the window's turns, the current context (u32), the number of contexts (u32) and
-// each one as last left: its last token (int32), its flags (1: assistant turn open) and its turns
-// as above (the current one's entry is not written: the window is it). A binary older than
-// contexts refuses ADS3 and replays the log instead (which it refuses too: it has 'C' events).
+// each one as last left: its last token (int32), its flags (1: assistant turn open, 2: its first
+// turn is the pinned system prompt) and its whole window's turns as above (the current one's
+// entry is not written: the window is it). A binary older than contexts refuses ADS3 as not its
+// format (DATA_LOSS), as it refuses the 'C' events of such a log.
 constexpr char kSnapshotMagic[] = "ADS2";
 constexpr char kSnapshotContextsMagic[] = "ADS3";
 
@@ -97,7 +98,7 @@ absl::Status SessionManager::FitWindow(LiveSession& session, int64_t prompt_toke
 
 ContextWindow LiveSession::Context(uint32_t id) const {
   if (id != context) return contexts.at(id);
-  return {{window.begin() + (pinned_head ? 1 : 0), window.end()}, last_token, assistant_open};
+  return {window, last_token, assistant_open, pinned_head};
 }
 
 absl::Status SessionManager::SwitchContext(LiveSession& session, uint32_t to) const {
@@ -108,17 +109,33 @@ absl::Status SessionManager::SwitchContext(LiveSession& session, uint32_t to) co
     return absl::ResourceExhaustedError(absl::StrCat("a session holds at most ", kMaxContexts, " contexts"));
   }
   if (to == session.context) return absl::OkStatus();
+  const bool fresh = to == session.contexts.size();
   session.contexts[session.context] = session.Context(session.context);
-  if (to == session.contexts.size()) session.contexts.emplace_back();
-  const ContextWindow& next = session.contexts[to];
-  session.window.resize(session.pinned_head ? 1 : 0);
-  session.window.insert(session.window.end(), next.turns.begin(), next.turns.end());
-  // An empty context continues from the system prompt (its last token, no BOS again) or from
-  // nothing at all.
-  session.last_token = !next.turns.empty() ? next.last_token : session.pinned_head ? session.window[0].back() : -1;
+  if (fresh) {  // a new one keeps the system prompt (its KV rows are the window's first) and no BOS again
+    ContextWindow next;
+    next.pinned = session.pinned_head;
+    if (next.pinned) {
+      next.turns = {session.window[0]};
+      next.last_token = session.window[0].back();
+    }
+    session.contexts.push_back(std::move(next));
+  }
+  ContextWindow& next = session.contexts[to];
+  // The window rule, as for a turn with nothing to add: a window saved under a larger context
+  // (another --max_context_tokens) drops its oldest turns, never the system prompt.
+  int64_t used = 0;
+  for (const auto& t : next.turns) used += static_cast<int64_t>(t.size());
+  const size_t keep = next.pinned ? 1 : 0;
+  while (next.turns.size() > keep && used > session.max_context_tokens) {
+    used -= static_cast<int64_t>(next.turns[keep].size());
+    next.turns.erase(next.turns.begin() + keep);
+  }
+  session.window = next.turns;
+  session.pinned_head = next.pinned;
+  session.last_token = next.last_token;
   session.assistant_open = next.assistant_open;
   session.context = to;
-  if (next.turns.empty()) return model_.RewindWindow(*session.state, session.PinnedTokens());
+  if (fresh || session.window.empty()) return model_.RewindWindow(*session.state, session.PinnedTokens());
   std::vector<int32_t> kept;
   for (const auto& t : session.window) kept.insert(kept.end(), t.begin(), t.end());
   auto state = model_.RereadWindow(*session.state, kept, /*tail=*/false);  // the same fast state, this window
@@ -230,11 +247,10 @@ absl::Status SessionManager::Replay(LiveSession& session, const LogEvent& event)
       }
     }
   }
-  const absl::Status settled = Settle(session, event);
-  if (event.kind == LogEvent::Kind::kContext && (absl::IsNotFound(settled) || absl::IsResourceExhausted(settled))) {
-    return absl::DataLossError(absl::StrCat("a logged switch to a context that cannot exist: ", settled.message()));
+  if (event.kind == LogEvent::Kind::kContext && (event.context > session.contexts.size() || event.context >= kMaxContexts)) {
+    return absl::DataLossError(absl::StrCat("a logged switch to context ", event.context, ", which cannot exist"));
   }
-  return settled;
+  return Settle(session, event);
 }
 
 absl::StatusOr<std::unique_ptr<LiveSession>> SessionManager::Load(const session_store::SessionKey& key,
@@ -269,7 +285,10 @@ absl::StatusOr<std::unique_ptr<LiveSession>> SessionManager::Load(const session_
     std::memcpy(&live->last_token, p.data() + 5, 4);
     size_t at = kSnapshotHeader;
     if (!ReadTurns(p, at, live->window)) return corrupt();  // the window's turns
-    if (live->pinned_head && live->window.empty()) return corrupt();
+    if (live->pinned_head && (live->window.empty() || live->window[0].empty())) return corrupt();
+    for (const auto& t : live->window) {  // re-read by the window rule: ids the model can take
+      if (!t.empty() && !model_.ValidateIds(t).ok()) return corrupt();
+    }
     if (contexts) {
       uint32_t current = 0, count = 0;
       if (at + 8 > p.size()) return corrupt();
@@ -285,8 +304,13 @@ absl::StatusOr<std::unique_ptr<LiveSession>> SessionManager::Load(const session_
         if (at + 5 > p.size()) return corrupt();
         std::memcpy(&w.last_token, p.data() + at, 4);
         w.assistant_open = p[at + 4] & 1;
+        w.pinned = p[at + 4] & 2;
         at += 5;
         if (!ReadTurns(p, at, w.turns)) return corrupt();
+        if (w.pinned && (w.turns.empty() || w.turns[0].empty())) return corrupt();
+        for (const auto& t : w.turns) {  // re-read at a switch: ids the model can take
+          if (!t.empty() && !model_.ValidateIds(t).ok()) return corrupt();
+        }
       }
     }
     auto state = model_.DecodeSession(std::string_view(p).substr(at));
@@ -594,7 +618,7 @@ absl::StatusOr<std::string> SessionManager::EncodeSnapshot(const LiveSession& se
       if (c == session.context) continue;
       const ContextWindow& w = session.contexts[c];
       payload.append(reinterpret_cast<const char*>(&w.last_token), 4);
-      payload.push_back(static_cast<char>(w.assistant_open ? 1 : 0));
+      payload.push_back(static_cast<char>((w.assistant_open ? 1 : 0) | (w.pinned ? 2 : 0)));
       AppendTurns(payload, w.turns);
     }
   }

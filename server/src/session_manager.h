@@ -35,9 +35,12 @@ absl::Status CheckNtpUpdateMemory(const engine::Model& model, const v1::SessionO
 // A conversation within a session (its memory is the session's fast weights): the turns it had
 // in the KV window when it was last left, and how its last turn ended.
 struct ContextWindow {
-  std::vector<std::vector<int32_t>> turns;  // the pinned system prompt not included
+  std::vector<std::vector<int32_t>> turns;  // the whole window: with `pinned`, the system prompt first
   int32_t last_token = -1;
   bool assistant_open = false;
+  bool pinned = false;  // turns[0] is its pinned system prompt
+  // Its turns past the system prompt.
+  size_t Turns() const { return turns.size() - (pinned ? 1 : 0); }
 };
 // Contexts a session may hold (RESOURCE_EXHAUSTED past it): each keeps up to a window of tokens
 // in memory and in every snapshot.

@@ -138,17 +138,18 @@ TEST(CpuGemvTest, EqualsTheFloat64ProductForEveryShape) {
   if (!CpuGemvAvailable()) GTEST_SKIP() << "this CPU has no AVX512 (LibTorch's products serve it)";
   at::manual_seed(11);
   for (const int64_t k : {16, 200, 576}) {
-    for (const int64_t n : {1, 6, 97}) {
+    for (const int64_t n : {1, 3, 6, 97, 300}) {  // tiles of 1-4 rows of W; 300: split across threads
       const at::Tensor wf = RandomWeight(n, k, 12);
       const QuantCodes c = QuantizeInt8(wf);
       for (const bool int8 : {true, false}) {
         const at::Tensor w = int8 ? c.q : wf, scales = int8 ? c.scale.to(at::kBFloat16) : at::Tensor();
         const at::Tensor wd = int8 ? c.q.to(at::kDouble) * scales.to(at::kDouble).unsqueeze(1) : wf.to(at::kDouble);
-        for (const int64_t m : {1, 3, 4, 9}) {
-          const at::Tensor x = at::randn({m, k}), add = at::randn({m, n});
+        for (const int64_t m : {1, 2, 3, 4, 9}) {
+          const at::Tensor x = at::randn({m, k});
+          const at::Tensor add = m % 2 == 1 ? at::randn({m, n}) : at::zeros({m, n});  // even m: none passed
           const at::Tensor ref = at::mm(x.to(at::kDouble), wd.t()) + add.to(at::kDouble);
           const at::Tensor bound = at::mm(x.abs().to(at::kDouble), wd.abs().t()) * (k + 2) * std::ldexp(1.0, -24) + 1e-30;
-          const at::Tensor y = CpuGemv(x, w, scales, add);
+          const at::Tensor y = m % 2 == 1 ? CpuGemv(x, w, scales, add) : CpuGemv(x, w, scales);
           const std::string what = (int8 ? "int8 " : "f32 ") + std::to_string(m) + "x" + std::to_string(n) + "x" +
                                    std::to_string(k);
           EXPECT_TRUE(((y.to(at::kDouble) - ref).abs() <= bound + add.abs().to(at::kDouble) * 1e-7).all().item<bool>())

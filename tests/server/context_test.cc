@@ -166,6 +166,53 @@ TEST_F(ContextTest, ContextsKeepTheirOwnWindows) {
   EXPECT_EQ(after_reset[1].window_turns(), 0);
 }
 
+// The pinned system prompt belongs to the contexts that opened with it: a context that began
+// without one (an Ingest) gets none when it is switched back to; a new context made from one
+// that has it keeps it (and only it) in the window.
+TEST_F(ContextTest, TheSystemPromptStaysWithItsContexts) {
+  v1::CreateSessionRequest create;
+  create.set_session_id("p");
+  create.mutable_options()->set_chat_format("qwen3");  // roles marked up: the system prompt is pinned
+  v1::Session created;
+  ASSERT_TRUE(server_->stub().CreateSession(As("key-acme").get(), create, &created).ok());
+  v1::IngestRequest ingest;
+  ingest.set_session_id("p");
+  ingest.set_text("The buddy allocator splits memory into blocks whose sizes are powers of two.");
+  ingest.set_keep_in_context(true);
+  v1::IngestResponse ingested;
+  ASSERT_TRUE(server_->stub().Ingest(As("key-acme").get(), ingest, &ingested).ok());
+  const int64_t plain = State("p").context_tokens();
+  ASSERT_GT(plain, 0);
+
+  ASSERT_TRUE(CreateContext("p").ok());
+  v1::ChatRequest chat = Request("p", "Which blocks merge?", 4);
+  auto* system = chat.mutable_messages()->Add();
+  system->set_role("system");
+  system->set_content("You are a careful assistant for kernel developers.");
+  chat.mutable_messages()->SwapElements(0, 1);  // system first
+  ASSERT_TRUE(Chat("key-acme", chat).status.ok());
+  const int64_t with_system = State("p").context_tokens();
+
+  ASSERT_TRUE(Switch("p", 0).ok());
+  EXPECT_EQ(State("p").context_tokens(), plain);  // no system prompt glued on
+  ASSERT_TRUE(Switch("p", 1).ok());
+  EXPECT_EQ(State("p").context_tokens(), with_system);
+  const auto contexts = List("p");
+  ASSERT_EQ(contexts.size(), 2u);
+  EXPECT_EQ(contexts[0].window_tokens(), plain);
+  EXPECT_EQ(contexts[1].window_turns(), 1);  // the system prompt is not counted
+  EXPECT_LT(contexts[1].window_tokens(), with_system);
+
+  v1::Context third;
+  ASSERT_TRUE(CreateContext("p", &third).ok());  // from context 1: its system prompt stays
+  const int64_t system_only = State("p").context_tokens();
+  EXPECT_EQ(system_only, with_system - contexts[1].window_tokens());
+  EXPECT_GT(system_only, 0);
+  EXPECT_EQ(third.window_turns(), 0);
+  ASSERT_TRUE(Chat("key-acme", "p", "And which do not?", 4).status.ok());  // continues after it, no BOS again
+  EXPECT_GT(State("p").context_tokens(), system_only);
+}
+
 TEST_F(ContextTest, KillNineBetweenSwitchesChangesNothing) {
   ASSERT_TRUE(CreateSession("ref", v1::SNAPSHOT_EVERY_EVENT).ok());
   const auto want = Conversations("ref", [] {});
@@ -195,10 +242,14 @@ TEST_F(ContextTest, KillNineBetweenSwitchesChangesNothing) {
     EXPECT_EQ(s.context_tokens(), ref.context_tokens()) << id;
     ASSERT_EQ(s.delta_norms_size(), ref.delta_norms_size());
     for (int i = 0; i < ref.delta_norms_size(); ++i) {
-      if (exact) EXPECT_EQ(s.delta_norms(i), ref.delta_norms(i)) << id << " layer " << i;
+      if (exact) {
+        EXPECT_EQ(s.delta_norms(i), ref.delta_norms(i)) << id << " layer " << i;
+      }
       EXPECT_NEAR(s.delta_norms(i), ref.delta_norms(i), 5e-4 * ref.delta_norms(i)) << id << " layer " << i;
     }
-    if (exact) EXPECT_EQ(nll, ref_nll);
+    if (exact) {
+      EXPECT_EQ(nll, ref_nll);
+    }
     EXPECT_NEAR(nll, ref_nll, 5e-3) << id;
     const auto contexts = List(id);
     ASSERT_EQ(contexts.size(), ref_contexts.size()) << id;
