@@ -4,6 +4,8 @@
 # session store in runs/store and an API key for the tenant "local" (made once: runs/api_key, its
 # hash in runs/keys.txt). Then, from another shell:
 #   ADAPTD_API_KEY=$(cat runs/api_key) build/bin/adaptctl chat my-session
+# or any OpenAI client on http://127.0.0.1:8080/v1 with that key (X-Adaptd-Session names the
+# user's session).
 # Extra arguments go to adaptd (e.g. --listen 0.0.0.0:50051); Ctrl-C stops it gracefully.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,4 +23,4 @@ echo "run.sh: chat with: ADAPTD_API_KEY=\$(cat runs/api_key) build/bin/adaptctl 
 # on both CPUs this project has measured (AVX2 alone; AVX512-BF16) bf16 prefills and learns
 # slower (bench/quant_bench.py, bench/real_model_bench.py).
 exec build/bin/adaptd --model models/smollm2-135m-instruct --dtype f32 --weights int4-g32 --store runs/store \
-  --api_keys runs/keys.txt --session_defaults 'update_rule: "ntp_gradient"' "$@"
+  --api_keys runs/keys.txt --session_defaults 'update_rule: "ntp_gradient"' --http_listen 127.0.0.1:8080 "$@"

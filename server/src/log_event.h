@@ -34,6 +34,9 @@ struct LogEvent {
   // tokens[0, pinned_tokens) are the session's system prompt: the first turn of a context
   // renders it, and the window rule keeps it at the window's head.
   uint32_t pinned_tokens = 0;
+  // The turn as its call saw it (a serialized v1::Turn without version and context: the kind,
+  // the messages as sent, the reply's text), for ListTurns; empty: not recorded.
+  std::string record;
 };
 std::string EncodeEvent(const LogEvent& event);
 // DATA_LOSS for bytes that are not an event of this server's (a newer binary's kinds or flags

@@ -29,6 +29,7 @@
 #include "adaptd/engine/chat.h"
 #include "adaptd/engine/executor.h"
 #include "adaptd/engine/tokenizer.h"
+#include "http_door.h"
 #include "logging.h"
 #include "service.h"
 
@@ -83,6 +84,11 @@ ABSL_FLAG(int, max_active_turns_per_tenant, 64, "turns of one tenant in the engi
 ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain: serve the API over TLS (with --tls_key)");
 ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
 ABSL_FLAG(std::string, tls_client_ca, "", "PEM CA bundle: require client certificates it signed (mTLS)");
+ABSL_FLAG(std::string, http_listen, "",
+          "address:port of the OpenAI-compatible HTTP API (Chat Completions, Responses, Conversations, Models), "
+          "served through the same service as gRPC, with its TLS flags; empty: off");
+ABSL_FLAG(int64_t, http_max_body_bytes, 8 << 20, "the largest HTTP request body accepted (larger: 413)");
+ABSL_FLAG(int, http_threads, 64, "HTTP connections served at once (each stream holds one)");
 ABSL_FLAG(std::string, health_listen, "", "address:port of a plaintext port serving only grpc.health.v1 (probes)");
 
 namespace {
@@ -282,6 +288,26 @@ int main(int argc, char** argv) {
   if (server == nullptr || port == 0) {
     return Fail(absl::UnavailableError("cannot listen on " + absl::GetFlag(FLAGS_listen)));
   }
+  // The HTTP door calls the service as a client would, through the in-process channel.
+  std::unique_ptr<server::HttpDoor> http;
+  if (!absl::GetFlag(FLAGS_http_listen).empty()) {
+    grpc::ChannelArguments args;
+    args.SetMaxReceiveMessageSize(64 << 20);
+    server::HttpDoorOptions http_options;
+    http_options.listen = absl::GetFlag(FLAGS_http_listen);
+    http_options.tls_cert = absl::GetFlag(FLAGS_tls_cert);
+    http_options.tls_key = absl::GetFlag(FLAGS_tls_key);
+    http_options.tls_client_ca = absl::GetFlag(FLAGS_tls_client_ca);
+    if (absl::GetFlag(FLAGS_http_max_body_bytes) < 1024 || absl::GetFlag(FLAGS_http_threads) < 1) {
+      return Fail(absl::InvalidArgumentError("--http_max_body_bytes >= 1024 and --http_threads >= 1"));
+    }
+    http_options.max_body_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_http_max_body_bytes));
+    http_options.threads = absl::GetFlag(FLAGS_http_threads);
+    auto door = server::HttpDoor::Start(server->InProcessChannel(args), metrics, http_options);
+    if (!door.ok()) return Fail(door.status());
+    http = *std::move(door);
+    server::LogLine("http").Num("port", http->port()).Write();
+  }
   server->GetHealthCheckService()->SetServingStatus(true);
   if (health != nullptr) health->GetHealthCheckService()->SetServingStatus(true);
   metrics.SetReady(true);
@@ -310,6 +336,7 @@ int main(int argc, char** argv) {
   server->GetHealthCheckService()->SetServingStatus(false);
   if (health != nullptr) health->GetHealthCheckService()->SetServingStatus(false);
   metrics.SetReady(false);
+  if (http != nullptr) http->Stop();  // no new HTTP requests; those in flight drain as gRPC calls
   // Drain: calls in flight get the grace period to finish (an idle server stops at once: gRPC's
   // Shutdown alone would wait out the deadline while any client keeps a connection open); what
   // is left then is cancelled.
@@ -318,6 +345,7 @@ int main(int argc, char** argv) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   server->Shutdown(std::chrono::system_clock::now());
+  http.reset();  // its requests have their answers (or their cancellation) now
   if (health != nullptr) health->Shutdown(std::chrono::system_clock::now());  // its checks are instant
   // In order: the calls are done; the engine stops; the service's workers finish what they hold
   // (commits, snapshots) and the snapshots the sessions' policies deferred are written; the

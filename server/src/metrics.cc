@@ -76,6 +76,14 @@ Metrics::Metrics(std::function<Gauges()> gauges)
       sessions_(std::make_shared<GaugeCollectable>(std::move(gauges))),
       requests_(BuildCounter().Name("adaptd_requests_total").Help("Requests by method and status code").Register(*registry_)),
       durations_(BuildHistogram().Name("adaptd_request_duration_seconds").Help("Request latency").Register(*registry_)),
+      http_requests_(BuildCounter()
+                         .Name("adaptd_http_requests_total")
+                         .Help("OpenAI-compatible HTTP requests by route and status")
+                         .Register(*registry_)),
+      http_durations_(BuildHistogram()
+                          .Name("adaptd_http_request_duration_seconds")
+                          .Help("OpenAI-compatible HTTP request latency (streams: until the first token)")
+                          .Register(*registry_)),
       ttft_(BuildHistogram()
                 .Name("adaptd_time_to_first_token_seconds")
                 .Help("From a Chat request to its first streamed token")
@@ -148,6 +156,11 @@ void Metrics::Request(const std::string& method, int code, double seconds) {
   // gRPC and absl number the codes alike.
   requests_.Add({{"method", method}, {"code", absl::StatusCodeToString(static_cast<absl::StatusCode>(code))}}).Increment();
   durations_.Add({{"method", method}}, LatencyBuckets()).Observe(seconds);
+}
+
+void Metrics::Http(const std::string& route, int status, double seconds) {
+  http_requests_.Add({{"route", route}, {"status", absl::StrCat(status)}}).Increment();
+  http_durations_.Add({{"route", route}}, LatencyBuckets()).Observe(seconds);
 }
 
 void Metrics::Tokens(int64_t prompt, int64_t completion, int64_t ingest) {

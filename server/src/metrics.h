@@ -34,6 +34,8 @@ class Metrics {
   absl::StatusOr<int> Serve(const std::string& address);
 
   void Request(const std::string& method, int code, double seconds);
+  // A request of the OpenAI-compatible HTTP door: its route pattern (never an id) and status.
+  void Http(const std::string& route, int status, double seconds);
   void FirstToken(double seconds) { ttft_.Observe(seconds); }
   void Tokens(int64_t prompt, int64_t completion, int64_t ingest = 0);
   void Updates(int64_t applied, int64_t rejected, double seconds = 0);
@@ -54,6 +56,8 @@ class Metrics {
   std::unique_ptr<prometheus::Exposer> exposer_;
   prometheus::Family<prometheus::Counter>& requests_;
   prometheus::Family<prometheus::Histogram>& durations_;
+  prometheus::Family<prometheus::Counter>& http_requests_;
+  prometheus::Family<prometheus::Histogram>& http_durations_;
   prometheus::Histogram& ttft_;
   prometheus::Family<prometheus::Counter>& tokens_;
   prometheus::Counter& prompt_tokens_;

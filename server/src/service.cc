@@ -297,6 +297,11 @@ absl::Status AdaptdService::StartScore(const std::string& tenant, const v1::Scor
     event.tokens = ids;
     event.keep_in_context = false;
     event.prompt_tokens = static_cast<uint32_t>(ids.size());
+    v1::Turn record;
+    record.set_kind("score");
+    record.set_prompt_tokens(static_cast<int64_t>(ids.size()));
+    record.set_learned(true);
+    event.record = record.SerializeAsString();
     resp->set_version(live->version + 1);
     metrics_.Tokens(0, 0, static_cast<int64_t>(ids.size()));
     metrics_.Updates(resp->updates_applied(), live->state->updates_rejected() - rejected_before,

@@ -98,6 +98,8 @@ class AdaptdService final : public adaptd::v1::Adaptd::CallbackService {
                                          v1::ListContextsResponse* resp) override;
   grpc::ServerUnaryReactor* SwitchContext(grpc::CallbackServerContext* ctx, const v1::SwitchContextRequest* req,
                                           v1::Context* resp) override;
+  grpc::ServerUnaryReactor* ListTurns(grpc::CallbackServerContext* ctx, const v1::ListTurnsRequest* req,
+                                      v1::ListTurnsResponse* resp) override;
 
   Metrics::Gauges Gauges();
   // Deletes the sessions idle past the store's TTL (and drops them from memory); returns how many.
@@ -118,6 +120,9 @@ class AdaptdService final : public adaptd::v1::Adaptd::CallbackService {
   // a turn's; *resp describes the context made current.
   absl::Status ChangeContext(const session_store::SessionKey& key, std::optional<uint32_t> to,
                              const std::string& request_id, v1::Context* resp);
+  // ListTurns' work: reads the session's log (not its state: no lease).
+  absl::Status ReadTurns(const session_store::SessionKey& key, const v1::ListTurnsRequest& req,
+                         v1::ListTurnsResponse* resp);
   // Score's work: an error to finish the call with, or OK once the call is answered or posted.
   absl::Status StartScore(const std::string& tenant, const v1::ScoreRequest& req, v1::ScoreResponse* resp,
                           grpc::ServerUnaryReactor* reactor);

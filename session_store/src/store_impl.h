@@ -60,6 +60,7 @@ class RocksStore : public SessionStore {
   absl::Status Backup(const std::string& backup_dir) override;
   absl::StatusOr<uint64_t> ApproximateBytes(const std::string& tenant) override;
   absl::Status CompactAll() override;
+  absl::StatusOr<std::vector<Event>> ReadEvents(const SessionKey& key, uint64_t after, uint64_t upto) override;
 
  private:
   friend class SessionLock;
@@ -86,7 +87,6 @@ class RocksStore : public SessionStore {
   absl::Status FindSnapshot(const SessionKey& key, uint64_t version, bool allow_lossy, const std::string& fingerprint,
                             std::optional<Manifest>* found,
                             std::string* payload, std::vector<uint64_t>* quarantined);
-  absl::StatusOr<std::vector<Event>> ReadEvents(const SessionKey& key, uint64_t after, uint64_t upto);
   // Adds to `batch` the deletion of the snapshots retention no longer keeps once `added`
   // (being published in the batch) is; their versions go to *dropped.
   absl::Status Retain(const SessionKey& key, const Manifest& added, rocksdb::WriteBatch* batch,

@@ -143,6 +143,10 @@ class SessionStore {
   virtual absl::StatusOr<LoadResult> Load(const SessionKey& key, bool allow_lossy_base = false,
                                           const std::string& fingerprint = "") = 0;
 
+  // The session's events after..upto, in order (DATA_LOSS for a missing or corrupt one); the
+  // caller bounds the range (events are up to kMaxEventBytes each).
+  virtual absl::StatusOr<std::vector<Event>> ReadEvents(const SessionKey& key, uint64_t after, uint64_t upto) = 0;
+
   // The session's published snapshots, oldest first (retention has kept these).
   virtual absl::StatusOr<std::vector<SnapshotInfo>> ListSnapshots(const SessionKey& key) = 0;
 
