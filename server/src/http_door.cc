@@ -188,7 +188,8 @@ void Api::Route(httplib::Server& http, const char* method, const std::string& pa
     } catch (const std::exception& e) {  // nlohmann::json's, on a body this code misread
       SendError(res, {500, absl::StrCat("internal error: ", e.what()), "", "internal", "", false});
     }
-    metrics_.Http(label, res.status, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    const int status = res.status == -1 ? 200 : res.status;  // the library's default, once the route returns
+    metrics_.Http(label, status, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   };
   const std::string m = method;
   if (m == "GET") http.Get(pattern, wrapped);

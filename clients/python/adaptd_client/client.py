@@ -129,6 +129,19 @@ class Client:
         req = pb.SwitchContextRequest(session_id=session_id, context_id=context_id)
         return self._call(self._stub.SwitchContext, req, session_id)
 
+    def list_turns(self, session_id: str, context_id: Optional[int] = None, request_id: str = "") -> list[pb.Turn]:
+        """The session's turns from its log (all pages): messages as sent and replies."""
+        turns, token = [], ""
+        while True:
+            req = pb.ListTurnsRequest(session_id=session_id, request_id=request_id, page_size=1000, page_token=token)
+            if context_id is not None:
+                req.context_id = context_id
+            resp = self._call(self._stub.ListTurns, req, session_id)
+            turns.extend(resp.turns)
+            token = resp.next_page_token
+            if not token:
+                return turns
+
     def rollback_session(self, session_id: str, version: int) -> pb.Session:
         req = pb.RollbackSessionRequest(session_id=session_id, version=version)
         return self._call(self._stub.RollbackSession, req, session_id)
