@@ -73,7 +73,9 @@ def check_consistency(docs: list[dict]) -> list[str]:
     if proxy_cm["data"]["owners.map"] != flags_cm["data"]["owners.map"]:
         failures.append("the proxy's owners.map differs from the replicas'")
     servers = {r: f"{r}.adaptd:50051" for r in names}
-    want_cfg = routing.render_haproxy("/etc/haproxy/owners.map", 1024, "0.0.0.0:8080", servers, dns=True)
+    http = {r: f"{r}.adaptd:8080" for r in names}
+    want_cfg = routing.render_haproxy("/etc/haproxy/owners.map", 1024, "0.0.0.0:8080", servers, dns=True,
+                                      http_listen="0.0.0.0:8081", http_servers=http)
     if proxy_cm["data"]["haproxy.cfg"] != want_cfg:
         failures.append(f"haproxy.cfg is not the config of {names}: run scripts/k8s_routing.sh {n}")
     if shutil.which("haproxy"):

@@ -7,6 +7,7 @@ moves only the buckets it wins (about B / n of them), and only to it.
 
   python -m tools.routing map r0 r1 r2 [--buckets 1024] > owners.map
   python -m tools.routing haproxy --map owners.map --listen 127.0.0.1:8080 r0=127.0.0.1:50051 ... > haproxy.cfg
+      [--http-listen 127.0.0.1:8081 --http r0=127.0.0.1:8080 ...]   # the OpenAI HTTP door too
   (deploy/k8s/base/routing/ holds the map and config of the Kubernetes StatefulSet: scripts/k8s_routing.sh)
   python -m tools.routing owner --map owners.map SESSION_ID
   python -m tools.routing moves old.map new.map      # the buckets whose owner changes
@@ -58,13 +59,33 @@ def owner(owners: list[str], session_id: str) -> str:
     return owners[zlib.crc32(session_id.encode()) % len(owners)]
 
 
-def render_haproxy(map_path: str, buckets: int, listen: str, servers: dict[str, str], dns: bool = False) -> str:
+# The OpenAI door's ids carry their session: "resp_" or "conv_" (5 bytes), the session in
+# unpadded base64url (which has no '.'), a '.', the rest (server/src/openai_json.cc).
+ID_SESSION = "bytes(5),field(1,.),ub64dec"
+def http_unavailable(message: str) -> str:
+    """A 503 from the proxy in the OpenAI error shape (the SDK retries it); `message` without quotes."""
+    body = f'{{"error":{{"message":"{message}","type":"server_error","param":null,"code":"unavailable"}}}}'
+    return f"  http-error status 503 content-type application/json string '{body}'"
+
+
+def render_haproxy(map_path: str, buckets: int, listen: str, servers: dict[str, str], dns: bool = False,
+                   http_listen: str | None = None, http_servers: dict[str, str] | None = None) -> str:
     """An HAProxy config: gRPC (HTTP/2) in on `listen`, each session to its owner's backend.
 
     A backend per replica holds only that replica: while it is down its sessions get 503, which
     gRPC clients see as UNAVAILABLE, never another replica. Calls without a session (create with
     a server-made id, list, server info) go to any replica that is up. With `dns`, server names
-    are resolved at run time (Kubernetes: a pod's name resolves only while it exists)."""
+    are resolved at run time (Kubernetes: a pod's name resolves only while it exists).
+
+    With `http_listen`, a second frontend takes the OpenAI-compatible HTTP/1.1 door to each
+    replica's `http_servers` address, routed by the same map. Its session is the one the server
+    will use: the one inside a response or conversation id in the path, else inside the body's
+    `previous_response_id` or `conversation` (bodies up to the proxy's 16 KiB buffer), else the
+    X-Adaptd-Session header; none (a throw-away session) goes to any replica."""
+    if (http_listen is None) != (http_servers is None):
+        raise ValueError("http_listen and http_servers go together")
+    if http_servers is not None and set(http_servers) != set(servers):
+        raise ValueError("http_servers must name the same replicas as servers")
     lines = [
         "# Rendered by tools/routing.py haproxy; route by the session-id header, see deploy/README.md.",
         "global",
@@ -92,6 +113,33 @@ def render_haproxy(map_path: str, buckets: int, listen: str, servers: dict[str, 
         lines += [f"backend owner_{name}", f"  server {name} {address} {server_opts}"]
     lines += ["backend any", "  balance roundrobin"]
     lines += [f"  server {name} {address} {server_opts}" for name, address in servers.items()]
+    if http_listen is not None:
+        http_opts = server_opts.replace("proto h2 ", "")
+        owner_of = f"crc32,mod({buckets}),map_int({map_path})"
+        unset = "if !{ var(txn.session) -m found }"
+        lines += [
+            "frontend openai",
+            f"  bind {http_listen}",
+            "  option http-buffer-request",
+            f"  http-request set-var(txn.session) path,field(4,/),{ID_SESSION}"
+            " if { path_reg ^/v1/(responses|conversations)/(resp|conv)_[A-Za-z0-9_-]+[.] }",
+        ]
+        for field in ("previous_response_id", "conversation", "conversation.id"):
+            lines.append(f"  http-request set-var(txn.session) req.body,json_query('$.{field}'),{ID_SESSION}"
+                         f" {unset} METH_POST {{ path /v1/responses }}")
+        lines += [
+            f"  http-request set-var(txn.session) req.hdr(x-adaptd-session) {unset}"
+            " { req.hdr(x-adaptd-session) -m len gt 0 }",
+            f"  http-request set-var(txn.owner) var(txn.session),{owner_of} if {{ var(txn.session) -m len gt 0 }}",
+            "  use_backend http_owner_%[var(txn.owner)] if { var(txn.owner) -m found }",
+            "  default_backend http_any",
+        ]
+        for name, address in http_servers.items():
+            lines += [f"backend http_owner_{name}", f"  server {name} {address} {http_opts}",
+                      http_unavailable("the replica that owns this session is unavailable; retry shortly")]
+        lines += ["backend http_any", "  balance roundrobin"]
+        lines += [f"  server {name} {address} {http_opts}" for name, address in http_servers.items()]
+        lines.append(http_unavailable("no replica is available; retry shortly"))
     return "\n".join(lines) + "\n"
 
 
@@ -106,6 +154,9 @@ def main(argv: list[str]) -> int:
     h.add_argument("--map-file", help="the map's path here, if not --map")
     h.add_argument("--listen", default="0.0.0.0:8080")
     h.add_argument("--dns", action="store_true", help="resolve the servers' names at run time (Kubernetes)")
+    h.add_argument("--http-listen", help="also route the OpenAI HTTP door, in on this address")
+    h.add_argument("--http", action="append", default=[], metavar="REPLICA=HOST:PORT",
+                   help="a replica's HTTP door (with --http-listen, one per replica)")
     h.add_argument("servers", nargs="+", help="REPLICA=HOST:PORT, one per replica of the map")
     o = sub.add_parser("owner", help="the replica that owns a session")
     o.add_argument("--map", required=True)
@@ -121,7 +172,10 @@ def main(argv: list[str]) -> int:
         servers = dict(s.split("=", 1) for s in args.servers)
         if set(servers) != set(owners):
             ap.error(f"servers must name exactly the map's replicas: {sorted(set(owners))}")
-        sys.stdout.write(render_haproxy(args.map, len(owners), args.listen, servers, args.dns))
+        http = dict(s.split("=", 1) for s in args.http) if args.http_listen else None
+        if http is not None and set(http) != set(owners):
+            ap.error(f"--http must name exactly the map's replicas: {sorted(set(owners))}")
+        sys.stdout.write(render_haproxy(args.map, len(owners), args.listen, servers, args.dns, args.http_listen, http))
     elif args.cmd == "owner":
         print(owner(read_map(args.map), args.session_id))
     else:

@@ -1,5 +1,5 @@
 """Three adaptd replicas, each with its own store, behind a real HAProxy routing by the session-id
-header (tools/routing.py): sessions stay on their owners, a replica that is down fails its own
+header (tools/routing.py), gRPC and the OpenAI HTTP door alike: sessions stay on their owners, a replica that is down fails its own
 sessions fast and only those, it continues them with their state once back, and export/import
 moves a session to another replica. Run by ctest (label deploy), which passes ADAPTD_BINARY,
 ADAPTD_MODEL and a PYTHONPATH with the client and its generated stubs."""
@@ -13,6 +13,7 @@ import socket
 import subprocess
 import time
 
+import openai
 import pytest
 
 from adaptd_client import AdaptdError, Client
@@ -47,24 +48,29 @@ class Cluster:
         self.map.write_text(routing.render_map(routing.make_map(REPLICAS, 256)))
         self.owners = routing.read_map(self.map)
         self.ports = {r: free_port() for r in REPLICAS}
+        self.http_ports = {r: free_port() for r in REPLICAS}
         self.procs = {}
         for r in REPLICAS:
             self.start(r)
-        self.proxy_port = free_port()
+        self.proxy_port, self.http_proxy_port = free_port(), free_port()
         cfg = root / "haproxy.cfg"
         cfg.write_text(routing.render_haproxy(str(self.map), len(self.owners), f"127.0.0.1:{self.proxy_port}",
-                                              {r: f"127.0.0.1:{p}" for r, p in self.ports.items()}))
+                                              {r: f"127.0.0.1:{p}" for r, p in self.ports.items()},
+                                              http_listen=f"127.0.0.1:{self.http_proxy_port}",
+                                              http_servers={r: f"127.0.0.1:{p}" for r, p in self.http_ports.items()}))
         check = subprocess.run(["haproxy", "-c", "-f", str(cfg)], capture_output=True, text=True)
         assert check.returncode == 0, check.stdout + check.stderr
         log = root / "haproxy.log"
         self.proxy = subprocess.Popen(["haproxy", "-db", "-f", str(cfg)], stdout=open(log, "w"), stderr=subprocess.STDOUT)
         wait_for_port(self.proxy_port, self.proxy, log)
+        wait_for_port(self.http_proxy_port, self.proxy, log)
 
     def start(self, r: str) -> None:
         self.procs[r], _ = adaptd_process.start(
             os.environ["ADAPTD_BINARY"],
             [f"--model={os.environ['ADAPTD_MODEL']}", f"--store={self.root / r}", f"--api_keys={self.root / 'keys.txt'}",
-             f"--listen=127.0.0.1:{self.ports[r]}", "--metrics_listen=", f"--replica_id={r}",
+             f"--listen=127.0.0.1:{self.ports[r]}", f"--http_listen=127.0.0.1:{self.http_ports[r]}",
+             "--metrics_listen=", f"--replica_id={r}",
              f"--ownership_map={self.map}"], self.root / f"{r}.log")
 
     def kill(self, r: str, sig=signal.SIGKILL) -> int:
@@ -176,3 +182,61 @@ def test_a_replica_refuses_a_map_without_it(tmp_path):
                               "--listen=127.0.0.1:0", "--metrics_listen=",
                               "--replica_id=r9", f"--ownership_map={path}"], capture_output=True, text=True, timeout=60)
         assert run.returncode != 0 and message in run.stderr, run.stderr
+
+
+def door(cluster, session=None, port=None):
+    headers = {"X-Adaptd-Session": session} if session else {}
+    return openai.OpenAI(api_key=KEY, base_url=f"http://127.0.0.1:{port or cluster.http_proxy_port}/v1",
+                         default_headers=headers, max_retries=0, timeout=30)
+
+
+def test_the_openai_door_routes_by_the_session_in_the_header_the_path_or_the_body(cluster):
+    """The HTTP frontend sends each request to the replica that owns the session the server will
+    use: a response's or conversation's id in the path or in the body names it even without the
+    header, so the SDK's own calls (retrieve, previous_response_id, conversation) land right."""
+    model = door(cluster).models.list().data[0].id
+    ids = [f"door-{i}" for i in range(9)]
+    assert {cluster.owner(i) for i in ids} == set(REPLICAS)
+    first = {}
+    for i in ids:
+        first[i] = door(cluster, i).responses.create(model=model, input="Name a kernel allocator.",
+                                                     max_output_tokens=3)
+    bare = door(cluster)  # no X-Adaptd-Session: only the ids route these
+    for i in ids:
+        again = bare.responses.create(model=model, input="And another?", max_output_tokens=3,
+                                      previous_response_id=first[i].id)
+        assert again.usage.model_extra["adaptd"]["version"] == 2
+        assert bare.responses.retrieve(first[i].id).output_text == first[i].output_text
+        assert [t.id for t in bare.responses.input_items.list(again.id).data]
+    conv = door(cluster, ids[0]).conversations.create()
+    for body in ({"conversation": conv.id}, {"conversation": {"id": conv.id}}):
+        bare.responses.create(model=model, input="Hello.", max_output_tokens=2, **body)
+    assert len(bare.conversations.items.list(conv.id).data) == 4  # two turns, a message and a reply each
+    assert bare.responses.create(model=model, input="Hi.", max_output_tokens=2).output_text is not None  # throw-away
+    for r in REPLICAS:  # each replica holds exactly its own sessions
+        with Client(f"127.0.0.1:{cluster.ports[r]}", KEY) as direct:
+            assert sorted(s.session_id for s in direct.list_sessions()) == sorted(i for i in ids if cluster.owner(i) == r)
+
+
+def test_the_openai_door_fails_only_a_down_replicas_sessions(cluster):
+    model = door(cluster).models.list().data[0].id
+    down = next(f"gone-{k}" for k in range(1000) if cluster.owner(f"gone-{k}") == "r1")
+    up = next(f"kept-{k}" for k in range(1000) if cluster.owner(f"kept-{k}") == "r2")
+    made = {s: door(cluster, s).responses.create(model=model, input="Hello.", max_output_tokens=2) for s in (down, up)}
+    cluster.kill("r1")
+    start = time.time()
+    with pytest.raises(openai.InternalServerError) as e:  # 503 in the OpenAI error shape; the SDK would retry it
+        door(cluster).responses.retrieve(made[down].id)
+    assert e.value.status_code == 503 and e.value.body["code"] == "unavailable" and time.time() - start < 5
+    with pytest.raises(openai.InternalServerError):
+        door(cluster, down).responses.create(model=model, input="Still there?", max_output_tokens=2)
+    assert door(cluster).responses.retrieve(made[up].id).output_text == made[up].output_text
+    cluster.start("r1")
+    deadline = time.time() + 15
+    while True:  # HAProxy marks it up within a second or two; its state survived
+        try:
+            assert door(cluster).responses.retrieve(made[down].id).output_text == made[down].output_text
+            break
+        except openai.InternalServerError:
+            assert time.time() < deadline
+            time.sleep(0.2)

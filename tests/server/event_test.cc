@@ -90,5 +90,27 @@ TEST(EventTest, ContextEventsRoundTrip) {
   EXPECT_EQ(DecodeEvent(bytes + "x").status().code(), absl::StatusCode::kDataLoss);
 }
 
+// A turn's record (what ListTurns shows) rides after the flags; cut or overlong, it is DATA_LOSS;
+// a flag this server does not know is refused, not misread.
+TEST(EventTest, RecordsRoundTripWithFlagsAndPins) {
+  for (const auto& flags : {std::vector<uint8_t>{}, std::vector<uint8_t>{0, 1, 1, 0, 1}}) {
+    LogEvent e = Turn(flags);
+    e.pinned_tokens = 2;
+    e.record = std::string("\x0a\x04" "chat" "\x00" "tail", 11);
+    const std::string bytes = EncodeEvent(e);
+    auto back = DecodeEvent(bytes);
+    ASSERT_TRUE(back.ok()) << back.status();
+    EXPECT_EQ(back->record, e.record);
+    EXPECT_EQ(back->prompt_learn, flags.empty() ? std::vector<uint8_t>{} : flags);
+    EXPECT_EQ(back->pinned_tokens, 2u);
+    EXPECT_EQ(DecodeEvent(bytes.substr(0, bytes.size() - 1)).status().code(), absl::StatusCode::kDataLoss);
+    EXPECT_EQ(DecodeEvent(bytes + "x").status().code(), absl::StatusCode::kDataLoss);
+    std::string newer = bytes;
+    newer[1] = static_cast<char>(newer[1] | 128);
+    EXPECT_EQ(DecodeEvent(newer).status().code(), absl::StatusCode::kDataLoss);
+  }
+  EXPECT_TRUE(DecodeEvent(EncodeEvent(Turn({}))).value().record.empty());  // the old format: none
+}
+
 }  // namespace
 }  // namespace adaptd::server

@@ -6,6 +6,7 @@ import hashlib
 import http.client
 import json
 import os
+import pathlib
 import signal
 import socket
 import urllib.request
@@ -326,3 +327,6 @@ def test_http_metrics_by_route_and_status(server):
     body = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics}/metrics").read().decode()
     assert 'adaptd_http_requests_total{route="/v1/chat/completions",status="200"}' in body
     assert 'adaptd_http_requests_total{route="/v1/chat/completions",status="400"}' in body
+    names = pathlib.Path(__file__).parents[2].joinpath("server/metrics.txt").read_text().splitlines()
+    for name in [n.split()[0] for n in names if n.endswith(" http")]:
+        assert f"# TYPE {name} " in body, name
