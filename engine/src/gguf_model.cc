@@ -1,8 +1,15 @@
 // GGUF metadata to config.json fields, and GGUF tensor names to HF names.
 #include "gguf_model.h"
 
+#include <openssl/evp.h>
+
 #include <cmath>
+#include <cstring>
+#include <fstream>
+#include <memory>
+#include <regex>
 #include <set>
+#include <vector>
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -42,7 +49,8 @@ absl::StatusOr<json> ReadTttJson(const std::string& path) {
   }
   if (j.value("ttt_mode", false) == true) {
     return absl::UnimplementedError(absl::StrCat(path, ": ttt_mode true needs trained TTT modules, which a GGUF file "
-                                                 "does not hold (In-Place adapters beside a GGUF base are not read yet)"));
+                                                 "does not hold: they come with an In-Place adapter beside it "
+                                                 "(ttt_adapter.safetensors, which sets ttt_mode)"));
   }
   return j;
 }
@@ -185,6 +193,85 @@ absl::StatusOr<std::map<std::string, GgufSource>> GgufTensorsByHfName(const Gguf
     }
   }
   return out;
+}
+
+namespace {
+
+// The SHA-256 of the file at `path`, in hex (what sha256sum prints).
+absl::StatusOr<std::string> Sha256File(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path));
+  std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx(EVP_MD_CTX_new(), EVP_MD_CTX_free);
+  if (ctx == nullptr || EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr) != 1) {
+    return absl::InternalError("SHA-256 unavailable");
+  }
+  std::vector<char> buf(1 << 20);
+  while (in) {
+    in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
+    EVP_DigestUpdate(ctx.get(), buf.data(), static_cast<size_t>(in.gcount()));
+  }
+  if (in.bad()) return absl::DataLossError(absl::StrCat("reading ", path));
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int n = 0;
+  EVP_DigestFinal_ex(ctx.get(), md, &n);
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string hex;
+  for (unsigned int i = 0; i < n; ++i) {
+    hex += kHex[md[i] >> 4];
+    hex += kHex[md[i] & 15];
+  }
+  return hex;
+}
+
+}  // namespace
+
+absl::Status ApplyAdapter(const GgufFile& base, const SafetensorsFile& adapter, json& config) {
+  const std::string& path = adapter.path();
+  const auto meta = [&](const char* key) -> absl::StatusOr<std::string> {
+    auto it = adapter.metadata().find(key);
+    if (it == adapter.metadata().end()) {
+      return absl::InvalidArgumentError(absl::StrCat(path, ": no metadata '", key, "' (tools/train/adapter.py writes it)"));
+    }
+    return it->second;
+  };
+  ASSIGN_OR_RETURN(std::string format, meta("format"));
+  if (format != "adaptd-ttt-adapter-1") {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": format '", format, "' is not adaptd-ttt-adapter-1"));
+  }
+  ASSIGN_OR_RETURN(std::string want, meta("base_sha256"));
+  ASSIGN_OR_RETURN(std::string have, Sha256File(base.path()));
+  if (want != have) {
+    return absl::FailedPreconditionError(absl::StrCat(path, " was trained over a base of sha256 ", want, "; ",
+                                                      base.path(), " is ", have, ": not its base"));
+  }
+  ASSIGN_OR_RETURN(std::string ttt_text, meta("ttt"));
+  json ttt = json::parse(ttt_text, nullptr, /*allow_exceptions=*/false);
+  static const std::set<std::string> kFields = {"ttt_mode", "ttt_layers", "ttt_chunk", "ttt_lr", "ttt_proj", "ttt_target"};
+  if (!ttt.is_object() || ttt.value("ttt_mode", false) != true || !ttt.contains("ttt_layers")) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": metadata 'ttt' must be an object with ttt_mode true and ttt_layers"));
+  }
+  for (const auto& [k, v] : ttt.items()) {
+    if (!kFields.count(k)) return absl::InvalidArgumentError(absl::StrCat(path, ": metadata 'ttt' has unknown field '", k, "'"));
+    const bool bound = k == "ttt_layers" || k == "ttt_chunk" || k == "ttt_lr";
+    if (bound && config.contains(k) && config[k] != v) {
+      return absl::FailedPreconditionError(absl::StrCat(path, " was trained with ", k, " ", v.dump(), "; ttt.json says ",
+                                                        config[k].dump()));
+    }
+  }
+  config.update(ttt);
+  static const std::regex kName(R"(model\.layers\.(0|[1-9][0-9]{0,3})\.mlp\.ttt_(conv|proj)\.weight)");
+  for (const auto& [name, v] : adapter.tensors()) {
+    if (!std::regex_match(name, kName)) {
+      return absl::InvalidArgumentError(absl::StrCat(path, ": tensor ", name, " is not a layer's ttt_conv or ttt_proj weight"));
+    }
+    if (v.dtype != DType::kF32) return absl::InvalidArgumentError(absl::StrCat(path, ": tensor ", name, " must be F32"));
+    for (int64_t i = 0, n = v.NumElements(); i < n; ++i) {
+      float x;  // the data need not be aligned
+      std::memcpy(&x, v.data + 4 * i, 4);
+      if (!std::isfinite(x)) return absl::InvalidArgumentError(absl::StrCat(path, ": tensor ", name, " is not finite"));
+    }
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace adaptd::engine

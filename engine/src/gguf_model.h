@@ -10,6 +10,7 @@
 #include "absl/status/statusor.h"
 #include "adaptd/engine/gguf.h"
 #include "adaptd/engine/model_config.h"
+#include "adaptd/engine/safetensors.h"
 #include "nlohmann/json.hpp"
 
 namespace adaptd::engine {
@@ -32,6 +33,16 @@ struct GgufSource {
 // Every tensor of `file` under its HF name; INVALID_ARGUMENT for a tensor name the engine does
 // not know, UNIMPLEMENTED for rope_freqs (Llama-3.x frequency factors).
 absl::StatusOr<std::map<std::string, GgufSource>> GgufTensorsByHfName(const GgufFile& file, const ModelConfig& config);
+
+// An In-Place TTT adapter beside a GGUF base (tools/train/adapter.py; engine/README.md
+// "Adapters"): the trained ttt_conv / ttt_proj of the TTT layers, F32, with metadata `format`
+// (adaptd-ttt-adapter-1), `base_sha256` (the GGUF file it was trained over) and `ttt` (the
+// ttt_* fields it was trained with). Checks it and merges its ttt_* fields (ttt_mode true among
+// them) into `config`: FAILED_PRECONDITION for another base, or for ttt_layers, ttt_chunk or
+// ttt_lr other than the ones ttt.json already set (the update it learned would not be the one
+// served); INVALID_ARGUMENT for another format, bad metadata, or a tensor that is not an F32,
+// finite ttt_conv / ttt_proj weight (shapes are checked where they are loaded).
+absl::Status ApplyAdapter(const GgufFile& base, const SafetensorsFile& adapter, nlohmann::json& config);
 
 }  // namespace adaptd::engine
 

@@ -79,6 +79,10 @@ absl::StatusOr<std::unique_ptr<Model>> Model::LoadImpl(const std::string& dir, c
   } else {
     ASSIGN_OR_RETURN(impl->gguf, GgufFile::Open(files.gguf));
     ASSIGN_OR_RETURN(auto j, GgufConfigJson(*impl->gguf, files.ttt_json));
+    if (!files.adapter.empty()) {
+      ASSIGN_OR_RETURN(impl->adapter, SafetensorsFile::Open(files.adapter));
+      RETURN_IF_ERROR(ApplyAdapter(*impl->gguf, *impl->adapter, j));
+    }
     config_json = j.dump();
   }
   ASSIGN_OR_RETURN(impl->config, ParseModelConfig(config_json));

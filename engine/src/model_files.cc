@@ -48,6 +48,14 @@ absl::StatusOr<ModelFiles> FindModelFiles(const std::string& path, const std::st
   } else {
     return absl::NotFoundError(absl::StrCat("model path ", path, " does not exist"));
   }
+  const fs::path adapter = fs::path(files.dir) / "ttt_adapter.safetensors";
+  if (fs::exists(adapter, ec)) {
+    if (files.gguf.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(adapter.string(), ": an In-Place adapter applies to a GGUF base; ",
+                                                     "an HF checkpoint holds its TTT tensors itself"));
+    }
+    files.adapter = adapter.string();
+  }
   if (files.gguf.empty()) {
     if (!ttt_json.empty()) {
       return absl::InvalidArgumentError("a TTT config file applies to GGUF models; an HF checkpoint's config.json holds its ttt_* fields");

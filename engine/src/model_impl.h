@@ -11,6 +11,7 @@
 
 #include "adaptd/engine/gguf.h"
 #include "adaptd/engine/model.h"
+#include "adaptd/engine/safetensors.h"
 #include "model_files.h"
 #include "quant.h"
 
@@ -48,6 +49,8 @@ struct Model::Impl {
   double ntp_gbar = 0;
   // A GGUF checkpoint's file (the mapping holds no resident pages once the weights are loaded).
   std::shared_ptr<const GgufFile> gguf;
+  // Its In-Place adapter while loading (LoadWeights reads its tensors, then drops it).
+  std::unique_ptr<SafetensorsFile> adapter;
 };
 
 // Weights past this size stream from memory on every decode step rather than stay in the cache

@@ -344,6 +344,10 @@ absl::Status LoadWeights(const ModelFiles& files, const std::string& config_json
   std::map<std::string, SourceTensor> sources;
   if (m.gguf != nullptr) {
     ASSIGN_OR_RETURN(sources, GgufSources(*m.gguf, c));
+    if (m.adapter != nullptr) {  // its ttt_* tensors beside the base's (checked by ApplyAdapter)
+      safetensors.push_back(std::move(m.adapter));
+      sources.merge(SafetensorsSources(safetensors));
+    }
   } else {
     ASSIGN_OR_RETURN(safetensors, OpenFiles(files.dir));
     sources = SafetensorsSources(safetensors);

@@ -669,5 +669,100 @@ TEST(GgufRealModelTest, TokenizerEqualsHfTokenizersOnTheOracleCorpus) {
   }
 }
 
+// ---- An In-Place adapter beside a GGUF base (make_gguf_fixtures.py adapter/) ----
+
+LoadOptions F32Options() {
+  LoadOptions options;
+  options.dtype = DType::kF32;
+  options.device = Device();
+  return options;
+}
+
+// The adapter's trained modules make a stock GGUF an In-Place TTT model: its sessions equal the
+// reference (tools/ttt_reference) over several learned chunks, and TTT off is the base.
+TEST(GgufAdapterTest, InPlaceSessionsOverAnAdapterEqualTheReference) {
+  const std::string dir = GgufFixture("adapter"), expected = dir + "/expected.safetensors";
+  auto m = Model::Load(dir, F32Options());
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_EQ((*m)->config().ttt.layers, (std::vector<int>{0, 2}));
+  EXPECT_EQ((*m)->config().ttt.chunk, 8);
+  const auto ids = ExpectedIds(expected, "ids");
+  auto s = (*m)->NewSession();
+  ASSERT_TRUE(s.ok()) << s.status();
+  auto logits = (*m)->Forward(**s, ids);
+  ASSERT_TRUE(logits.ok()) << logits.status();
+  EXPECT_LE(MaxAbsDiff(*logits, Expected(expected, "logits_inplace")), kF32Tol);
+  EXPECT_EQ((**s).updates_applied(), 2 * static_cast<int64_t>(ids.size()) / 8);  // 2 layers, every chunk
+  SessionOptions off;
+  off.rule = UpdateRule::kOff;
+  auto o = (*m)->NewSession(off);
+  ASSERT_TRUE(o.ok());
+  auto base = (*m)->Forward(**o, ids);
+  ASSERT_TRUE(base.ok());
+  EXPECT_LE(MaxAbsDiff(*base, Expected(expected, "logits_base")), kF32Tol);
+  EXPECT_GT(MaxAbsDiff(*base, Expected(expected, "logits_inplace")), 0.1);  // what the adapter adds
+
+  // The same base without its adapter: a stock model (no In-Place layers), another identity.
+  namespace fs = std::filesystem;
+  const fs::path bare = fs::path(::testing::TempDir()) / "adapter_bare";
+  fs::remove_all(bare);
+  fs::create_directories(bare);
+  fs::create_symlink(fs::path(dir) / "model.gguf", bare / "model.gguf");
+  fs::create_symlink(fs::path(dir) / "ttt.json", bare / "ttt.json");
+  auto stock = Model::Load(bare.string(), F32Options());
+  ASSERT_TRUE(stock.ok()) << stock.status();
+  EXPECT_TRUE((*stock)->config().ttt.layers.empty());
+  EXPECT_NE((*stock)->fingerprint(), (*m)->fingerprint());
+}
+
+// Another base, another TTT config, a foreign or broken file: refused, naming why.
+TEST(GgufAdapterTest, RefusesAnAdapterOfAnotherBaseOrConfigAndBrokenOnes) {
+  namespace fs = std::filesystem;
+  const fs::path dir = GgufFixture("adapter");
+  const auto cases = ReadJsonFile((dir / "bad/expected.json").string());
+  ASSERT_TRUE(cases.is_object() && cases.size() >= 9);
+  for (const auto& [name, message] : cases.items()) {
+    const fs::path tmp = fs::path(::testing::TempDir()) / ("adapter_" + name);
+    fs::remove_all(tmp);
+    fs::create_directories(tmp);
+    fs::create_symlink(dir / "model.gguf", tmp / "model.gguf");
+    fs::create_symlink(dir / "ttt.json", tmp / "ttt.json");
+    fs::create_symlink(dir / "bad" / (name + ".safetensors"), tmp / "ttt_adapter.safetensors");
+    auto m = Model::Load(tmp.string(), F32Options());
+    ASSERT_FALSE(m.ok()) << name;
+    const absl::StatusCode want = name == "other_base" || name == "other_chunk" ? absl::StatusCode::kFailedPrecondition
+                                  : name == "missing_proj"                       ? absl::StatusCode::kNotFound
+                                                                                 : absl::StatusCode::kInvalidArgument;
+    EXPECT_EQ(m.status().code(), want) << name << ": " << m.status();
+    EXPECT_NE(m.status().message().find(message.get<std::string>()), std::string::npos) << name << ": " << m.status();
+  }
+  // The good adapter over another base (a model case of the same shapes but other weights).
+  const fs::path other = fs::path(::testing::TempDir()) / "adapter_other_gguf";
+  fs::remove_all(other);
+  fs::create_directories(other);
+  fs::copy_file(dir / "model.gguf", other / "model.gguf");
+  {
+    std::fstream f(other / "model.gguf", std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(-4, std::ios::end);
+    f.write("\x01\x02\x03\x04", 4);  // the last weight's bytes: another base
+  }
+  fs::create_symlink(dir / "ttt.json", other / "ttt.json");
+  fs::create_symlink(dir / "ttt_adapter.safetensors", other / "ttt_adapter.safetensors");
+  auto m = Model::Load(other.string(), F32Options());
+  EXPECT_EQ(m.status().code(), absl::StatusCode::kFailedPrecondition) << m.status();
+  // Beside an HF checkpoint, which holds its TTT tensors itself.
+  const fs::path hf = fs::path(::testing::TempDir()) / "adapter_hf";
+  fs::remove_all(hf);
+  fs::create_directories(hf);
+  for (const char* f : {"config.json", "model.safetensors"}) {
+    fs::create_symlink(fs::path(FixtureDir()) / "hf/qwen3_gqa_tied/model" / f, hf / f);
+  }
+  fs::create_symlink(dir / "ttt_adapter.safetensors", hf / "ttt_adapter.safetensors");
+  auto h = Model::Load(hf.string(), F32Options());
+  EXPECT_EQ(h.status().code(), absl::StatusCode::kInvalidArgument) << h.status();
+  fs::remove(hf / "ttt_adapter.safetensors");
+  EXPECT_TRUE(Model::Load(hf.string(), F32Options()).ok());
+}
+
 }  // namespace
 }  // namespace adaptd::engine

@@ -477,6 +477,68 @@ def write_models(out: pathlib.Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# adapter/: an In-Place TTT adapter beside a GGUF base (engine/README.md "Adapters")
+
+ADAPTER_TTT = {"ttt_layers": [0, 2], "ttt_chunk": 8, "ttt_lr": 0.3}
+
+
+@torch.no_grad()
+def write_adapter(out: pathlib.Path) -> None:
+    """adapter/: model.gguf (an F32 Llama), ttt.json, ttt_adapter.safetensors (random conv and
+    projection, written by tools/train/adapter.py's own writer) and expected.safetensors: the
+    reference In-Place session's logits over SEQ ids (several chunks of 8 learned as they are
+    read), and the base's. bad/: adapters the engine must refuse, each with what it must say."""
+    from tools.train import adapter as trainer
+    from tools.ttt_reference import model as ttt_model, ttt
+    out.mkdir(parents=True, exist_ok=True)
+    write_model_case(out, "model", "llama", True, 16, {}, seed=60)
+    (out / "model.expected.safetensors").unlink()
+    (out / "ttt.json").write_text(json.dumps(ADAPTER_TTT))
+    cfg = ttt.TTTConfig(True, tuple(ADAPTER_TTT["ttt_layers"]), True, ADAPTER_TTT["ttt_lr"], ADAPTER_TTT["ttt_chunk"],
+                        "hidden_states")
+    model = ttt_model.TTTModel(load_gguf_model(out / "model.gguf"), cfg).eval()
+    g = torch.Generator().manual_seed(61)
+    for i in model.ttt_layers:  # large enough that each chunk's update moves the logits
+        mlp = model.hf.model.layers[i].mlp
+        mlp.ttt_conv.weight.copy_(torch.randn(mlp.ttt_conv.weight.shape, generator=g) * 0.5)
+        mlp.ttt_proj.weight.copy_(torch.randn(mlp.ttt_proj.weight.shape, generator=g) / 8)
+    gguf = out / "model.gguf"
+    trainer.save_adapter(model, out / "ttt_adapter.safetensors", gguf, cfg.to_dict(), {"fixture": True})
+    ids = torch.randint(0, VOCAB, (SEQ,), generator=torch.Generator().manual_seed(62))
+    inplace = model(ids[None], session=model.new_session())[0].contiguous()
+    model.set_ttt_enabled(False)
+    base = model(ids[None])[0].contiguous()
+    diff = float((inplace - base).abs().max())
+    assert diff > 0.1, f"the adapter barely moves the logits ({diff})"
+    save_file({"ids": ids, "logits_inplace": inplace, "logits_base": base}, str(out / "expected.safetensors"))
+    print(f"  adapter: max |In-Place - base| logits = {diff:.3g}")
+
+    bad = out / "bad"
+    bad.mkdir(exist_ok=True)
+    params = {k: v.detach().clone() for k, v in trainer.adapter_params(model).items()}
+    meta = {"format": trainer.ADAPTER_FORMAT, "base_sha256": __import__("hashlib").sha256(gguf.read_bytes()).hexdigest(),
+            "ttt": json.dumps(cfg.to_dict())}
+    conv = "model.layers.0.mlp.ttt_conv.weight"
+    cases = {
+        "other_base": ({**meta, "base_sha256": "0" * 64}, params, "not its base"),
+        "other_chunk": ({**meta, "ttt": json.dumps({**cfg.to_dict(), "ttt_chunk": 16})}, params, "ttt_chunk 16"),
+        "other_format": ({**meta, "format": "lora"}, params, "format 'lora'"),
+        "no_ttt": ({k: v for k, v in meta.items() if k != "ttt"}, params, "no metadata 'ttt'"),
+        "nan": (meta, {**params, conv: params[conv].clone().index_fill_(0, torch.tensor([3]), float("nan"))}, "not finite"),
+        "f16": (meta, {**params, conv: params[conv].half()}, "must be F32"),
+        "stranger": (meta, {**params, "model.layers.0.mlp.down_proj.weight": torch.zeros(64, 128)}, "is not a layer's"),
+        "wrong_shape": (meta, {**params, conv: params[conv][:, :, :3].contiguous()}, conv),
+        "missing_proj": (meta, {k: v for k, v in params.items() if "layers.2.mlp.ttt_proj" not in k},
+                         "model.layers.2.mlp.ttt_proj.weight"),
+    }
+    expect = {}
+    for name, (m, tensors, message) in cases.items():
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(bad / f"{name}.safetensors"), metadata=m)
+        expect[name] = message
+    (bad / "expected.json").write_text(json.dumps(expect, indent=1))
+
+
+# ---------------------------------------------------------------------------------------------
 # real/
 
 CHAT = [{"role": "user", "content": "What is the capital of France?"}]
@@ -589,7 +651,8 @@ def write_real(out: pathlib.Path, path: pathlib.Path) -> None:
 
 def main() -> None:
     root = pathlib.Path(sys.argv[1])
-    for part, fn in (("quant", lambda: write_quant(root / "quant")), ("models", lambda: write_models(root / "models"))):
+    for part, fn in (("quant", lambda: write_quant(root / "quant")), ("models", lambda: write_models(root / "models")),
+                     ("adapter", lambda: write_adapter(root / "adapter"))):
         t0 = time.time()
         fn()
         print(f"{part}: {time.time() - t0:.2f} s")

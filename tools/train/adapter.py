@@ -1,0 +1,221 @@
+"""Trains an In-Place TTT adapter over a frozen stock checkpoint (issue 20, variant a).
+
+python -m tools.train.adapter --model models/smollm2-135m-instruct --minutes 40 --out runs/adapter
+                              [--seq 1024] [--window 256] [--lr 1e-3] [--eval-docs 8] [--resume]
+
+The base (the model directory's GGUF, dequantized to f32 by the `gguf` package through HF
+transformers) stays frozen; only `ttt_conv` (zero at the start, as the official code does) and
+`ttt_proj` (a random diagonal, std = initializer_range, as the official training code does: with
+both zero no gradient would flow) of the TTT layers are trained. The TTT layers, chunk and ttt_lr
+are those of the directory's ttt.json, the ones `ntp_gradient` uses; ttt_lr is fixed and the
+projection learns the step's scale.
+
+The objective is the served one: attention sees a sliding window of `--window` tokens (the
+product's KV window), so what a sequence's early chunks say reaches later tokens only through
+the fast weights; the loss is the next-token loss of every position, with the update active
+(the reference's parallel form: tokens of chunk k see W0 + eta * sum_{j<k} V_j^T Z_j).
+
+Data (rules fixed before any result was seen): training documents of the corpus (tools/corpus;
+never the held-out ones the benchmarks read) with at least `--seq` tokens, cut into consecutive
+windows of `--seq` tokens, shuffled with seed 0. Evaluation: the first `--eval-docs` held-out
+documents (sha256(path) order) with at least `--seq` tokens, their first `--seq` tokens: the NLL
+of positions at or beyond `--window` (where the window has lost the start), with TTT on and off
+(the same weights: TTT off is the base exactly), before training and after.
+
+Outputs under --out: train_state.pt (--resume), log.jsonl, and ttt_adapter.safetensors: per TTT
+layer `model.layers.{l}.mlp.ttt_conv.weight` F32 [d, 1, 5] and `.ttt_proj.weight` F32 [d, d],
+metadata naming the base's sha256 and the TTT config it was trained with (engine/README.md
+"Adapters": the engine refuses it over another base or config).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import pathlib
+import random
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+from tools.gguf_tokenizer import hf_tokenizer  # noqa: E402
+from tools.ttt_reference import model as ttt_model  # noqa: E402
+from tools.ttt_reference import ttt  # noqa: E402
+
+ADAPTER_FORMAT = "adaptd-ttt-adapter-1"
+
+
+def corpus(split: str) -> list[dict]:
+    path = ROOT / f"data/corpus/{split}.jsonl"
+    if not path.exists():
+        import subprocess
+        subprocess.run([sys.executable, str(ROOT / "tools/corpus/build_corpus.py")], check=True, cwd=ROOT)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    rows.sort(key=lambda d: hashlib.sha256(d["path"].encode()).hexdigest())
+    return rows
+
+
+def training_windows(tok, seq: int) -> list[list[int]]:
+    out = []
+    for d in corpus("train"):
+        ids = tok.encode(d["text"]).ids
+        out += [ids[i:i + seq] for i in range(0, len(ids) - seq + 1, seq)]
+    random.Random(0).shuffle(out)
+    return out
+
+
+def eval_windows(tok, seq: int, docs: int) -> list[list[int]]:
+    out = []
+    for d in corpus("heldout"):
+        ids = tok.encode(d["text"]).ids
+        if len(ids) >= seq:
+            out.append(ids[:seq])
+            if len(out) == docs:
+                break
+    return out
+
+
+def sliding_mask(n: int, window: int) -> torch.Tensor:
+    """[1, 1, n, n] additive mask: position p attends to [p - window + 1, p]."""
+    i = torch.arange(n)
+    ok = (i[None, :] <= i[:, None]) & (i[None, :] > i[:, None] - window)
+    return torch.zeros(n, n).masked_fill(~ok, float("-inf"))[None, None]
+
+
+def load(model_dir: pathlib.Path) -> tuple[ttt_model.TTTModel, pathlib.Path, dict]:
+    from transformers import AutoModelForCausalLM
+    gguf = (model_dir / "model.gguf").resolve()
+    tttj = json.loads((model_dir / "ttt.json").read_text())
+    cfg = ttt.TTTConfig(True, tuple(tttj["ttt_layers"]), True, float(tttj.get("ttt_lr", 0.3)),
+                        int(tttj.get("ttt_chunk", 64)), "hidden_states")
+    hf = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32,
+                                              attn_implementation="eager")
+    for p in hf.parameters():
+        p.requires_grad_(False)
+    model = ttt_model.TTTModel(hf, cfg)
+    std = getattr(hf.config, "initializer_range", 0.02)
+    torch.manual_seed(0)
+    for i in model.ttt_layers:
+        mlp = hf.model.layers[i].mlp
+        with torch.no_grad():
+            mlp.ttt_proj.weight.copy_(torch.diag(torch.randn(mlp.ttt_proj.weight.shape[0]) * std))
+    return model, gguf, cfg.to_dict()
+
+
+def adapter_params(model) -> dict[str, torch.nn.Parameter]:
+    return {f"model.layers.{i}.mlp.{name}.weight": getattr(model.hf.model.layers[i].mlp, name).weight
+            for i in model.ttt_layers for name in ("ttt_conv", "ttt_proj")}
+
+
+def logits(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    model.ctx.session, model.ctx.learn, model.ctx.embeds = None, True, None
+    return model.hf(input_ids=ids, attention_mask=mask, use_cache=False).logits
+
+
+@torch.no_grad()
+def evaluate(model, windows: list[list[int]], window: int) -> dict:
+    """Mean NLL of positions >= window, TTT on and off, and the relative gain."""
+    model.eval()
+    sums = {}
+    for on in (True, False):
+        model.set_ttt_enabled(on)
+        total = 0.0
+        for w in windows:
+            x = torch.tensor([w])
+            lg = logits(model, x, sliding_mask(len(w), window))[0, window - 1:-1]
+            total += float(F.cross_entropy(lg, x[0, window:]))
+        sums["on" if on else "off"] = total / len(windows)
+    model.set_ttt_enabled(True)
+    return {"nll_ttt_on": round(sums["on"], 5), "nll_ttt_off": round(sums["off"], 5),
+            "gain": round(1 - sums["on"] / sums["off"], 5)}
+
+
+def save_adapter(model, path: pathlib.Path, gguf: pathlib.Path, ttt_cfg: dict, info: dict) -> None:
+    from safetensors.torch import save_file
+    tensors = {k: v.detach().float().contiguous() for k, v in adapter_params(model).items()}
+    meta = {"format": ADAPTER_FORMAT, "base_sha256": hashlib.sha256(gguf.read_bytes()).hexdigest(),
+            "ttt": json.dumps(ttt_cfg, sort_keys=True), "training": json.dumps(info, sort_keys=True)}
+    save_file(tensors, str(path), metadata=meta)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default=str(ROOT / "models/smollm2-135m-instruct"))
+    ap.add_argument("--out", default=str(ROOT / "runs/adapter"))
+    ap.add_argument("--seq", type=int, default=1024)
+    ap.add_argument("--window", type=int, default=256)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--steps", type=int, default=100000)
+    ap.add_argument("--minutes", type=float, default=40)
+    ap.add_argument("--eval-docs", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--resume", action="store_true")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model, gguf, ttt_cfg = load(pathlib.Path(args.model))
+    tok = hf_tokenizer(str(gguf))
+    train, held = training_windows(tok, args.seq), eval_windows(tok, args.seq, args.eval_docs)
+    params = adapter_params(model)
+    for p in params.values():
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(list(params.values()), lr=args.lr, weight_decay=0.0)
+    step, log = 0, open(out / "log.jsonl", "a")
+    if args.resume and (out / "train_state.pt").exists():
+        state = torch.load(out / "train_state.pt")
+        for k, v in state["params"].items():
+            params[k].data.copy_(v)
+        opt.load_state_dict(state["opt"])
+        step = state["step"]
+    else:
+        before = evaluate(model, held, args.window)
+        print(json.dumps({"eval": "before", **before}), flush=True)
+        log.write(json.dumps({"eval": "before", **before}) + "\n")
+    mask = sliding_mask(args.seq, args.window)
+    n_params = sum(p.numel() for p in params.values())
+    print(f"{len(train)} training windows of {args.seq}, {len(held)} held-out, {n_params} adapter parameters",
+          flush=True)
+    t0, deadline = time.time(), time.time() + args.minutes * 60
+    warm = 20
+    while step < min(args.steps, len(train)) and time.time() < deadline:
+        model.train()
+        lr = args.lr * min(1.0, (step + 1) / warm)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        x = torch.tensor([train[step]])
+        lg = logits(model, x, mask)[0, :-1]
+        loss = F.cross_entropy(lg, x[0, 1:])
+        beyond = float(F.cross_entropy(lg[args.window - 1:].detach(), x[0, args.window:]))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gn = float(torch.nn.utils.clip_grad_norm_(list(params.values()), 1.0))
+        opt.step()
+        step += 1
+        row = {"step": step, "loss": round(float(loss), 4), "loss_beyond_window": round(beyond, 4),
+               "grad_norm": round(gn, 4), "lr": lr, "seconds": round(time.time() - t0, 1)}
+        log.write(json.dumps(row) + "\n")
+        log.flush()
+        if step % 10 == 0:
+            print(json.dumps(row), flush=True)
+            torch.save({"params": {k: v.detach() for k, v in params.items()}, "opt": opt.state_dict(),
+                        "step": step}, out / "train_state.pt")
+    torch.save({"params": {k: v.detach() for k, v in params.items()}, "opt": opt.state_dict(), "step": step},
+               out / "train_state.pt")
+    after = evaluate(model, held, args.window)
+    print(json.dumps({"eval": "after", "step": step, **after}), flush=True)
+    log.write(json.dumps({"eval": "after", "step": step, **after}) + "\n")
+    info = {"steps": step, "tokens": step * args.seq, "seq": args.seq, "window": args.window, "lr": args.lr,
+            "eval_docs": len(held), "eval_after": after, "device": "cpu", "seconds": round(time.time() - t0)}
+    save_adapter(model, out / "ttt_adapter.safetensors", gguf, ttt_cfg, info)
+    print(json.dumps({"out": str(out / "ttt_adapter.safetensors"), **info}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
