@@ -3,7 +3,7 @@ Instruct served by adaptd, held-out documents of at least 4k tokens fed as 64-to
 beyond the window for each learning rule against the frozen model, side by side in one run.
 
 python bench/long_doc_bench.py [--docs 4] [--turns 64] [--turn_tokens 64] [--dtype f32]
-                               [--weights dense] [--out runs/bench/long_doc]
+                               [--weights dense] [--adapter PATH] [--only 256] [--out runs/bench/long_doc]
 
 Documents (a rule fixed here before any result was seen, disjoint from the sweep and from the
 RMS statistics): adaptation_bench.documents' sha256 order of the corpus's held-out documents with
@@ -21,8 +21,12 @@ beyond the window: the mean over turns whose document start has left the window.
                             pieces; against "frozen control", the frozen model in the same seat
   the same at window 1024   frozen and ntp rms
 Then ntp rms again with the server stopped half-way (every session evicted) and restarted: the
-restored sessions must score what the uninterrupted ones did. The In-Place adapter variant waits
-for a trained adapter (issue 20 part 1).
+restored sessions must score what the uninterrupted ones did.
+  in-place, window W        update rule inplace over the In-Place adapter (--adapter, default
+                            the model directory's ttt_adapter.safetensors, else runs/adapter's);
+                            its TTT-off twin is the frozen model exactly (the base is frozen:
+                            GgufAdapterTest), so it is not run again
+--only 256 runs the window-256 core alone (frozen, ntp rms, in-place): the quick version.
 """
 from __future__ import annotations
 
@@ -52,6 +56,8 @@ def main() -> None:
     ap.add_argument("--weights", default="dense")
     ap.add_argument("--windows", default="256,1024", help="256 is the target; 1024 adds frozen and ntp rms there")
     ap.add_argument("--restart", type=int, default=1, help="0 skips the eviction and restore run")
+    ap.add_argument("--adapter", default="", help="an In-Place adapter (ttt_adapter.safetensors); none: skipped")
+    ap.add_argument("--only", default="", help="256: only frozen, ntp rms and in-place at window 256")
     ap.add_argument("--out", default="runs/bench/long_doc")
     args = ap.parse_args()
     out, keys = ab.fresh_out(args.out)
@@ -68,8 +74,19 @@ def main() -> None:
     full = need + 512
     flags = (f"--dtype={args.dtype}", f"--weights={args.weights}", "--system_prompt=", f"--max_context_tokens={full}")
 
-    def serve(name: str, ttt: dict) -> ab.Server:
-        return ab.serve_with(MODEL, out, keys, name, ttt, flags)
+    def serve(name: str, ttt: dict, model: pathlib.Path = MODEL) -> ab.Server:
+        return ab.serve_with(model, out, keys, name, ttt, flags)
+
+    adapter = next((pathlib.Path(p) for p in (args.adapter, MODEL / "ttt_adapter.safetensors",
+                                              ROOT / "runs/adapter/ttt_adapter.safetensors") if p and pathlib.Path(p).exists()), None)
+    stock = out / "stock-model"  # the model without an adapter beside it (the baselines')
+    with_adapter = out / "adapter-model"
+    for d, extra in ((stock, None), (with_adapter, adapter)):
+        d.mkdir(exist_ok=True)
+        for f in ("model.gguf", "ntp_stats.safetensors"):
+            (d / f).symlink_to((MODEL / f).resolve())
+        if extra is not None:
+            (d / "ttt_adapter.safetensors").symlink_to(extra.resolve())
 
     class Results(dict):
         def __setitem__(self, name, runs):  # printed as it goes: a long run keeps what it measured
@@ -80,30 +97,36 @@ def main() -> None:
 
     t0 = time.time()
     results = Results()
-    sgd, rms = serve("sgd", SGD), serve("rms", shipped)
+    sgd = None if args.only else serve("sgd", SGD, stock)
+    rms = serve("rms", shipped, stock)
+    inplace = serve("inplace", shipped, with_adapter) if adapter else None
+    restored = None
     try:
-        windows = [int(w) for w in args.windows.split(",")]
+        windows = [256] if args.only else [int(w) for w in args.windows.split(",")]
         for window in windows:
             results[f"frozen, window {window}"] = ab.run(rms.target, f"f{window}", docs, window, rule="off")
             results[f"ntp rms, window {window}"] = ab.run(rms.target, f"r{window}", docs, window, rule="ntp_gradient")
+            if inplace and window == 256:
+                results["in-place, window 256"] = ab.run(inplace.target, "i256", docs, 256, rule="inplace")
             print(f"window {window}: {time.time() - t0:.0f} s", flush=True)
-        results["frozen, whole document"] = ab.run(rms.target, "whole", docs, full, rule="off")
-        results["ntp sgd, window 256"] = ab.run(sgd.target, "s256", docs, 256, rule="ntp_gradient")
-        results["frozen control, window 256"] = ab.run(rms.target, "fc", docs, 256, rule="off", shift=1)
-        results["ntp rms control, window 256"] = ab.run(rms.target, "rc", docs, 256, rule="ntp_gradient", shift=1)
-        print(f"controls: {time.time() - t0:.0f} s", flush=True)
-        restored = None
-        if args.restart:
+        if not args.only:
+            results["frozen, whole document"] = ab.run(rms.target, "whole", docs, full, rule="off")
+            results["ntp sgd, window 256"] = ab.run(sgd.target, "s256", docs, 256, rule="ntp_gradient")
+            results["frozen control, window 256"] = ab.run(rms.target, "fc", docs, 256, rule="off", shift=1)
+            results["ntp rms control, window 256"] = ab.run(rms.target, "rc", docs, 256, rule="ntp_gradient", shift=1)
+            print(f"controls: {time.time() - t0:.0f} s", flush=True)
+        if args.restart and not args.only:
             half = args.turns // 2
             first = ab.run(rms.target, "restart", docs, 256, rule="ntp_gradient", stop_after=half)
             rms.stop()
             rms.start()
             rest = ab.run(rms.target, "restart", docs, 256, rule="ntp_gradient", resume=True)
             restored = [f + r for f, r in zip(first, rest)]
-        seconds = time.time() - t0
     finally:
-        sgd.stop()
-        rms.stop()
+        seconds = time.time() - t0
+        for server in (sgd, rms, inplace):
+            if server:
+                server.stop()
 
     def beyond(name: str, window: int) -> float:
         skip = window // args.turn_tokens
@@ -120,10 +143,12 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     rows = [("frozen, window 256", None, 256), ("frozen, whole document", "frozen, window 256", 256),
             ("ntp sgd, window 256", "frozen, window 256", 256), ("ntp rms, window 256", "frozen, window 256", 256),
+            ("in-place, window 256", "frozen, window 256", 256),
             ("frozen control, window 256", None, 256), ("ntp rms control, window 256", "frozen control, window 256", 256),
             ("frozen, window 1024", None, 1024), ("ntp rms, window 1024", "frozen, window 1024", 1024)]
     prefixes = {"ntp sgd, window 256": ("s256-", SGD), "ntp rms, window 256": ("r256-", shipped),
-                "ntp rms control, window 256": ("rc-", shipped), "ntp rms, window 1024": ("r1024-", shipped)}
+                "ntp rms control, window 256": ("rc-", shipped), "ntp rms, window 1024": ("r1024-", shipped),
+                "in-place, window 256": ("i256-", shipped)}
     summary = {}
     for name, ref, window in rows:
         if name not in results:
@@ -143,7 +168,8 @@ def main() -> None:
     if restored is not None:
         diff = max(abs(x - y) for rr, rb in zip(restored, results["ntp rms, window 256"]) for x, y in zip(rr, rb))
         print(f"\nevicted half-way, restored and continued: max |NLL difference| per turn vs uninterrupted = {diff:.2e}")
-    (out / "summary.json").write_text(json.dumps({"args": vars(args), "documents": [d[0] for d in chosen],
+    (out / "summary.json").write_text(json.dumps({"args": vars(args), "adapter": str(adapter) if adapter else None,
+                                                  "documents": [d[0] for d in chosen],
                                                   "summary": summary, "restore_max_diff": diff,
                                                   "seconds": seconds}, indent=1))
 

@@ -62,6 +62,11 @@ def owner(owners: list[str], session_id: str) -> str:
 # The OpenAI door's ids carry their session: "resp_" or "conv_" (5 bytes), the session in
 # unpadded base64url (which has no '.'), a '.', the rest (server/src/openai_json.cc).
 ID_SESSION = "bytes(5),field(1,.),ub64dec"
+HTTP_CUT = ("'{\"error\":{\"message\":\"behind the proxy, a Responses body over its 16 KiB buffer must name its "
+            "session in X-Adaptd-Session\",\"type\":\"invalid_request_error\",\"param\":null,"
+            "\"code\":\"session_header_required\"}}'")
+
+
 def http_unavailable(message: str) -> str:
     """A 503 from the proxy in the OpenAI error shape (the SDK retries it); `message` without quotes."""
     body = f'{{"error":{{"message":"{message}","type":"server_error","param":null,"code":"unavailable"}}}}'
@@ -127,6 +132,14 @@ def render_haproxy(map_path: str, buckets: int, listen: str, servers: dict[str, 
         for field in ("previous_response_id", "conversation", "conversation.id"):
             lines.append(f"  http-request set-var(txn.session) req.body,json_query('$.{field}'),{ID_SESSION}"
                          f" {unset} METH_POST {{ path /v1/responses }}")
+        # A Responses body the buffer did not hold whole may name its session past the buffer:
+        # without the header it cannot be routed, so it is refused rather than sent anywhere.
+        lines += [
+            "  http-request set-var(txn.body_size) req.body_size",
+            "  acl body_cut req.body_len,sub(txn.body_size) lt 0",
+            "  http-request return status 400 content-type application/json hdr x-should-retry false string "
+            + HTTP_CUT + f" {unset} METH_POST {{ path /v1/responses }} !{{ req.hdr(x-adaptd-session) -m found }} body_cut",
+        ]
         lines += [
             f"  http-request set-var(txn.session) req.hdr(x-adaptd-session) {unset}"
             " { req.hdr(x-adaptd-session) -m len gt 0 }",

@@ -14,6 +14,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "model_files.h"
 #include "status_macros.h"
@@ -47,10 +48,10 @@ absl::StatusOr<json> ReadTttJson(const std::string& path) {
           path, ": unknown field '", k, "' (ttt_mode, ttt_layers, ttt_chunk, ttt_lr, ttt_proj, ttt_target, ttt_ntp_step)"));
     }
   }
-  if (j.value("ttt_mode", false) == true) {
-    return absl::UnimplementedError(absl::StrCat(path, ": ttt_mode true needs trained TTT modules, which a GGUF file "
-                                                 "does not hold: they come with an In-Place adapter beside it "
-                                                 "(ttt_adapter.safetensors, which sets ttt_mode)"));
+  if (j.contains("ttt_mode") && j["ttt_mode"] != false) {
+    return absl::UnimplementedError(absl::StrCat(path, ": ttt_mode needs trained TTT modules, which a GGUF file does "
+                                                 "not hold: leave it out; an In-Place adapter beside the GGUF file "
+                                                 "(ttt_adapter.safetensors) brings them and sets it"));
   }
   return j;
 }
@@ -208,12 +209,14 @@ absl::StatusOr<std::string> Sha256File(const std::string& path) {
   std::vector<char> buf(1 << 20);
   while (in) {
     in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
-    EVP_DigestUpdate(ctx.get(), buf.data(), static_cast<size_t>(in.gcount()));
+    if (EVP_DigestUpdate(ctx.get(), buf.data(), static_cast<size_t>(in.gcount())) != 1) {
+      return absl::InternalError("SHA-256 failed");
+    }
   }
   if (in.bad()) return absl::DataLossError(absl::StrCat("reading ", path));
   unsigned char md[EVP_MAX_MD_SIZE];
   unsigned int n = 0;
-  EVP_DigestFinal_ex(ctx.get(), md, &n);
+  if (EVP_DigestFinal_ex(ctx.get(), md, &n) != 1) return absl::InternalError("SHA-256 failed");
   static constexpr char kHex[] = "0123456789abcdef";
   std::string hex;
   for (unsigned int i = 0; i < n; ++i) {
@@ -225,7 +228,7 @@ absl::StatusOr<std::string> Sha256File(const std::string& path) {
 
 }  // namespace
 
-absl::Status ApplyAdapter(const GgufFile& base, const SafetensorsFile& adapter, json& config) {
+absl::Status ApplyAdapter(const GgufFile& base, const SafetensorsFile& adapter, bool bound_by_ttt_json, json& config) {
   const std::string& path = adapter.path();
   const auto meta = [&](const char* key) -> absl::StatusOr<std::string> {
     auto it = adapter.metadata().find(key);
@@ -246,19 +249,33 @@ absl::Status ApplyAdapter(const GgufFile& base, const SafetensorsFile& adapter, 
   }
   ASSIGN_OR_RETURN(std::string ttt_text, meta("ttt"));
   json ttt = json::parse(ttt_text, nullptr, /*allow_exceptions=*/false);
+  if (!ttt.is_object()) return absl::InvalidArgumentError(absl::StrCat(path, ": metadata 'ttt' is not a JSON object"));
   static const std::set<std::string> kFields = {"ttt_mode", "ttt_layers", "ttt_chunk", "ttt_lr", "ttt_proj", "ttt_target"};
-  if (!ttt.is_object() || ttt.value("ttt_mode", false) != true || !ttt.contains("ttt_layers")) {
-    return absl::InvalidArgumentError(absl::StrCat(path, ": metadata 'ttt' must be an object with ttt_mode true and ttt_layers"));
-  }
   for (const auto& [k, v] : ttt.items()) {
     if (!kFields.count(k)) return absl::InvalidArgumentError(absl::StrCat(path, ": metadata 'ttt' has unknown field '", k, "'"));
-    const bool bound = k == "ttt_layers" || k == "ttt_chunk" || k == "ttt_lr";
-    if (bound && config.contains(k) && config[k] != v) {
-      return absl::FailedPreconditionError(absl::StrCat(path, " was trained with ", k, " ", v.dump(), "; ttt.json says ",
-                                                        config[k].dump()));
+  }
+  if (!ttt.contains("ttt_mode") || ttt["ttt_mode"] != true || !ttt.contains("ttt_layers")) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": metadata 'ttt' must have ttt_mode true and ttt_layers"));
+  }
+  // The update as served with and without the adapter's fields, parsed as the model will be.
+  json merged = config;
+  merged.update(ttt);
+  auto with = ParseModelConfig(merged.dump());
+  if (!with.ok()) return absl::InvalidArgumentError(absl::StrCat(path, ": metadata 'ttt': ", with.status().message()));
+  if (bound_by_ttt_json) {
+    ASSIGN_OR_RETURN(ModelConfig served, ParseModelConfig(config.dump()));
+    const auto describe = [](const TttConfig& t) {
+      return absl::StrCat("ttt_layers [", absl::StrJoin(t.fast_layers, ", "), "], ttt_chunk ", t.chunk, ", ttt_lr ", t.lr,
+                          ", ttt_proj ", t.proj ? "true" : "false", ", ttt_target ",
+                          t.target == TttConfig::Target::kInputEmbed ? "input_embed" : "hidden_states");
+    };
+    const TttConfig &a = with->ttt, &b = served.ttt;
+    if (a.fast_layers != b.fast_layers || a.chunk != b.chunk || a.lr != b.lr || a.proj != b.proj || a.target != b.target) {
+      return absl::FailedPreconditionError(absl::StrCat(path, " was trained with ", describe(a), "; ttt.json serves ",
+                                                        describe(b)));
     }
   }
-  config.update(ttt);
+  config = std::move(merged);
   static const std::regex kName(R"(model\.layers\.(0|[1-9][0-9]{0,3})\.mlp\.ttt_(conv|proj)\.weight)");
   for (const auto& [name, v] : adapter.tensors()) {
     if (!std::regex_match(name, kName)) {

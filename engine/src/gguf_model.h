@@ -38,11 +38,14 @@ absl::StatusOr<std::map<std::string, GgufSource>> GgufTensorsByHfName(const Gguf
 // "Adapters"): the trained ttt_conv / ttt_proj of the TTT layers, F32, with metadata `format`
 // (adaptd-ttt-adapter-1), `base_sha256` (the GGUF file it was trained over) and `ttt` (the
 // ttt_* fields it was trained with). Checks it and merges its ttt_* fields (ttt_mode true among
-// them) into `config`: FAILED_PRECONDITION for another base, or for ttt_layers, ttt_chunk or
-// ttt_lr other than the ones ttt.json already set (the update it learned would not be the one
-// served); INVALID_ARGUMENT for another format, bad metadata, or a tensor that is not an F32,
-// finite ttt_conv / ttt_proj weight (shapes are checked where they are loaded).
-absl::Status ApplyAdapter(const GgufFile& base, const SafetensorsFile& adapter, nlohmann::json& config);
+// them) into `config`: FAILED_PRECONDITION for another base, or, when `bound_by_ttt_json` (a
+// ttt.json made `config`'s update), for an update other than the one ttt.json serves (layers,
+// chunk, lr, proj and target as parsed, defaults included: the update it learned would not be
+// the one served); INVALID_ARGUMENT for another format, bad metadata, or a tensor that is not an
+// F32, finite ttt_conv / ttt_proj weight. Shapes are checked, and tensors of layers that are not
+// TTT layers refused, where they load (a missing one is NOT_FOUND there).
+absl::Status ApplyAdapter(const GgufFile& base, const SafetensorsFile& adapter, bool bound_by_ttt_json,
+                          nlohmann::json& config);
 
 }  // namespace adaptd::engine
 

@@ -67,6 +67,8 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& dir, const
     return LoadImpl(dir, options);
   } catch (const std::bad_alloc&) {
     return absl::ResourceExhaustedError(absl::StrCat("loading ", dir, ": out of memory"));
+  } catch (const std::exception& e) {  // a safety net: files are validated before use
+    return absl::InternalError(absl::StrCat("loading ", dir, ": ", e.what()));
   }
 }
 
@@ -81,7 +83,7 @@ absl::StatusOr<std::unique_ptr<Model>> Model::LoadImpl(const std::string& dir, c
     ASSIGN_OR_RETURN(auto j, GgufConfigJson(*impl->gguf, files.ttt_json));
     if (!files.adapter.empty()) {
       ASSIGN_OR_RETURN(impl->adapter, SafetensorsFile::Open(files.adapter));
-      RETURN_IF_ERROR(ApplyAdapter(*impl->gguf, *impl->adapter, j));
+      RETURN_IF_ERROR(ApplyAdapter(*impl->gguf, *impl->adapter, !files.ttt_json.empty(), j));
     }
     config_json = j.dump();
   }

@@ -282,7 +282,7 @@ absl::Status LoadLayer(TensorLoader& t, const Model::Impl& m, int i, LayerWeight
   if (m.is_ttt[i]) {
     const std::string conv = p + "mlp.ttt_conv.weight";
     if (!t.Has(conv)) {
-      return absl::InvalidArgumentError(absl::StrCat("config.json has ttt_mode true with layer ", i,
+      return absl::InvalidArgumentError(absl::StrCat("the ttt_* settings (config.json, or an adapter's) make layer ", i,
                                                      " a TTT layer, but the checkpoint lacks ", conv));
     }
     ASSIGN_OR_RETURN(L.ttt_conv, t.Get(conv, {d, 1, 5}));

@@ -212,7 +212,7 @@ def test_the_openai_door_routes_by_the_session_in_the_header_the_path_or_the_bod
     for body in ({"conversation": conv.id}, {"conversation": {"id": conv.id}}):
         bare.responses.create(model=model, input="Hello.", max_output_tokens=2, **body)
     assert len(bare.conversations.items.list(conv.id).data) == 4  # two turns, a message and a reply each
-    assert bare.responses.create(model=model, input="Hi.", max_output_tokens=2).output_text is not None  # throw-away
+    assert bare.responses.create(model=model, input="Hi.", max_output_tokens=2).usage.output_tokens > 0  # throw-away
     for r in REPLICAS:  # each replica holds exactly its own sessions
         with Client(f"127.0.0.1:{cluster.ports[r]}", KEY) as direct:
             assert sorted(s.session_id for s in direct.list_sessions()) == sorted(i for i in ids if cluster.owner(i) == r)
@@ -240,3 +240,28 @@ def test_the_openai_door_fails_only_a_down_replicas_sessions(cluster):
         except openai.InternalServerError:
             assert time.time() < deadline
             time.sleep(0.2)
+
+
+def test_a_long_responses_body_routes_by_the_header_or_is_refused(cluster):
+    """The proxy reads 16 KiB of a body: a longer one whose session is past that is refused with
+    400 unless X-Adaptd-Session names it (JSON whitespace makes it long, not tokens)."""
+    import http.client
+    model = door(cluster).models.list().data[0].id
+    sid = next(f"long-{k}" for k in range(1000) if cluster.owner(f"long-{k}") == "r2")
+    first = door(cluster, sid).responses.create(model=model, input="Hello.", max_output_tokens=2)
+    body = ('{"model": ' + json.dumps(model) + ', "input": "Again.", "max_output_tokens": 2,' + " " * (20 << 10)
+            + '"previous_response_id": ' + json.dumps(first.id) + "}")
+
+    def post(headers):
+        conn = http.client.HTTPConnection("127.0.0.1", cluster.http_proxy_port, timeout=30)
+        conn.request("POST", "/v1/responses", body=body, headers={"Authorization": f"Bearer {KEY}",
+                                                                 "Content-Type": "application/json", **headers})
+        r = conn.getresponse()
+        out = (r.status, dict(r.getheaders()), json.loads(r.read()))
+        conn.close()
+        return out
+    status, headers, err = post({})
+    assert status == 400 and err["error"]["code"] == "session_header_required", err
+    assert headers.get("x-should-retry") == "false"
+    status, _, done = post({"X-Adaptd-Session": sid})
+    assert status == 200 and done["usage"]["adaptd"]["version"] == 2, done

@@ -713,6 +713,21 @@ TEST(GgufAdapterTest, InPlaceSessionsOverAnAdapterEqualTheReference) {
   ASSERT_TRUE(stock.ok()) << stock.status();
   EXPECT_TRUE((*stock)->config().ttt.layers.empty());
   EXPECT_NE((*stock)->fingerprint(), (*m)->fingerprint());
+
+  // The adapter alone, without a ttt.json: its own fields are the update, the same one.
+  const fs::path alone = fs::path(::testing::TempDir()) / "adapter_alone";
+  fs::remove_all(alone);
+  fs::create_directories(alone);
+  fs::create_symlink(fs::path(dir) / "model.gguf", alone / "model.gguf");
+  fs::create_symlink(fs::path(dir) / "ttt_adapter.safetensors", alone / "ttt_adapter.safetensors");
+  auto own = Model::Load(alone.string(), F32Options());
+  ASSERT_TRUE(own.ok()) << own.status();
+  EXPECT_EQ((*own)->config().ttt.layers, (std::vector<int>{0, 2}));
+  auto t = (*own)->NewSession();
+  ASSERT_TRUE(t.ok());
+  auto again = (*own)->Forward(**t, ids);
+  ASSERT_TRUE(again.ok());
+  EXPECT_LE(MaxAbsDiff(*again, Expected(expected, "logits_inplace")), kF32Tol);
 }
 
 // Another base, another TTT config, a foreign or broken file: refused, naming why.
@@ -720,8 +735,11 @@ TEST(GgufAdapterTest, RefusesAnAdapterOfAnotherBaseOrConfigAndBrokenOnes) {
   namespace fs = std::filesystem;
   const fs::path dir = GgufFixture("adapter");
   const auto cases = ReadJsonFile((dir / "bad/expected.json").string());
-  ASSERT_TRUE(cases.is_object() && cases.size() >= 9);
-  for (const auto& [name, message] : cases.items()) {
+  ASSERT_TRUE(cases.is_object() && cases.size() >= 18);
+  const std::map<std::string, absl::StatusCode> codes = {{"FAILED_PRECONDITION", absl::StatusCode::kFailedPrecondition},
+                                                         {"INVALID_ARGUMENT", absl::StatusCode::kInvalidArgument},
+                                                         {"NOT_FOUND", absl::StatusCode::kNotFound}};
+  for (const auto& [name, want] : cases.items()) {
     const fs::path tmp = fs::path(::testing::TempDir()) / ("adapter_" + name);
     fs::remove_all(tmp);
     fs::create_directories(tmp);
@@ -730,11 +748,9 @@ TEST(GgufAdapterTest, RefusesAnAdapterOfAnotherBaseOrConfigAndBrokenOnes) {
     fs::create_symlink(dir / "bad" / (name + ".safetensors"), tmp / "ttt_adapter.safetensors");
     auto m = Model::Load(tmp.string(), F32Options());
     ASSERT_FALSE(m.ok()) << name;
-    const absl::StatusCode want = name == "other_base" || name == "other_chunk" ? absl::StatusCode::kFailedPrecondition
-                                  : name == "missing_proj"                       ? absl::StatusCode::kNotFound
-                                                                                 : absl::StatusCode::kInvalidArgument;
-    EXPECT_EQ(m.status().code(), want) << name << ": " << m.status();
-    EXPECT_NE(m.status().message().find(message.get<std::string>()), std::string::npos) << name << ": " << m.status();
+    EXPECT_EQ(m.status().code(), codes.at(want["code"].get<std::string>())) << name << ": " << m.status();
+    EXPECT_NE(m.status().message().find(want["message"].get<std::string>()), std::string::npos)
+        << name << ": " << m.status();
   }
   // The good adapter over another base (a model case of the same shapes but other weights).
   const fs::path other = fs::path(::testing::TempDir()) / "adapter_other_gguf";
@@ -750,6 +766,7 @@ TEST(GgufAdapterTest, RefusesAnAdapterOfAnotherBaseOrConfigAndBrokenOnes) {
   fs::create_symlink(dir / "ttt_adapter.safetensors", other / "ttt_adapter.safetensors");
   auto m = Model::Load(other.string(), F32Options());
   EXPECT_EQ(m.status().code(), absl::StatusCode::kFailedPrecondition) << m.status();
+  EXPECT_NE(m.status().message().find("not its base"), std::string::npos) << m.status();
   // Beside an HF checkpoint, which holds its TTT tensors itself.
   const fs::path hf = fs::path(::testing::TempDir()) / "adapter_hf";
   fs::remove_all(hf);

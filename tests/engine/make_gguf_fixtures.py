@@ -519,22 +519,40 @@ def write_adapter(out: pathlib.Path) -> None:
     meta = {"format": trainer.ADAPTER_FORMAT, "base_sha256": __import__("hashlib").sha256(gguf.read_bytes()).hexdigest(),
             "ttt": json.dumps(cfg.to_dict())}
     conv = "model.layers.0.mlp.ttt_conv.weight"
-    cases = {
-        "other_base": ({**meta, "base_sha256": "0" * 64}, params, "not its base"),
-        "other_chunk": ({**meta, "ttt": json.dumps({**cfg.to_dict(), "ttt_chunk": 16})}, params, "ttt_chunk 16"),
-        "other_format": ({**meta, "format": "lora"}, params, "format 'lora'"),
-        "no_ttt": ({k: v for k, v in meta.items() if k != "ttt"}, params, "no metadata 'ttt'"),
-        "nan": (meta, {**params, conv: params[conv].clone().index_fill_(0, torch.tensor([3]), float("nan"))}, "not finite"),
-        "f16": (meta, {**params, conv: params[conv].half()}, "must be F32"),
-        "stranger": (meta, {**params, "model.layers.0.mlp.down_proj.weight": torch.zeros(64, 128)}, "is not a layer's"),
-        "wrong_shape": (meta, {**params, conv: params[conv][:, :, :3].contiguous()}, conv),
-        "missing_proj": (meta, {k: v for k, v in params.items() if "layers.2.mlp.ttt_proj" not in k},
+    good = cfg.to_dict()
+
+    def ttt_meta(**fields):
+        return {**meta, "ttt": json.dumps({**good, **fields})}
+    pre, inv, nf = "FAILED_PRECONDITION", "INVALID_ARGUMENT", "NOT_FOUND"
+    cases = {  # name: (metadata, tensors, the status code, what the message must say)
+        "other_base": ({**meta, "base_sha256": "0" * 64}, params, pre, "not its base"),
+        "other_chunk": (ttt_meta(ttt_chunk=16), params, pre, "ttt_chunk 16"),
+        "other_lr": (ttt_meta(ttt_lr=0.5), params, pre, "ttt_lr 0.5"),
+        "other_layers": (ttt_meta(ttt_layers=[0, 1]), params, pre, "ttt_layers [0, 1]"),
+        "other_target": (ttt_meta(ttt_target="input_embed"), params, pre, "ttt_target input_embed"),
+        "other_format": ({**meta, "format": "lora"}, params, inv, "format 'lora'"),
+        "no_ttt": ({k: v for k, v in meta.items() if k != "ttt"}, params, inv, "no metadata 'ttt'"),
+        "ttt_not_json": ({**meta, "ttt": "{"}, params, inv, "not a JSON object"),
+        "mode_not_bool": (ttt_meta(ttt_mode=1), params, inv, "ttt_mode true"),
+        "unknown_field": (ttt_meta(ttt_rank=4), params, inv, "unknown field 'ttt_rank'"),
+        "chunk_not_int": (ttt_meta(ttt_chunk="8"), params, inv, "metadata 'ttt': "),
+        "nan": (meta, {**params, conv: params[conv].clone().index_fill_(0, torch.tensor([3]), float("nan"))}, inv,
+                "not finite"),
+        "f16": (meta, {**params, conv: params[conv].half()}, inv, "must be F32"),
+        "stranger": (meta, {**params, "model.layers.0.mlp.down_proj.weight": torch.zeros(64, 128)}, inv,
+                     "is not a layer's"),
+        "not_a_ttt_layer": (meta, {**params, "model.layers.1.mlp.ttt_conv.weight": params[conv].clone()}, inv,
+                            "model.layers.1.mlp.ttt_conv.weight"),
+        "beyond_the_layers": (meta, {**params, "model.layers.9.mlp.ttt_conv.weight": params[conv].clone()}, inv,
+                              "model.layers.9.mlp.ttt_conv.weight"),
+        "wrong_shape": (meta, {**params, conv: params[conv][:, :, :3].contiguous()}, inv, conv),
+        "missing_proj": (meta, {k: v for k, v in params.items() if "layers.2.mlp.ttt_proj" not in k}, nf,
                          "model.layers.2.mlp.ttt_proj.weight"),
     }
     expect = {}
-    for name, (m, tensors, message) in cases.items():
+    for name, (m, tensors, code, message) in cases.items():
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(bad / f"{name}.safetensors"), metadata=m)
-        expect[name] = message
+        expect[name] = {"code": code, "message": message}
     (bad / "expected.json").write_text(json.dumps(expect, indent=1))
 
 

@@ -7,11 +7,11 @@ The base (the model directory's GGUF, dequantized to f32 by the `gguf` package t
 transformers) stays frozen; only `ttt_conv` (zero at the start, as the official code does) and
 `ttt_proj` (a random diagonal, std = initializer_range, as the official training code does: with
 both zero no gradient would flow) of the TTT layers are trained. The TTT layers, chunk and ttt_lr
-are those of the directory's ttt.json, the ones `ntp_gradient` uses; ttt_lr is fixed and the
-projection learns the step's scale.
+are those of the directory's ttt.json (which must name them), the ones `ntp_gradient` uses;
+ttt_lr is fixed and the projection learns the step's scale.
 
-The objective is the served one: attention sees a sliding window of `--window` tokens (the
-product's KV window), so what a sequence's early chunks say reaches later tokens only through
+The objective is the served one: attention sees a sliding window of `--window` tokens (256, the
+window issue 20's benchmarks serve; the server drops whole turns, this drops tokens), so what a sequence's early chunks say reaches later tokens only through
 the fast weights; the loss is the next-token loss of every position, with the update active
 (the reference's parallel form: tokens of chunk k see W0 + eta * sum_{j<k} V_j^T Z_j).
 
@@ -19,7 +19,7 @@ Data (rules fixed before any result was seen): training documents of the corpus 
 never the held-out ones the benchmarks read) with at least `--seq` tokens, cut into consecutive
 windows of `--seq` tokens, shuffled with seed 0. Evaluation: the first `--eval-docs` held-out
 documents (sha256(path) order) with at least `--seq` tokens, their first `--seq` tokens: the NLL
-of positions at or beyond `--window` (where the window has lost the start), with TTT on and off
+of the tokens predicted from a window that has lost the start (tokens window+1 ..), TTT on and off
 (the same weights: TTT off is the base exactly), before training and after.
 
 Outputs under --out: train_state.pt (--resume), log.jsonl, and ttt_adapter.safetensors: per TTT
@@ -91,8 +91,11 @@ def load(model_dir: pathlib.Path) -> tuple[ttt_model.TTTModel, pathlib.Path, dic
     from transformers import AutoModelForCausalLM
     gguf = (model_dir / "model.gguf").resolve()
     tttj = json.loads((model_dir / "ttt.json").read_text())
-    cfg = ttt.TTTConfig(True, tuple(tttj["ttt_layers"]), True, float(tttj.get("ttt_lr", 0.3)),
-                        int(tttj.get("ttt_chunk", 64)), "hidden_states")
+    missing = [k for k in ("ttt_layers", "ttt_chunk", "ttt_lr") if k not in tttj]
+    if missing:
+        raise SystemExit(f"{model_dir / 'ttt.json'} must name {missing}: the adapter learns the update it serves")
+    cfg = ttt.TTTConfig(True, tuple(tttj["ttt_layers"]), bool(tttj.get("ttt_proj", True)), float(tttj["ttt_lr"]),
+                        int(tttj["ttt_chunk"]), tttj.get("ttt_target", "hidden_states"))
     hf = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32,
                                               attn_implementation="eager")
     for p in hf.parameters():
@@ -113,8 +116,12 @@ def adapter_params(model) -> dict[str, torch.nn.Parameter]:
 
 
 def logits(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    model.ctx.session, model.ctx.learn, model.ctx.embeds = None, True, None
-    return model.hf(input_ids=ids, attention_mask=mask, use_cache=False).logits
+    model.ctx.session, model.ctx.learn = None, True
+    model.ctx.embeds = model.hf.get_input_embeddings()(ids) if model.ttt_cfg.target == "input_embed" else None
+    try:
+        return model.hf(input_ids=ids, attention_mask=mask, use_cache=False).logits
+    finally:
+        model.ctx.embeds = None
 
 
 @torch.no_grad()
@@ -127,8 +134,8 @@ def evaluate(model, windows: list[list[int]], window: int) -> dict:
         total = 0.0
         for w in windows:
             x = torch.tensor([w])
-            lg = logits(model, x, sliding_mask(len(w), window))[0, window - 1:-1]
-            total += float(F.cross_entropy(lg, x[0, window:]))
+            lg = logits(model, x, sliding_mask(len(w), window))[0, window:-1]
+            total += float(F.cross_entropy(lg, x[0, window + 1:]))
         sums["on" if on else "off"] = total / len(windows)
     model.set_ttt_enabled(True)
     return {"nll_ttt_on": round(sums["on"], 5), "nll_ttt_off": round(sums["off"], 5),
@@ -192,7 +199,7 @@ def main() -> None:
         x = torch.tensor([train[step]])
         lg = logits(model, x, mask)[0, :-1]
         loss = F.cross_entropy(lg, x[0, 1:])
-        beyond = float(F.cross_entropy(lg[args.window - 1:].detach(), x[0, args.window:]))
+        beyond = float(F.cross_entropy(lg[args.window:].detach(), x[0, args.window + 1:]))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gn = float(torch.nn.utils.clip_grad_norm_(list(params.values()), 1.0))
