@@ -72,6 +72,25 @@ def serve_with(model: pathlib.Path, out: pathlib.Path, keys: pathlib.Path, name:
     return Server(str(model), out / f"store-{name}", keys, (f"--ttt_config={cfg}", *flags))
 
 
+def adapter_dirs(model: pathlib.Path, out: pathlib.Path, adapter: str = "") -> tuple[pathlib.Path, pathlib.Path | None]:
+    """`model` (a GGUF directory) laid out under `out` twice: as stock-model/ without an In-Place
+    adapter (the baselines'), and as adapter-model/ with one beside it: `adapter`, else the
+    model's own ttt_adapter.safetensors, else runs/adapter's (tools/train/adapter.py); None when
+    there is none."""
+    found = next((pathlib.Path(p) for p in (adapter, model / "ttt_adapter.safetensors",
+                                            ROOT / "runs/adapter/ttt_adapter.safetensors")
+                  if p and pathlib.Path(p).exists()), None)
+    dirs = {"stock-model": None, "adapter-model": found} if found else {"stock-model": None}
+    for name, extra in dirs.items():
+        d = out / name
+        d.mkdir(exist_ok=True)
+        for f in ("model.gguf", "ntp_stats.safetensors"):
+            (d / f).symlink_to((model / f).resolve())
+        if extra is not None:
+            (d / "ttt_adapter.safetensors").symlink_to(extra.resolve())
+    return out / "stock-model", (out / "adapter-model") if found else None
+
+
 def documents(n: int, tokens: int, tok=None):
     """The first `n` held-out documents of more than `tokens` tokens (by `tok`, default the tiny
     models' tokenizer), in a fixed content-free order: (path, text, token offsets)."""

@@ -77,16 +77,7 @@ def main() -> None:
     def serve(name: str, ttt: dict, model: pathlib.Path = MODEL) -> ab.Server:
         return ab.serve_with(model, out, keys, name, ttt, flags)
 
-    adapter = next((pathlib.Path(p) for p in (args.adapter, MODEL / "ttt_adapter.safetensors",
-                                              ROOT / "runs/adapter/ttt_adapter.safetensors") if p and pathlib.Path(p).exists()), None)
-    stock = out / "stock-model"  # the model without an adapter beside it (the baselines')
-    with_adapter = out / "adapter-model"
-    for d, extra in ((stock, None), (with_adapter, adapter)):
-        d.mkdir(exist_ok=True)
-        for f in ("model.gguf", "ntp_stats.safetensors"):
-            (d / f).symlink_to((MODEL / f).resolve())
-        if extra is not None:
-            (d / "ttt_adapter.safetensors").symlink_to(extra.resolve())
+    stock, with_adapter = ab.adapter_dirs(MODEL, out, args.adapter)
 
     class Results(dict):
         def __setitem__(self, name, runs):  # printed as it goes: a long run keeps what it measured
@@ -99,7 +90,7 @@ def main() -> None:
     results = Results()
     sgd = None if args.only else serve("sgd", SGD, stock)
     rms = serve("rms", shipped, stock)
-    inplace = serve("inplace", shipped, with_adapter) if adapter else None
+    inplace = serve("inplace", shipped, with_adapter) if with_adapter else None
     restored = None
     try:
         windows = [256] if args.only else [int(w) for w in args.windows.split(",")]
@@ -168,6 +159,7 @@ def main() -> None:
     if restored is not None:
         diff = max(abs(x - y) for rr, rb in zip(restored, results["ntp rms, window 256"]) for x, y in zip(rr, rb))
         print(f"\nevicted half-way, restored and continued: max |NLL difference| per turn vs uninterrupted = {diff:.2e}")
+    adapter = (with_adapter / "ttt_adapter.safetensors").resolve() if with_adapter else None
     (out / "summary.json").write_text(json.dumps({"args": vars(args), "adapter": str(adapter) if adapter else None,
                                                   "documents": [d[0] for d in chosen],
                                                   "summary": summary, "restore_max_diff": diff,

@@ -3,7 +3,7 @@ user told to a session over several turns, then enough unrelated turns that they
 window, then questions scored as multiple choice by the model's likelihood of each candidate.
 
 python bench/personal_bench.py [--profiles 50] [--window 256] [--dtype f32] [--weights dense]
-                               [--out runs/bench/personal]
+                               [--rules sgd,rms,inplace] [--adapter PATH] [--out runs/bench/personal]
 
 Profiles (a rule fixed here before any result was seen): `profiles` users drawn with
 random.Random(20) from the value pools below (name, city, job, pet, food, project), each fact
@@ -22,6 +22,8 @@ whole conversation in context that each learning rule closes:
   none          update rule off, window W
   ntp sgd       ntp_gradient as shipped before issue 20 (every 3rd layer, lr 0.3), window W
   ntp rms       ntp_gradient as shipped (models/smollm2-135m-instruct/ttt.json), window W
+  in-place      update rule inplace over the In-Place adapter (--adapter, default the model's
+                ttt_adapter.safetensors, else runs/adapter's), window W
   full context  update rule off, the window holds the whole conversation (the upper bound)
   fresh         a new session, nothing told (chance is 1/6)
   other         the ntp rms sessions again, session i (told profile i) asked profile i+1's questions: nothing leaks
@@ -182,7 +184,8 @@ def main() -> None:
     ap.add_argument("--window", type=int, default=256)
     ap.add_argument("--dtype", default="f32")
     ap.add_argument("--weights", default="dense")
-    ap.add_argument("--rules", default="sgd,rms", help="the ntp_gradient variants to run (sgd, rms)")
+    ap.add_argument("--rules", default="sgd,rms,inplace", help="the learning rules to run (sgd, rms, inplace)")
+    ap.add_argument("--adapter", default="", help="the In-Place adapter for the inplace rule")
     ap.add_argument("--out", default="runs/bench/personal")
     args = ap.parse_args()
     out, keys = ab.fresh_out(args.out)
@@ -199,26 +202,33 @@ def main() -> None:
     full = max(lengths) + 256
     flags = (f"--dtype={args.dtype}", f"--weights={args.weights}", "--system_prompt=", f"--max_context_tokens={full}")
 
-    def serve(name: str, ttt: dict) -> ab.Server:
-        return ab.serve_with(MODEL, out, keys, name, ttt, flags)
+    stock, with_adapter = ab.adapter_dirs(MODEL, out, args.adapter)
+    rules = args.rules.split(",")
+
+    def serve(name: str, ttt: dict, model: pathlib.Path = stock) -> ab.Server:
+        return ab.serve_with(model, out, keys, name, ttt, flags)
 
     t0 = time.time()
-    sgd, rms = serve("sgd", SGD), serve("rms", shipped)
+    sgd = serve("sgd", SGD) if "sgd" in rules else None
+    rms = serve("rms", shipped)
+    inplace = serve("inplace", shipped, with_adapter) if "inplace" in rules and with_adapter else None
     try:
         results = {
             "none": variant(rms.target, "none", people, tok, args.window, "off"),
             "full context": variant(rms.target, "full", people, tok, full, "off"),
             "fresh": variant(rms.target, "fresh", people, tok, args.window, "off", told=False),
         }
-        rules = args.rules.split(",")
-        if "sgd" in rules:
+        if sgd:
             results["ntp sgd"] = variant(sgd.target, "sgd", people, tok, args.window, "ntp_gradient")
         results["ntp rms"] = variant(rms.target, "rms", people, tok, args.window, "ntp_gradient")
+        if inplace:
+            results["in-place"] = variant(inplace.target, "inplace", people, tok, args.window, "inplace")
         results["other"] = variant(rms.target, "rms", people, tok, args.window, "ntp_gradient", shift=1, reuse=True)
         seconds = time.time() - t0
     finally:
-        sgd.stop()
-        rms.stop()
+        for server in (sgd, rms, inplace):
+            if server:
+                server.stop()
 
     rng = random.Random(0)
     n = len(people)
@@ -241,7 +251,7 @@ def main() -> None:
         acc = acc_of(name, list(range(n)))
         lo, hi = interval(lambda s, name=name: acc_of(name, s))
         gap = ""
-        if name in ("ntp sgd", "ntp rms"):
+        if name in ("ntp sgd", "ntp rms", "in-place"):
             def closed(s, name=name):
                 none, full_ = acc_of("none", s), acc_of("full context", s)
                 return (acc_of(name, s) - none) / (full_ - none) if full_ != none else None
@@ -257,7 +267,7 @@ def main() -> None:
           f"a candidate and not the asked profile's (chance {100 / CANDIDATES:.0f}%)")
     per_fact = {k: {name: sum(r[k] for r in results[name]) / n for name in results} for k in ASK}
     print("\nper fact:", json.dumps({k: {m: round(v, 2) for m, v in d.items()} for k, d in per_fact.items()}))
-    for name, prefix, ttt in (("ntp sgd", "sgd-", SGD), ("ntp rms", "rms-", shipped)):
+    for name, prefix, ttt in (("ntp sgd", "sgd-", SGD), ("ntp rms", "rms-", shipped), ("in-place", "inplace-", shipped)):
         if name not in results:
             continue
         sec = sum(v[0] for s, v in ab.COST.items() if s.startswith(prefix))

@@ -22,6 +22,10 @@ documents (sha256(path) order) with at least `--seq` tokens, their first `--seq`
 of the tokens predicted from a window that has lost the start (tokens window+1 ..), TTT on and off
 (the same weights: TTT off is the base exactly), before training and after.
 
+The last --val training windows are kept out: every --eval-every steps the adapter's NLL beyond
+the window on them is measured, and the best step is the one kept (step 0, the zero conv, changes
+nothing: an adapter that never helps on validation is the identity).
+
 Outputs under --out: train_state.pt (--resume), log.jsonl, and ttt_adapter.safetensors: per TTT
 layer `model.layers.{l}.mlp.ttt_conv.weight` F32 [d, 1, 5] and `.ttt_proj.weight` F32 [d, d],
 metadata naming the base's sha256 and the TTT config it was trained with (engine/README.md
@@ -125,21 +129,23 @@ def logits(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model, windows: list[list[int]], window: int) -> dict:
-    """Mean NLL of positions >= window, TTT on and off, and the relative gain."""
+def nll_beyond(model, windows: list[list[int]], window: int, ttt_on: bool = True) -> float:
+    """Mean NLL of the tokens predicted from a window that has lost the start (tokens window+1..)."""
     model.eval()
-    sums = {}
-    for on in (True, False):
-        model.set_ttt_enabled(on)
-        total = 0.0
-        for w in windows:
-            x = torch.tensor([w])
-            lg = logits(model, x, sliding_mask(len(w), window))[0, window:-1]
-            total += float(F.cross_entropy(lg, x[0, window + 1:]))
-        sums["on" if on else "off"] = total / len(windows)
+    model.set_ttt_enabled(ttt_on)
+    total = 0.0
+    for w in windows:
+        x = torch.tensor([w])
+        lg = logits(model, x, sliding_mask(len(w), window))[0, window:-1]
+        total += float(F.cross_entropy(lg, x[0, window + 1:]))
     model.set_ttt_enabled(True)
-    return {"nll_ttt_on": round(sums["on"], 5), "nll_ttt_off": round(sums["off"], 5),
-            "gain": round(1 - sums["on"] / sums["off"], 5)}
+    return total / len(windows)
+
+
+def evaluate(model, windows: list[list[int]], window: int) -> dict:
+    """NLL beyond the window, TTT on and off, and the relative gain."""
+    on, off = nll_beyond(model, windows, window), nll_beyond(model, windows, window, ttt_on=False)
+    return {"nll_ttt_on": round(on, 5), "nll_ttt_off": round(off, 5), "gain": round(1 - on / off, 5)}
 
 
 def save_adapter(model, path: pathlib.Path, gguf: pathlib.Path, ttt_cfg: dict, info: dict) -> None:
@@ -156,9 +162,12 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "runs/adapter"))
     ap.add_argument("--seq", type=int, default=1024)
     ap.add_argument("--window", type=int, default=256)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lr", type=float, default=3e-5, help="AdamW's for ttt_conv")
+    ap.add_argument("--proj-lr", type=float, default=0, help="AdamW's for ttt_proj (0: --lr)")
     ap.add_argument("--steps", type=int, default=100000)
     ap.add_argument("--minutes", type=float, default=40)
+    ap.add_argument("--val", type=int, default=4, help="training windows kept out for validation")
+    ap.add_argument("--eval-every", type=int, default=10)
     ap.add_argument("--eval-docs", type=int, default=8)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--resume", action="store_true")
@@ -170,32 +179,43 @@ def main() -> None:
     model, gguf, ttt_cfg = load(pathlib.Path(args.model))
     tok = hf_tokenizer(str(gguf))
     train, held = training_windows(tok, args.seq), eval_windows(tok, args.seq, args.eval_docs)
+    train, val = train[:-args.val], train[-args.val:]  # validation picks the kept step, never the held-out set
     params = adapter_params(model)
     for p in params.values():
         p.requires_grad_(True)
-    opt = torch.optim.AdamW(list(params.values()), lr=args.lr, weight_decay=0.0)
+    groups = [{"params": [v for k, v in params.items() if "ttt_conv" in k], "base_lr": args.lr},
+              {"params": [v for k, v in params.items() if "ttt_proj" in k], "base_lr": args.proj_lr or args.lr}]
+    opt = torch.optim.AdamW(groups, lr=args.lr, weight_decay=0.0)
     step, log = 0, open(out / "log.jsonl", "a")
+
+    def record(row: dict) -> None:
+        print(json.dumps(row), flush=True)
+        log.write(json.dumps(row) + "\n")
+        log.flush()
+    val_off = nll_beyond(model, val, args.window, ttt_on=False)
+    best = {"step": 0, "val_nll": val_off, "params": {k: v.detach().clone() for k, v in params.items()}}
     if args.resume and (out / "train_state.pt").exists():
         state = torch.load(out / "train_state.pt")
         for k, v in state["params"].items():
             params[k].data.copy_(v)
         opt.load_state_dict(state["opt"])
-        step = state["step"]
+        step, best = state["step"], state["best"]
     else:
-        before = evaluate(model, held, args.window)
-        print(json.dumps({"eval": "before", **before}), flush=True)
-        log.write(json.dumps({"eval": "before", **before}) + "\n")
+        record({"eval": "before", **evaluate(model, held, args.window)})
     mask = sliding_mask(args.seq, args.window)
     n_params = sum(p.numel() for p in params.values())
-    print(f"{len(train)} training windows of {args.seq}, {len(held)} held-out, {n_params} adapter parameters",
-          flush=True)
+    print(f"{len(train)} training windows of {args.seq}, {len(val)} validation, {len(held)} held-out, "
+          f"{n_params} adapter parameters; validation NLL beyond the window, TTT off: {val_off:.4f}", flush=True)
+
+    def save_state() -> None:
+        torch.save({"params": {k: v.detach() for k, v in params.items()}, "opt": opt.state_dict(), "step": step,
+                    "best": best}, out / "train_state.pt")
     t0, deadline = time.time(), time.time() + args.minutes * 60
     warm = 20
     while step < min(args.steps, len(train)) and time.time() < deadline:
         model.train()
-        lr = args.lr * min(1.0, (step + 1) / warm)
         for g in opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = g["base_lr"] * min(1.0, (step + 1) / warm)
         x = torch.tensor([train[step]])
         lg = logits(model, x, mask)[0, :-1]
         loss = F.cross_entropy(lg, x[0, 1:])
@@ -206,20 +226,23 @@ def main() -> None:
         opt.step()
         step += 1
         row = {"step": step, "loss": round(float(loss), 4), "loss_beyond_window": round(beyond, 4),
-               "grad_norm": round(gn, 4), "lr": lr, "seconds": round(time.time() - t0, 1)}
-        log.write(json.dumps(row) + "\n")
-        log.flush()
-        if step % 10 == 0:
-            print(json.dumps(row), flush=True)
-            torch.save({"params": {k: v.detach() for k, v in params.items()}, "opt": opt.state_dict(),
-                        "step": step}, out / "train_state.pt")
-    torch.save({"params": {k: v.detach() for k, v in params.items()}, "opt": opt.state_dict(), "step": step},
-               out / "train_state.pt")
+               "grad_norm": round(gn, 4), "seconds": round(time.time() - t0, 1)}
+        if step % args.eval_every == 0:
+            v = nll_beyond(model, val, args.window)
+            row["val_gain"] = round(1 - v / val_off, 5)
+            if v < best["val_nll"]:
+                best = {"step": step, "val_nll": v, "params": {k: p.detach().clone() for k, p in params.items()}}
+            save_state()
+        record(row)
+    save_state()
+    for k, v in best["params"].items():  # the validated best (step 0 is the adapter that changes nothing)
+        params[k].data.copy_(v)
     after = evaluate(model, held, args.window)
-    print(json.dumps({"eval": "after", "step": step, **after}), flush=True)
-    log.write(json.dumps({"eval": "after", "step": step, **after}) + "\n")
-    info = {"steps": step, "tokens": step * args.seq, "seq": args.seq, "window": args.window, "lr": args.lr,
-            "eval_docs": len(held), "eval_after": after, "device": "cpu", "seconds": round(time.time() - t0)}
+    record({"eval": "after", "step": step, "kept_step": best["step"], **after})
+    info = {"steps": step, "kept_step": best["step"], "tokens": best["step"] * args.seq, "seq": args.seq,
+            "window": args.window, "lr": args.lr, "proj_lr": args.proj_lr or args.lr, "eval_docs": len(held),
+            "eval_after": after, "val_gain": round(1 - best["val_nll"] / val_off, 5), "device": "cpu",
+            "seconds": round(time.time() - t0)}
     save_adapter(model, out / "ttt_adapter.safetensors", gguf, ttt_cfg, info)
     print(json.dumps({"out": str(out / "ttt_adapter.safetensors"), **info}), flush=True)
 
