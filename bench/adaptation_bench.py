@@ -91,6 +91,15 @@ def adapter_dirs(model: pathlib.Path, out: pathlib.Path, adapter: str = "") -> t
     return out / "stock-model", (out / "adapter-model") if found else None
 
 
+def adapter_flags(model_dir: pathlib.Path) -> tuple[str, ...]:
+    """The server flags that serve the adapter of `model_dir` as it was trained: its sessions'
+    dW decay (tools/train/adapter.py --decay, in the adapter's metadata)."""
+    from safetensors import safe_open
+    with safe_open(str(model_dir / "ttt_adapter.safetensors"), "pt") as f:
+        decay = json.loads(f.metadata().get("training", "{}")).get("decay", 0)
+    return (f"--session_defaults=decay: {decay}",) if decay else ()
+
+
 def documents(n: int, tokens: int, tok=None):
     """The first `n` held-out documents of more than `tokens` tokens (by `tok`, default the tiny
     models' tokenizer), in a fixed content-free order: (path, text, token offsets)."""

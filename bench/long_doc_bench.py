@@ -23,7 +23,8 @@ beyond the window: the mean over turns whose document start has left the window.
 Then ntp rms again with the server stopped half-way (every session evicted) and restarted: the
 restored sessions must score what the uninterrupted ones did.
   in-place, window W        update rule inplace over the In-Place adapter (--adapter, default
-                            the model directory's ttt_adapter.safetensors, else runs/adapter's);
+                            the model directory's ttt_adapter.safetensors, else runs/adapter's),
+                            served with the dW decay it was trained with;
                             its TTT-off twin is the frozen model exactly (the base is frozen:
                             GgufAdapterTest), so it is not run again
 --only 256 runs the window-256 core alone (frozen, ntp rms, in-place): the quick version.
@@ -74,8 +75,8 @@ def main() -> None:
     full = need + 512
     flags = (f"--dtype={args.dtype}", f"--weights={args.weights}", "--system_prompt=", f"--max_context_tokens={full}")
 
-    def serve(name: str, ttt: dict, model: pathlib.Path = MODEL) -> ab.Server:
-        return ab.serve_with(model, out, keys, name, ttt, flags)
+    def serve(name: str, ttt: dict, model: pathlib.Path = MODEL, extra: tuple = ()) -> ab.Server:
+        return ab.serve_with(model, out, keys, name, ttt, (*flags, *extra))
 
     stock, with_adapter = ab.adapter_dirs(MODEL, out, args.adapter)
 
@@ -90,7 +91,7 @@ def main() -> None:
     results = Results()
     sgd = None if args.only else serve("sgd", SGD, stock)
     rms = serve("rms", shipped, stock)
-    inplace = serve("inplace", shipped, with_adapter) if with_adapter else None
+    inplace = serve("inplace", shipped, with_adapter, ab.adapter_flags(with_adapter)) if with_adapter else None
     restored = None
     try:
         windows = [256] if args.only else [int(w) for w in args.windows.split(",")]

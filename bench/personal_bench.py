@@ -23,7 +23,7 @@ whole conversation in context that each learning rule closes:
   ntp sgd       ntp_gradient as shipped before issue 20 (every 3rd layer, lr 0.3), window W
   ntp rms       ntp_gradient as shipped (models/smollm2-135m-instruct/ttt.json), window W
   in-place      update rule inplace over the In-Place adapter (--adapter, default the model's
-                ttt_adapter.safetensors, else runs/adapter's), window W
+                ttt_adapter.safetensors, else runs/adapter's) with the dW decay it was trained with, window W
   full context  update rule off, the window holds the whole conversation (the upper bound)
   fresh         a new session, nothing told (chance is 1/6)
   other         the ntp rms sessions again, session i (told profile i) asked profile i+1's questions: nothing leaks
@@ -205,13 +205,13 @@ def main() -> None:
     stock, with_adapter = ab.adapter_dirs(MODEL, out, args.adapter)
     rules = args.rules.split(",")
 
-    def serve(name: str, ttt: dict, model: pathlib.Path = stock) -> ab.Server:
-        return ab.serve_with(model, out, keys, name, ttt, flags)
+    def serve(name: str, ttt: dict, model: pathlib.Path = stock, extra: tuple = ()) -> ab.Server:
+        return ab.serve_with(model, out, keys, name, ttt, (*flags, *extra))
 
     t0 = time.time()
     sgd = serve("sgd", SGD) if "sgd" in rules else None
     rms = serve("rms", shipped)
-    inplace = serve("inplace", shipped, with_adapter) if "inplace" in rules and with_adapter else None
+    inplace = serve("inplace", shipped, with_adapter, ab.adapter_flags(with_adapter)) if "inplace" in rules and with_adapter else None
     try:
         results = {
             "none": variant(rms.target, "none", people, tok, args.window, "off"),

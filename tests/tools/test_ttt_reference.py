@@ -104,6 +104,24 @@ def test_closed_form(n, use_proj):
     torch.testing.assert_close(got.double(), want_out, atol=1e-4, rtol=1e-5)
 
 
+@pytest.mark.parametrize("decay", [0.25, 1.0])
+def test_parallel_path_with_decay_equals_a_decayed_chunk_loop(decay):
+    """The training path's decay is the engine's: dW <- (1 - decay) dW before each update."""
+    g = torch.Generator().manual_seed(3)
+    n, d, f = 4 * C + 3, 6, 10
+    z, t = torch.randn(n, f, generator=g, dtype=torch.float64), torch.randn(n, d, generator=g, dtype=torch.float64)
+    w0, kernel = torch.randn(d, f, generator=g, dtype=torch.float64), torch.randn(d, 1, 5, generator=g, dtype=torch.float64)
+    proj = torch.randn(d, d, generator=g, dtype=torch.float64)
+    delta, want = torch.zeros(d, f, dtype=torch.float64), []
+    for k in range(0, n, C):  # each chunk is read with the dW of the chunks before it, then updates it
+        want.append(z[k:k + C] @ (w0 + delta).T)
+        if k + C <= n:
+            delta = (1 - decay) * delta + ttt.chunk_delta(z[k:k + C], t[k:k + C], kernel, proj, 0.1)
+    got = ttt.parallel_mlp_out(z[None], t[None], w0, kernel, proj, 0.1, C, decay)[0]
+    torch.testing.assert_close(got, torch.cat(want), atol=1e-10, rtol=1e-10)
+    assert not torch.allclose(got, ttt.parallel_mlp_out(z[None], t[None], w0, kernel, proj, 0.1, C)[0])
+
+
 @pytest.mark.parametrize("arch", ["qwen3", "llama"])
 def test_below_one_chunk_equals_stock_transformers(arch, tmp_path):
     model = make_model(arch)

@@ -22,7 +22,8 @@ documents (sha256(path) order) with at least `--seq` tokens, their first `--seq`
 of the tokens predicted from a window that has lost the start (tokens window+1 ..), TTT on and off
 (the same weights: TTT off is the base exactly), before training and after.
 
-The last --val training windows are kept out: every --eval-every steps the adapter's NLL beyond
+--init starts from another run's kept adapter (its step 0 is then that adapter, not the
+identity): a run fine-tuned under another --decay. The last --val training windows are kept out: every --eval-every steps the adapter's NLL beyond
 the window on them is measured, and the best step is the one kept (step 0, the zero conv, changes
 nothing: an adapter that never helps on validation is the identity).
 
@@ -164,6 +165,8 @@ def main() -> None:
     ap.add_argument("--window", type=int, default=256)
     ap.add_argument("--lr", type=float, default=3e-5, help="AdamW's for ttt_conv")
     ap.add_argument("--proj-lr", type=float, default=0, help="AdamW's for ttt_proj (0: --lr)")
+    ap.add_argument("--decay", type=float, default=0.0,
+                    help="dW <- (1 - decay) dW before each chunk's update, as SessionOptions::decay serves it")
     ap.add_argument("--steps", type=int, default=100000)
     ap.add_argument("--minutes", type=float, default=40)
     ap.add_argument("--val", type=int, default=4, help="training windows kept out for validation")
@@ -171,12 +174,14 @@ def main() -> None:
     ap.add_argument("--eval-docs", type=int, default=8)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--init", default="", help="start from the kept adapter of another run's train_state.pt")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model, gguf, ttt_cfg = load(pathlib.Path(args.model))
+    model.ctx.decay = args.decay
     tok = hf_tokenizer(str(gguf))
     train, held = training_windows(tok, args.seq), eval_windows(tok, args.seq, args.eval_docs)
     train, val = train[:-args.val], train[-args.val:]  # validation picks the kept step, never the held-out set
@@ -192,8 +197,12 @@ def main() -> None:
         print(json.dumps(row), flush=True)
         log.write(json.dumps(row) + "\n")
         log.flush()
+    if args.init:
+        for k, v in torch.load(args.init)["best"]["params"].items():
+            params[k].data.copy_(v)
     val_off = nll_beyond(model, val, args.window, ttt_on=False)
-    best = {"step": 0, "val_nll": val_off, "params": {k: v.detach().clone() for k, v in params.items()}}
+    val_start = nll_beyond(model, val, args.window) if args.init else val_off
+    best = {"step": 0, "val_nll": val_start, "params": {k: v.detach().clone() for k, v in params.items()}}
     if args.resume and (out / "train_state.pt").exists():
         state = torch.load(out / "train_state.pt")
         for k, v in state["params"].items():
@@ -240,7 +249,7 @@ def main() -> None:
     after = evaluate(model, held, args.window)
     record({"eval": "after", "step": step, "kept_step": best["step"], **after})
     info = {"steps": step, "kept_step": best["step"], "tokens": best["step"] * args.seq, "seq": args.seq,
-            "window": args.window, "lr": args.lr, "proj_lr": args.proj_lr or args.lr, "eval_docs": len(held),
+            "window": args.window, "decay": args.decay, "init": args.init, "lr": args.lr, "proj_lr": args.proj_lr or args.lr, "eval_docs": len(held),
             "eval_after": after, "val_gain": round(1 - best["val_nll"] / val_off, 5), "device": "cpu",
             "seconds": round(time.time() - t0)}
     save_adapter(model, out / "ttt_adapter.safetensors", gguf, ttt_cfg, info)

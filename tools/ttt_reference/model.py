@@ -28,6 +28,7 @@ class _Context:
     embeds: torch.Tensor | None = None
     learn: bool = True
     enabled: bool = True  # False: TTT layers run with W0 only (the TTT-off ablation)
+    decay: float = 0.0  # the whole-sequence path's dW decay per chunk (SessionOptions::decay)
 
 
 class InPlaceTTTMLP(nn.Module):
@@ -55,7 +56,7 @@ class InPlaceTTTMLP(nn.Module):
         session = self.ctx.session
         if session is None:
             return ttt.parallel_mlp_out(self.z(x), t, self.down_proj.weight, self.ttt_conv.weight,
-                                        proj, self.cfg.lr, self.cfg.chunk)
+                                        proj, self.cfg.lr, self.cfg.chunk, self.ctx.decay)
         if x.shape[0] != 1:
             raise ValueError("a session forward takes one sequence")
         st = session.layers[self.layer]

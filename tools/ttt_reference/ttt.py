@@ -82,12 +82,14 @@ def targets(t: torch.Tensor, kernel: torch.Tensor, proj: torch.Tensor | None,
 
 
 def parallel_mlp_out(z: torch.Tensor, t: torch.Tensor, w0: torch.Tensor, kernel: torch.Tensor,
-                     proj: torch.Tensor | None, lr: float, chunk: int) -> torch.Tensor:
+                     proj: torch.Tensor | None, lr: float, chunk: int, decay: float = 0.0) -> torch.Tensor:
     """MLP outputs of whole sequences that start at N = 0 (training and full-sequence path).
 
     z: [B, n, f], t: [B, n, d], w0: [d, f]. Token p sees W0 + eta * sum_{j < p//C} V_j^T Z_j, so
     O_p = Z_p W0^T + eta * sum_{q in earlier chunks} (Z_p . Z_q) V_q: a block-causal
     "attention" over Z, differentiable and batched, with no [K, d, f] tensor materialised.
+    With `decay` (the engine's SessionOptions::decay: dW <- (1 - decay) dW before each update),
+    chunk j's term reaches chunk k > j scaled by (1 - decay)^(k - 1 - j).
     """
     out = F.linear(z, w0)  # [B, n, d]
     n = z.shape[-2]
@@ -96,6 +98,9 @@ def parallel_mlp_out(z: torch.Tensor, t: torch.Tensor, w0: torch.Tensor, kernel:
     v = targets(t, kernel, proj, chunk)  # [B, n, d]
     pos_chunk = torch.arange(n, device=z.device) // chunk
     earlier = pos_chunk[None, :] < pos_chunk[:, None]  # [n, n]: q in an earlier chunk than p
+    if decay:
+        age = (pos_chunk[:, None] - pos_chunk[None, :] - 1).clamp_min(0).to(z.dtype)
+        earlier = earlier * (1.0 - decay) ** age
     scores = (z @ z.transpose(-1, -2)) * earlier  # [B, n, n]
     return out + lr * (scores @ v)
 
