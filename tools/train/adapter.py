@@ -175,6 +175,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--init", default="", help="start from the kept adapter of another run's train_state.pt")
+    ap.add_argument("--skip", type=int, default=0, help="training windows to pass over (those --init's run read)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -185,6 +186,7 @@ def main() -> None:
     tok = hf_tokenizer(str(gguf))
     train, held = training_windows(tok, args.seq), eval_windows(tok, args.seq, args.eval_docs)
     train, val = train[:-args.val], train[-args.val:]  # validation picks the kept step, never the held-out set
+    train = train[args.skip:]
     params = adapter_params(model)
     for p in params.values():
         p.requires_grad_(True)
@@ -249,7 +251,7 @@ def main() -> None:
     after = evaluate(model, held, args.window)
     record({"eval": "after", "step": step, "kept_step": best["step"], **after})
     info = {"steps": step, "kept_step": best["step"], "tokens": best["step"] * args.seq, "seq": args.seq,
-            "window": args.window, "decay": args.decay, "init": args.init, "lr": args.lr, "proj_lr": args.proj_lr or args.lr, "eval_docs": len(held),
+            "window": args.window, "decay": args.decay, "init": args.init, "skip": args.skip, "lr": args.lr, "proj_lr": args.proj_lr or args.lr, "eval_docs": len(held),
             "eval_after": after, "val_gain": round(1 - best["val_nll"] / val_off, 5), "device": "cpu",
             "seconds": round(time.time() - t0)}
     save_adapter(model, out / "ttt_adapter.safetensors", gguf, ttt_cfg, info)
