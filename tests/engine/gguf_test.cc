@@ -678,6 +678,16 @@ LoadOptions F32Options() {
   return options;
 }
 
+// A fresh directory under the test's temp dir holding links named as given to the given files.
+std::string LinkedDir(const std::string& name, const std::vector<std::pair<std::string, std::string>>& links) {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::path(::testing::TempDir()) / name;
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  for (const auto& [target, link] : links) fs::create_symlink(target, dir / link);
+  return dir.string();
+}
+
 // The adapter's trained modules make a stock GGUF an In-Place TTT model: its sessions equal the
 // reference (tools/ttt_reference) over several learned chunks, and TTT off is the base.
 TEST(GgufAdapterTest, InPlaceSessionsOverAnAdapterEqualTheReference) {
@@ -703,24 +713,16 @@ TEST(GgufAdapterTest, InPlaceSessionsOverAnAdapterEqualTheReference) {
   EXPECT_GT(MaxAbsDiff(*base, Expected(expected, "logits_inplace")), 0.1);  // what the adapter adds
 
   // The same base without its adapter: a stock model (no In-Place layers), another identity.
-  namespace fs = std::filesystem;
-  const fs::path bare = fs::path(::testing::TempDir()) / "adapter_bare";
-  fs::remove_all(bare);
-  fs::create_directories(bare);
-  fs::create_symlink(fs::path(dir) / "model.gguf", bare / "model.gguf");
-  fs::create_symlink(fs::path(dir) / "ttt.json", bare / "ttt.json");
-  auto stock = Model::Load(bare.string(), F32Options());
+  auto stock = Model::Load(LinkedDir("adapter_bare", {{dir + "/model.gguf", "model.gguf"}, {dir + "/ttt.json", "ttt.json"}}),
+                           F32Options());
   ASSERT_TRUE(stock.ok()) << stock.status();
   EXPECT_TRUE((*stock)->config().ttt.layers.empty());
   EXPECT_NE((*stock)->fingerprint(), (*m)->fingerprint());
 
   // The adapter alone, without a ttt.json: its own fields are the update, the same one.
-  const fs::path alone = fs::path(::testing::TempDir()) / "adapter_alone";
-  fs::remove_all(alone);
-  fs::create_directories(alone);
-  fs::create_symlink(fs::path(dir) / "model.gguf", alone / "model.gguf");
-  fs::create_symlink(fs::path(dir) / "ttt_adapter.safetensors", alone / "ttt_adapter.safetensors");
-  auto own = Model::Load(alone.string(), F32Options());
+  auto own = Model::Load(LinkedDir("adapter_alone", {{dir + "/model.gguf", "model.gguf"},
+                                                     {dir + "/ttt_adapter.safetensors", "ttt_adapter.safetensors"}}),
+                         F32Options());
   ASSERT_TRUE(own.ok()) << own.status();
   EXPECT_EQ((*own)->config().ttt.layers, (std::vector<int>{0, 2}));
   auto t = (*own)->NewSession();
@@ -740,13 +742,10 @@ TEST(GgufAdapterTest, RefusesAnAdapterOfAnotherBaseOrConfigAndBrokenOnes) {
                                                          {"INVALID_ARGUMENT", absl::StatusCode::kInvalidArgument},
                                                          {"NOT_FOUND", absl::StatusCode::kNotFound}};
   for (const auto& [name, want] : cases.items()) {
-    const fs::path tmp = fs::path(::testing::TempDir()) / ("adapter_" + name);
-    fs::remove_all(tmp);
-    fs::create_directories(tmp);
-    fs::create_symlink(dir / "model.gguf", tmp / "model.gguf");
-    fs::create_symlink(dir / "ttt.json", tmp / "ttt.json");
-    fs::create_symlink(dir / "bad" / (name + ".safetensors"), tmp / "ttt_adapter.safetensors");
-    auto m = Model::Load(tmp.string(), F32Options());
+    auto m = Model::Load(LinkedDir("adapter_" + name, {{dir / "model.gguf", "model.gguf"},
+                                                       {dir / "ttt.json", "ttt.json"},
+                                                       {dir / "bad" / (name + ".safetensors"), "ttt_adapter.safetensors"}}),
+                         F32Options());
     ASSERT_FALSE(m.ok()) << name;
     EXPECT_EQ(m.status().code(), codes.at(want["code"].get<std::string>())) << name << ": " << m.status();
     EXPECT_NE(m.status().message().find(want["message"].get<std::string>()), std::string::npos)

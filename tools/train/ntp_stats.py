@@ -34,17 +34,12 @@ import torch.nn.functional as F
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 from tools.gguf_tokenizer import hf_tokenizer  # noqa: E402
+from tools.train.adapter import corpus  # noqa: E402
 
 
 def training_chunks(tok, docs: int, need: int) -> list[list[int]]:
-    corpus = ROOT / "data/corpus/train.jsonl"
-    if not corpus.exists():
-        import subprocess
-        subprocess.run([sys.executable, str(ROOT / "tools/corpus/build_corpus.py")], check=True, cwd=ROOT)
-    rows = [json.loads(line) for line in corpus.read_text().splitlines()]
-    rows.sort(key=lambda d: hashlib.sha256(d["path"].encode()).hexdigest())
     out = []
-    for d in rows:
+    for d in corpus("train"):  # sha256(path) order
         ids = tok.encode(d["text"]).ids
         if len(ids) >= need:
             out.append(ids[:need])
