@@ -5,7 +5,8 @@ each run; and SmolLM2's held-out NLL per format against its dequantized float.
 python bench/quant_bench.py [--threads 2] [--skip_1b]
 
 Formats: dense f32, dense bf16, int8, int4-g32, int4-g64 (adaptd-bench-engine --weights; the
-quantized ones compute in f32 with bf16 activations into the products). SmolLM2 learns with
+quantized ones compute in f32: their products take f32 activations (int8), two int8 digits of
+them (int4, with AVX512-VNNI) or bf16 ones (LibTorch's kernels elsewhere)). SmolLM2 learns with
 ntp_gradient in layers 0, 6, 12, 18, 24 (C 64); the 1B shape (TinyLlama's: d 2048, FFN 5632,
 22 layers, 32 heads / 4 KV heads, vocab 32000, untied; N(0, 1/in) bf16 weights from seed 0,
 written once to build/bench_models/) in layers 0, 6, 12, 18.

@@ -9,7 +9,9 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <vector>
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)  // GCC: #pragma GCC target
 #include <immintrin.h>
@@ -140,6 +142,212 @@ void Run(const Args& a) {
 }
 #endif  // ADAPTD_GEMV_X86
 
+
+// ---- The int4 product (cpu_gemv.h) ----------------------------------------------------------
+// A block of b <= 128 codes (64 bytes) unpacks with an AND and a shift into two vectors of byte
+// lanes, codes [0, b/2) and [b/2, b). vpdpbusd adds 4 products of a code (u8) and an int8 digit
+// of x to each int32 lane, on top of a start of -8 times the digits' sum, so that the lane sums
+// (q - 8) x. A lane's 4 codes lie in one group: windows of 16 groups hold the products of the
+// weight's and x's scales in 16 f32 lanes, and one permute per half block hands each lane its
+// own. The zeros meet x's exact f32 sums once per group, outside the blocks. Per block and row of
+// W: a load, 3 bitwise ops, 2 permutes; per row of x besides, 2 vpdpbusd per digit of x and 4
+// other ops per half.
+
+constexpr int kBlock = 128;        // codes per block
+constexpr int kWindow = 16;        // groups per window of scales
+constexpr int kInt4Mr = 2;         // rows of x per tile: 2 x 4 windows and sums in registers
+constexpr int64_t kInt4Rows = 64;  // rows of x per pass over W: their digits stay in L2
+
+// x, rounded and summed once per call, in the lanes the blocks read.
+struct Int4Args {
+  const int8_t* hi;         // [M, K] digits h
+  const int8_t* lo;         // [M, K] digits l
+  const int32_t* start_hi;  // [M, K / 4] -8 times the sum of a lane's h
+  const int32_t* start_lo;  // [M, K / 4] the same of l
+  const float* scale;       // [M, K / group] s / 256 of each group of x
+  const float* sum;         // [M, K / group] the sum of each group of x
+  const uint8_t* w;         // [N, K / 2]
+  const uint32_t* sz;       // [N, K / group] a bf16 scale in the low half, its zero in the high one
+  float* y;                 // [M, N]
+  int64_t m, n, k, group, prefetch;
+};
+
+// A digit: v rounded and clamped to +-127, NaN to 0 (the exact sums of x carry a NaN or an
+// infinity into the result).
+inline int8_t Digit(float v) {
+  return v >= 127 ? int8_t{127} : v <= -127 ? int8_t{-127} : v == v ? static_cast<int8_t>(std::nearbyint(v)) : int8_t{0};
+}
+
+// x's digits (cpu_gemv.h) per group of x (the weight's group): h = round(x / s),
+// l = round((x - s h) 256 / s), clamped to +-127 (|x - s h| <= s / 2 puts l within +-128: the
+// clamp moves an element by at most s / 256).
+void RoundActivations(const float* x, int64_t m, int64_t k, int64_t group, int8_t* hi, int8_t* lo,
+                      int32_t* start_hi, int32_t* start_lo, float* scale, float* sum) {
+  for (int64_t g = 0; g < m * k; g += group) {
+    float amax = 0, sx = 0;
+    for (int64_t i = 0; i < group; ++i) amax = std::max(amax, std::abs(x[g + i]));
+    const float s = amax / 127, inv = amax > 0 ? 127 / amax : 0, inv_lo = 256 * inv;
+    for (int64_t lane = 0; lane < group / 4; ++lane) {
+      int32_t sh = 0, sl = 0;
+      for (int64_t i = 4 * lane; i < 4 * lane + 4; ++i) {
+        const float v = x[g + i];
+        const int8_t h = Digit(v * inv), l = Digit((v - s * static_cast<float>(h)) * inv_lo);
+        hi[g + i] = h;
+        lo[g + i] = l;
+        sh += h;
+        sl += l;
+        sx += v;
+      }
+      start_hi[g / 4 + lane] = -8 * sh;
+      start_lo[g / 4 + lane] = -8 * sl;
+    }
+    scale[g / group] = s / 256;
+    sum[g / group] = sx;
+  }
+}
+
+#ifdef ADAPTD_GEMV_X86
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512vnni")
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+// Where each lane of a block's halves finds its group in the window: for the full blocks at
+// each position of a window, and for the last block (b codes) at its own.
+struct Lanes {
+  alignas(64) int32_t full[kWindow * 64 / kBlock][2][16];
+  alignas(64) int32_t tail[2][16];
+  int tail_half;
+  __mmask64 tail_bytes;
+  __mmask16 tail_lanes;
+};
+
+void Fill(int32_t (&idx)[2][16], int64_t offset, int b, int64_t group) {
+  for (int lane = 0; lane < 16; ++lane) {
+    const bool used = lane < b / 8;
+    idx[0][lane] = used ? static_cast<int32_t>((offset + 4 * lane) / group) : 0;
+    idx[1][lane] = used ? static_cast<int32_t>((offset + b / 2 + 4 * lane) / group) : 0;
+  }
+}
+
+Lanes LanesFor(int64_t k, int64_t group) {
+  Lanes l;
+  const int64_t window = kWindow * group;
+  for (int64_t pos = 0; pos < window / kBlock; ++pos) Fill(l.full[pos], pos * kBlock, kBlock, group);
+  const int b = static_cast<int>(k % kBlock);
+  Fill(l.tail, k / kBlock * kBlock % window, b, group);
+  l.tail_half = b / 2;
+  l.tail_bytes = (__mmask64{1} << l.tail_half) - 1;
+  l.tail_lanes = static_cast<__mmask16>((1u << (b / 8)) - 1);
+  return l;
+}
+
+// sum (q - 8)(256 h + l) over each lane's 4 codes of `codes` against row `row` of x's digits
+// from column `col` on (`bytes` and `lanes` masks for a short block).
+template <bool kFull>
+inline __m512 Int4Dot(const Int4Args& a, __m512i codes, int64_t row, int64_t col, __mmask64 bytes, __mmask16 lanes) {
+  const int64_t at = row * a.k + col;
+  __m512i h, l;
+  if constexpr (kFull) {
+    h = _mm512_dpbusd_epi32(_mm512_loadu_si512(a.start_hi + at / 4), codes, _mm512_loadu_si512(a.hi + at));
+    l = _mm512_dpbusd_epi32(_mm512_loadu_si512(a.start_lo + at / 4), codes, _mm512_loadu_si512(a.lo + at));
+  } else {
+    h = _mm512_dpbusd_epi32(_mm512_maskz_loadu_epi32(lanes, a.start_hi + at / 4), codes,
+                            _mm512_maskz_loadu_epi8(bytes, a.hi + at));
+    l = _mm512_dpbusd_epi32(_mm512_maskz_loadu_epi32(lanes, a.start_lo + at / 4), codes,
+                            _mm512_maskz_loadu_epi8(bytes, a.lo + at));
+  }
+  return _mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_slli_epi32(h, 8), l));
+}
+
+// One block of NR rows of W (from column k0, the idx pair for its place in the window) against
+// MR rows of x, the window's scale products in `c`.
+template <bool kFull, int MR, int NR>
+inline void Int4Block(const Int4Args& a, const int32_t (&idx)[2][16], int half, __mmask64 bytes, __mmask16 lanes,
+                      int64_t m0, int64_t n0, int64_t k0, bool prefetch, const __m512 (&c)[MR][NR],
+                      __m512 (&acc)[MR][NR]) {
+  const __m512i nibble = _mm512_set1_epi8(0x0F);
+  const __m512i i_lo = _mm512_load_si512(idx[0]), i_hi = _mm512_load_si512(idx[1]);
+#pragma GCC unroll 4
+  for (int j = 0; j < NR; ++j) {
+    const uint8_t* w = a.w + n0 * (a.k / 2) + 2 * k0 + j * half;  // the tile's rows block by block
+    if (prefetch) _mm_prefetch(reinterpret_cast<const char*>(w) + a.prefetch, _MM_HINT_T0);  // a hint, never a load
+    const __m512i v = kFull ? _mm512_loadu_si512(w) : _mm512_maskz_loadu_epi8(bytes, w);
+    const __m512i lo = _mm512_and_si512(v, nibble), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble);
+#pragma GCC unroll 2
+    for (int i = 0; i < MR; ++i) {
+      acc[i][j] = _mm512_fmadd_ps(Int4Dot<kFull>(a, lo, m0 + i, k0, bytes, lanes), _mm512_permutexvar_ps(i_lo, c[i][j]),
+                                  acc[i][j]);
+      acc[i][j] = _mm512_fmadd_ps(Int4Dot<kFull>(a, hi, m0 + i, k0 + half, bytes, lanes),
+                                  _mm512_permutexvar_ps(i_hi, c[i][j]), acc[i][j]);
+    }
+  }
+}
+
+template <int MR, int NR>
+void Int4Tile(const Int4Args& a, const Lanes& l, int64_t m0, int64_t n0, bool prefetch) {
+  const int64_t groups = a.k / a.group, full_end = a.k / kBlock * kBlock;
+  __m512 acc[MR][NR], c[MR][NR];
+#pragma GCC unroll 2
+  for (int i = 0; i < MR; ++i) {
+#pragma GCC unroll 4
+    for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_setzero_ps();
+  }
+  const __m512i zero_bits = _mm512_set1_epi32(static_cast<int32_t>(0xFFFF0000u));
+  for (int64_t g0 = 0; g0 < groups; g0 += kWindow) {
+    const __mmask16 gm = static_cast<__mmask16>((1u << std::min<int64_t>(kWindow, groups - g0)) - 1);
+#pragma GCC unroll 4
+    for (int j = 0; j < NR; ++j) {
+      const uint32_t* pairs = a.sz + n0 * groups + 4 * g0 + j * std::min<int64_t>(kWindow, groups - g0);  // window by window
+      if (prefetch) _mm_prefetch(reinterpret_cast<const char*>(pairs) + a.prefetch / (a.group / 8), _MM_HINT_T0);
+      const __m512i p = _mm512_maskz_loadu_epi32(gm, pairs);
+      const __m512 scale = _mm512_castsi512_ps(_mm512_slli_epi32(p, 16));
+      const __m512 zero = _mm512_castsi512_ps(_mm512_and_si512(p, zero_bits));
+#pragma GCC unroll 2
+      for (int i = 0; i < MR; ++i) {
+        const int64_t at = (m0 + i) * groups + g0;
+        c[i][j] = _mm512_mul_ps(scale, _mm512_maskz_loadu_ps(gm, a.scale + at));
+        acc[i][j] = _mm512_fmadd_ps(zero, _mm512_maskz_loadu_ps(gm, a.sum + at), acc[i][j]);
+      }
+    }
+    const int64_t k_begin = g0 * a.group, k_end = std::min(a.k, (g0 + kWindow) * a.group);
+    for (int64_t k0 = k_begin; k0 < std::min(k_end, full_end); k0 += kBlock) {
+      Int4Block<true, MR, NR>(a, l.full[(k0 - k_begin) / kBlock], kBlock / 2, ~__mmask64{0}, static_cast<__mmask16>(0xFFFF),
+                              m0, n0, k0, prefetch, c, acc);
+    }
+    if (k_end > full_end) {
+      Int4Block<false, MR, NR>(a, l.tail, l.tail_half, l.tail_bytes, l.tail_lanes, m0, n0, full_end, prefetch, c, acc);
+    }
+  }
+#pragma GCC unroll 2
+  for (int i = 0; i < MR; ++i) {
+#pragma GCC unroll 4
+    for (int j = 0; j < NR; ++j) a.y[(m0 + i) * a.n + n0 + j] = _mm512_reduce_add_ps(acc[i][j]);
+  }
+}
+
+#pragma GCC diagnostic pop
+#pragma GCC pop_options
+
+// As Run: blocks of kNr rows of W across the threads, each meeting up to kInt4Rows rows of x.
+void RunInt4(const Int4Args& a) {
+  const Lanes lanes = LanesFor(a.k, a.group);
+  const int64_t blocks = a.n / kNr;
+  const int64_t grain = std::max<int64_t>(1, (int64_t{64} << 10) / (kNr * a.k / 2));
+  for (int64_t mc = 0; mc < a.m; mc += kInt4Rows) {
+    const int64_t m_end = std::min(a.m, mc + kInt4Rows);
+    at::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) {
+        for (int64_t m0 = mc; m0 < m_end; m0 += kInt4Mr) {  // N is a multiple of 4: whole tiles
+          (m_end - m0 >= 2 ? Int4Tile<2, kNr> : Int4Tile<1, kNr>)(a, lanes, m0, b * kNr, m0 == mc);
+        }
+      }
+    });
+  }
+}
+#endif  // ADAPTD_GEMV_X86
+
 }  // namespace
 
 bool CpuGemvAvailable() {
@@ -173,6 +381,118 @@ at::Tensor CpuGemv(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s
   if (a.k == 0) return addf.defined() ? addf.clone() : y.zero_();
 #ifdef ADAPTD_GEMV_X86
   if (x.size(0) > 0 && w.size(0) > 0) int8 ? Run<true>(a) : Run<false>(a);
+#endif
+  return y;
+}
+
+bool CpuGemvInt4Available() {
+#ifdef ADAPTD_GEMV_X86
+  static const bool available = CpuGemvAvailable() && __builtin_cpu_supports("avx512vnni");
+  return available;
+#else
+  return false;
+#endif
+}
+
+namespace {
+
+// [N, L] with each row cut into segments of `seg` columns (the last one shorter): the 4 rows of
+// each tile segment by segment (Interleave), and back (Deinterleave).
+at::Tensor Interleave(const at::Tensor& t, int64_t seg) {
+  const int64_t n = t.size(0), l = t.size(1), full = l / seg * seg;
+  std::vector<at::Tensor> parts;
+  if (full > 0) parts.push_back(t.narrow(1, 0, full).reshape({n / 4, 4, full / seg, seg}).permute({0, 2, 1, 3}).reshape({n / 4, -1}));
+  if (full < l) parts.push_back(t.narrow(1, full, l - full).reshape({n / 4, -1}));
+  return at::cat(parts, 1).reshape({n, l}).contiguous();
+}
+
+at::Tensor Deinterleave(const at::Tensor& t, int64_t seg) {
+  const int64_t n = t.size(0), l = t.size(1), full = l / seg * seg;
+  const at::Tensor tiles = t.reshape({n / 4, 4 * l});
+  std::vector<at::Tensor> parts;
+  if (full > 0) parts.push_back(tiles.narrow(1, 0, 4 * full).reshape({n / 4, full / seg, 4, seg}).permute({0, 2, 1, 3}).reshape({n, full}));
+  if (full < l) parts.push_back(tiles.narrow(1, 4 * full, 4 * (l - full)).reshape({n, l - full}));
+  return at::cat(parts, 1).contiguous();
+}
+
+}  // namespace
+
+at::Tensor PackInt4Codes(const at::Tensor& q) {
+  TORCH_CHECK(q.dim() == 2 && q.size(0) % 4 == 0 && q.size(1) % 32 == 0,
+              "PackInt4Codes: codes must be [N, K], N a multiple of 4, K of 32");
+  const int64_t n = q.size(0), k = q.size(1), full = k / kBlock * kBlock, rest = k - full;
+  const at::Tensor c = q.to(at::kByte);
+  auto pack = [&](const at::Tensor& part, int64_t b) {  // [n, blocks * b] -> [n, blocks * b / 2]
+    const at::Tensor halves = part.reshape({n, -1, 2, b / 2});
+    return halves.select(2, 0).bitwise_or(halves.select(2, 1).bitwise_left_shift(4)).reshape({n, -1});
+  };
+  std::vector<at::Tensor> parts;
+  if (full > 0) parts.push_back(pack(c.narrow(1, 0, full), kBlock));
+  if (rest > 0) parts.push_back(pack(c.narrow(1, full, rest), rest));
+  return Interleave(at::cat(parts, 1), kBlock / 2);
+}
+
+at::Tensor PackInt4Pairs(const at::Tensor& sz) {
+  TORCH_CHECK(sz.dim() == 3 && sz.size(0) % 4 == 0 && sz.size(2) == 2, "PackInt4Pairs: pairs must be [N, K / group, 2]");
+  const at::Tensor words = sz.to(at::kBFloat16).contiguous().view(at::kInt).squeeze(2);  // [N, groups]
+  return Interleave(words, kWindow).unsqueeze(2).view(at::kBFloat16);
+}
+
+at::Tensor DequantizeInt4(const at::Tensor& codes, const at::Tensor& pairs, int64_t group) {
+  const int64_t n = codes.size(0), k = 2 * codes.size(1), full = k / kBlock * kBlock;
+  TORCH_CHECK(codes.is_cpu() && n % 4 == 0 && pairs.dim() == 3 && pairs.size(0) == n && pairs.size(1) * group == k &&
+                  pairs.scalar_type() == at::kBFloat16,
+              "DequantizeInt4: unsupported arguments");
+  const at::Tensor q = Deinterleave(codes, kBlock / 2);
+  const at::Tensor sf = Deinterleave(pairs.contiguous().view(at::kInt).squeeze(2), kWindow).unsqueeze(2)
+                            .view(at::kBFloat16).to(at::kFloat).contiguous();
+  at::Tensor out = at::empty({n, k}, at::kFloat);
+  const uint8_t* in_all = q.data_ptr<uint8_t>();
+  const float* s = sf.data_ptr<float>();
+  float* o = out.data_ptr<float>();
+  at::parallel_for(0, n, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const uint8_t* in = in_all + r * (k / 2);
+      const float* p = s + r * (k / group) * 2;
+      float* row = o + r * k;
+      auto value = [&](int64_t col, int code) { row[col] = static_cast<float>(code - 8) * p[col / group * 2] + p[col / group * 2 + 1]; };
+      for (int64_t k0 = 0; k0 < k; k0 += kBlock) {
+        const int64_t half = (k0 < full ? kBlock : k - full) / 2;
+        for (int64_t j = 0; j < half; ++j) {
+          value(k0 + j, in[k0 / 2 + j] & 15);
+          value(k0 + half + j, in[k0 / 2 + j] >> 4);
+        }
+      }
+    }
+  });
+  return out;
+}
+
+at::Tensor CpuGemvInt4(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& pairs, int64_t group) {
+  TORCH_CHECK(CpuGemvInt4Available() && x.is_cpu() && codes.is_cpu() && pairs.is_cpu() && x.dim() == 2 &&
+                  codes.dim() == 2 && codes.scalar_type() == at::kByte && codes.size(0) % 4 == 0 &&
+                  x.size(1) == 2 * codes.size(1) && (group == 32 || group == 64) && x.size(1) % group == 0 &&
+                  pairs.scalar_type() == at::kBFloat16 && pairs.dim() == 3 && pairs.size(0) == codes.size(0) &&
+                  pairs.size(1) * group == x.size(1) && pairs.size(2) == 2,
+              "CpuGemvInt4: unsupported arguments");
+  const int64_t m = x.size(0), n = codes.size(0), k = x.size(1);
+  const at::Tensor xf = x.to(at::kFloat).contiguous(), wc = codes.contiguous(), szc = pairs.contiguous();
+  at::Tensor y = at::zeros({m, n}, xf.options());
+  if (m == 0 || n == 0 || k == 0) return y;
+  const int64_t groups = k / group;
+  at::Tensor digits = at::empty({2, m, k}, at::kChar), starts = at::empty({2, m, k / 4}, at::kInt);
+  at::Tensor per_group = at::empty({2, m, groups}, at::kFloat);
+  int8_t* d = digits.data_ptr<int8_t>();
+  int32_t* st = starts.data_ptr<int32_t>();
+  float* pg = per_group.data_ptr<float>();
+  RoundActivations(xf.data_ptr<float>(), m, k, group, d, d + m * k, st, st + m * k / 4, pg, pg + m * groups);
+  Int4Args a{d, d + m * k, st, st + m * k / 4, pg, pg + m * groups, wc.data_ptr<uint8_t>(),
+             reinterpret_cast<const uint32_t*>(szc.data_ptr<at::BFloat16>()), y.data_ptr<float>(), m, n, k, group, 0};
+  // The next block of rows at the same offsets while it fits in half of L1, else 4 KB ahead.
+  const int64_t block_bytes = kNr * k / 2;
+  a.prefetch = block_bytes <= (int64_t{24} << 10) ? block_bytes : 4096;
+#ifdef ADAPTD_GEMV_X86
+  RunInt4(a);
 #endif
   return y;
 }

@@ -1,11 +1,11 @@
-// The frozen base's quantized projections: codes, packing for LibTorch's weight-only kernels,
-// the product and its backward (quant.h). int8 on an AVX512 CPU goes through cpu_gemv.h (f32
-// activations, near the read bandwidth at batch 1, where the wheel's _weight_int8pack_mm reaches
-// 30-41%); int4 and CPUs without AVX512 use LibTorch's kernels with bf16 activations (with f32
-// ones they are slower than a dense f32 product: README, "The frozen base quantized"). Hand-written
-// AVX2 and AVX512-VNNI int4 products tried here were no faster than LibTorch's: unpacking nibbles
-// costs more per byte than the stream. On CUDA _weight_int8pack_mm and _weight_int4pack_mm serve
-// the same codes (compiled, not yet run).
+// The frozen base's quantized projections: codes, packing for the kernels, the product and its
+// backward (quant.h). On an AVX512 CPU int8 goes through cpu_gemv.h's product (f32 activations,
+// near the read bandwidth at batch 1, where the wheel's _weight_int8pack_mm reaches 30-41%), and
+// with AVX512-VNNI int4 too (activations as two int8 digits; LibTorch's
+// _weight_int4pack_mm_for_cpu, with bf16 activations, reached 44-53%). Other CPUs use LibTorch's
+// kernels with bf16 activations (with f32 ones they are slower than a dense f32 product: README,
+// "The frozen base quantized"). On CUDA _weight_int8pack_mm and _weight_int4pack_mm serve the
+// same codes (compiled, not yet run).
 #include "quant.h"
 
 #include <ATen/Parallel.h>
@@ -28,6 +28,9 @@ at::Tensor Int4Values(const at::Tensor& q, const at::Tensor& scale, const at::Te
   const at::Tensor codes = q.reshape({n, groups, group}).to(at::kFloat) - 8;
   return at::addcmul(zero.unsqueeze(2), codes, scale.unsqueeze(2)).reshape({n, groups * group});
 }
+
+// Whether w is int4 in cpu_gemv.h's packing (else LibTorch's, with `nibbles` beside it).
+bool InKernelPacking(const FrozenWeight& w) { return w.kind == Kind::kInt4 && !w.nibbles.defined(); }
 
 // The int4 weight's rows `nib` [n, K / 2] (its nibbles) and `sz` [K / g, n, 2] as f32 values.
 // On the CPU a loop over a 16-entry table per group: LibTorch has no int4 unpack, and composing
@@ -69,6 +72,7 @@ at::Tensor Product(const at::Tensor& x, const FrozenWeight& w) {
   if (w.kind == Kind::kInt8 && x.is_cpu() && x.size(0) <= 256 && CpuGemvAvailable()) {
     return CpuGemv(x, w.w, w.scales).to(x.scalar_type());
   }
+  if (InKernelPacking(w)) return CpuGemvInt4(x, w.w, w.scales, w.group).to(x.scalar_type());
   const at::Tensor xb = x.to(at::kBFloat16).contiguous();
   at::Tensor y;
   if (w.kind == Kind::kInt8) {
@@ -148,8 +152,8 @@ QuantCodes CatCodes(const std::vector<QuantCodes>& parts) {
   return {at::cat(q), at::cat(scale), zero.empty() ? at::Tensor() : at::cat(zero)};
 }
 
-int64_t FrozenWeight::rows() const { return kind == Kind::kInt4 ? nibbles.size(0) : w.size(0); }
-int64_t FrozenWeight::cols() const { return kind == Kind::kInt4 ? 2 * nibbles.size(1) : w.size(1); }
+int64_t FrozenWeight::rows() const { return nibbles.defined() ? nibbles.size(0) : w.size(0); }
+int64_t FrozenWeight::cols() const { return kind == Kind::kInt4 ? 2 * (nibbles.defined() ? nibbles : w).size(1) : w.size(1); }
 int64_t FrozenWeight::nbytes() const { return w.nbytes() + (scales.defined() ? scales.nbytes() : 0); }
 
 absl::StatusOr<FrozenWeight> PackWeight(const QuantCodes& c, const WeightFormat& format, at::Device device) {
@@ -167,6 +171,11 @@ absl::StatusOr<FrozenWeight> PackWeight(const QuantCodes& c, const WeightFormat&
                                                    format.group));
   }
   f.group = format.group;
+  if (device.is_cpu() && CpuGemvInt4Available()) {
+    f.w = PackInt4Codes(c.q);
+    f.scales = PackInt4Pairs(at::stack({c.scale, c.zero}, 2));
+    return f;
+  }
   const at::Tensor q = c.q.to(at::kInt);
   f.nibbles = (q.slice(1, 0, k, 2).bitwise_left_shift(4).bitwise_or(q.slice(1, 1, k, 2))).to(at::kByte).to(device);
   if (device.is_cpu()) {
@@ -186,6 +195,9 @@ at::Tensor DequantizeRows(const FrozenWeight& w, const at::Tensor& ids, at::Scal
       return (w.w.index_select(0, ids).to(at::kFloat) * w.scales.index_select(0, ids).to(at::kFloat).unsqueeze(1))
           .to(dtype);
     case Kind::kInt4:
+      if (InKernelPacking(w)) {  // rows lie in tiles of 4: the whole weight (int4 serves no lookups)
+        return DequantizeInt4(w.w, w.scales, w.group).index_select(0, ids).to(dtype);
+      }
       return Int4Rows(w.nibbles.index_select(0, ids), w.scales.index_select(1, ids), w.group).to(dtype);
   }
   return {};
@@ -198,6 +210,9 @@ at::Tensor DequantizeSlice(const FrozenWeight& w, int64_t start, int64_t count, 
       return (w.w.narrow(0, start, count).to(at::kFloat) * w.scales.narrow(0, start, count).to(at::kFloat).unsqueeze(1))
           .to(dtype);
     case Kind::kInt4:
+      if (InKernelPacking(w)) {
+        return DequantizeInt4(w.w.narrow(0, start, count), w.scales.narrow(0, start, count), w.group).to(dtype);
+      }
       return Int4Rows(w.nibbles.narrow(0, start, count), w.scales.narrow(1, start, count), w.group).to(dtype);
   }
   return {};

@@ -34,9 +34,13 @@ QuantCodes CatCodes(const std::vector<QuantCodes>& parts);
 struct FrozenWeight {
   WeightFormat::Kind kind = WeightFormat::Kind::kDense;
   int64_t group = 0;
+  // int4 comes in one of two packings: on a CPU with AVX512-VNNI cpu_gemv.h's (w [N, K / 2],
+  // scales [N, K / group, 2], both in tiles of 4 rows, no nibbles), elsewhere LibTorch's (w its kernel's layout, scales
+  // [K / group, N, 2], nibbles [N, K / 2] uint8 beside it, element 2j in the high nibble, to
+  // dequantize). Scales and zeros are bf16 in both.
   at::Tensor w;        // dense: [N, K] compute dtype; int8: [N, K] int8; int4: the kernel's packing
-  at::Tensor scales;   // int8: [N] bf16; int4: [K / group, N, 2] bf16 (scale, zero)
-  at::Tensor nibbles;  // int4: [N, K / 2] uint8, element 2j in the high nibble (to dequantize)
+  at::Tensor scales;   // int8: [N] bf16; int4: (scale, zero) pairs
+  at::Tensor nibbles;
   int64_t rows() const;  // N
   int64_t cols() const;  // K
   int64_t nbytes() const;  // read by one product: codes and scales
@@ -58,8 +62,10 @@ at::Tensor DequantizeWeight(const FrozenWeight& w, at::ScalarType dtype);
 at::Tensor DequantizeSlice(const FrozenWeight& w, int64_t start, int64_t count, at::ScalarType dtype);
 at::Tensor DequantizeRows(const FrozenWeight& w, const at::Tensor& ids, at::ScalarType dtype);
 
-// x W^T for x [M, K] in its own dtype through LibTorch's weight-only kernels (x rounded to bf16,
-// the result back to x's dtype); w quantized. With grad mode on and x requiring grad, the
+// x W^T for x [M, K] in its own dtype, w quantized, the result in x's dtype: through
+// cpu_gemv.h's products where the CPU has them (int8 x in f32; int4 x rounded to two int8 digits
+// per group of 32, 2^-16 of the group's largest), else LibTorch's weight-only kernels (x rounded
+// to bf16, and the result). With grad mode on and x requiring grad, the
 // backward computes dx = dy W with W dequantized to f32 in blocks of rows (8 MB at a time, on
 // top of what the pass holds), never kept.
 at::Tensor QuantLinear(const at::Tensor& x, const FrozenWeight& w);

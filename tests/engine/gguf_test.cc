@@ -590,7 +590,8 @@ TEST(GgufRealModelTest, LogitsAndHeldOutNllEqualTransformers) {
 // file's own codes, so the held-out NLL of its dequantized weights stays within 0.1% of the
 // file dequantized to f32 (the bf16 rounding of scales and zeros, and the Q8_0 embedding
 // requantized to int8 per channel; a wrong zero or a code row left permuted would cost far
-// more), and serving them with bf16 activations within 0.2%. Requantizing the same 4-bit
+// more), and serving them within 0.2% (activations rounded to bf16 by LibTorch's kernel, or to two
+// int8 digits by this project's with AVX512-VNNI: seen 0.04%). Requantizing the same 4-bit
 // values into groups of 64 costs several percent: the negative control.
 TEST(GgufRealModelTest, Int4KeepsTheFilesOwnBlocks) {
   ASSERT_FALSE(RealPath().empty()) << "the default model is not installed (scripts/setup.sh)";

@@ -171,6 +171,65 @@ TEST(CpuGemvTest, EqualsTheFloat64ProductForEveryShape) {
   }
 }
 
+// The int4 product (cpu_gemv.h) against a float64 product of x and the dequantized weights.
+// x is rounded to digits: an element of a group (the weight's) whose largest is a moves by at
+// most a / (127 256), so |y - y*| <= sum_k |w'_k| a_g(k) / 32512 plus f32 rounding (K 2^-24 sum_k
+// |x_k w'_k|, the digits' integer sums being exact). Blocks of 128 codes and every tail (32, 64,
+// 96), groups of 32 and 64, tiles of 1-4 rows of x and passes of 64 rows; a row's result is the
+// same bits whatever rows are batched with it; a scale off by 2^-6 or a tail left out exceeds.
+TEST(CpuGemvTest, Int4EqualsTheFloat64ProductOfItsDequantizedWeights) {
+  if (!CpuGemvInt4Available()) GTEST_SKIP() << "this CPU has no AVX512-VNNI (LibTorch's int4 product serves it)";
+  at::manual_seed(13);
+  for (const int64_t k : {32, 96, 192, 576, 640}) {
+    for (const int64_t group : {32, 64}) {
+      if (k % group != 0) continue;
+      for (const int64_t n : {16, 52, 304}) {
+        const at::Tensor wf = RandomWeight(n, k, 14);
+        const QuantCodes c = QuantizeInt4(wf, group);
+        const at::Tensor pairs = at::stack({c.scale, c.zero}, 2).to(at::kBFloat16);
+        const at::Tensor packed = PackInt4Codes(c.q), sz = PackInt4Pairs(pairs);
+        const at::Tensor s = pairs.select(2, 0).to(at::kDouble).repeat_interleave(group, 1);
+        const at::Tensor z = pairs.select(2, 1).to(at::kDouble).repeat_interleave(group, 1);
+        const at::Tensor wd = (c.q.to(at::kDouble) - 8) * s + z;  // [n, k]
+        ASSERT_TRUE(at::equal(DequantizeInt4(packed, sz, group), wd.to(at::kFloat))) << n << "x" << k;
+        ASSERT_TRUE(at::equal(DequantizeInt4(packed.narrow(0, 4, 8), sz.narrow(0, 4, 8), group), wd.narrow(0, 4, 8).to(at::kFloat)))
+            << n << "x" << k << ": two tiles";
+        for (const int64_t m : {1, 3, 4, 9, 70}) {
+          at::Tensor x = at::randn({m, k});
+          x.view(-1).slice(0, 0, x.numel(), 41).mul_(20);  // outliers, as activations have
+          const at::Tensor xd = x.to(at::kDouble), ref = at::mm(xd, wd.t());
+          const at::Tensor a = xd.abs().reshape({m, k / group, group}).amax(2).repeat_interleave(group, 1);  // [m, k]
+          const at::Tensor bound = at::mm(a / 32512, wd.abs().t()) + at::mm(xd.abs(), wd.abs().t()) * (k + 8) * std::ldexp(1.0, -24);
+          const at::Tensor y = CpuGemvInt4(x, packed, sz, group);
+          const std::string what = std::to_string(m) + "x" + std::to_string(n) + "x" + std::to_string(k) + " g" +
+                                   std::to_string(group);
+          EXPECT_TRUE(((y.to(at::kDouble) - ref).abs() <= bound).all().item<bool>())
+              << what << ": " << ((y.to(at::kDouble) - ref).abs() / bound).max().item<double>() << " of the bound";
+          EXPECT_TRUE(at::equal(CpuGemvInt4(x.narrow(0, m - 1, 1), packed, sz, group), y.narrow(0, m - 1, 1)))
+              << what << ": its last row alone";
+          at::Tensor wrong = sz.clone();
+          wrong.select(2, 0).mul_(1 + 1.0 / 64);
+          EXPECT_FALSE(((CpuGemvInt4(x, packed, wrong, group).to(at::kDouble) - ref).abs() <= bound).all().item<bool>())
+              << what << ": a wrong scale";
+          if ((k - 32) % group == 0 && k > 32) {  // the last 32 codes must count
+            const int64_t h = k - 32;
+            const at::Tensor head = CpuGemvInt4(x.narrow(1, 0, h), PackInt4Codes(c.q.narrow(1, 0, h)),
+                                                PackInt4Pairs(pairs.narrow(1, 0, h / group)), group);
+            EXPECT_FALSE(((head.to(at::kDouble) - ref).abs() <= bound).all().item<bool>()) << what << ": without the tail";
+          }
+        }
+      }
+    }
+  }
+  const at::Tensor q = at::randint(0, 16, {16, 64}, at::kByte), sz = at::ones({16, 2, 2}, at::kBFloat16);
+  at::Tensor x = at::randn({2, 64});
+  x[0][5] = NAN;
+  x[1][7] = INFINITY;
+  const at::Tensor y = CpuGemvInt4(x, PackInt4Codes(q), PackInt4Pairs(sz), 32);
+  EXPECT_TRUE(y[0].isnan().all().item<bool>()) << "a NaN in x reaches the result";
+  EXPECT_FALSE(y[1].isfinite().any().item<bool>()) << "an infinity in x reaches the result";
+}
+
 std::string GgufFixture(const std::string& name) { return std::string(ADAPTD_GGUF_FIXTURE_DIR) + "/" + name; }
 
 at::Tensor Dequantized(const GgufTensor& t) {
