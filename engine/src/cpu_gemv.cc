@@ -144,72 +144,31 @@ void Run(const Args& a) {
 
 
 // ---- The int4 product (cpu_gemv.h) ----------------------------------------------------------
-// A block of b <= 128 codes (64 bytes) unpacks with an AND and a shift into two vectors of byte
-// lanes, codes [0, b/2) and [b/2, b). vpdpbusd adds 4 products of a code (u8) and an int8 digit
-// of x to each int32 lane, on top of a start of -8 times the digits' sum, so that the lane sums
-// (q - 8) x. A lane's 4 codes lie in one group: windows of 16 groups hold the products of the
-// weight's and x's scales in 16 f32 lanes, and one permute per half block hands each lane its
-// own. The zeros meet x's exact f32 sums once per group, outside the blocks. Per block and row of
-// W: a load, 3 bitwise ops, 2 permutes; per row of x besides, 2 vpdpbusd per digit of x and 4
-// other ops per half.
+// Each group of G codes is G/2 bytes, byte j holding code j (low nibble) and code j + G/2 (high),
+// so that a 64-byte chunk of a row unpacks with an AND and a shift into two vectors of byte lanes
+// whose 32-bit lanes cover 4 codes of the same group in both. x's digits are stored in the same
+// two orders (the codes of low nibbles, of high ones), and vpdpbusd adds 4 products of a code
+// (u8) and a digit (s8) to an int32 lane: 4 of them per chunk (2 halves x 2 digits of x), one
+// conversion, and one multiply-add by the lane's scale, which a permute picks out of a window of
+// 16 groups' products of the weight's scale and x's. The -8 of (q - 8) and the zeros meet x's
+// group sums once per window. Per 64 bytes of W and row of x: ~12 vector operations.
 
-constexpr int kBlock = 128;        // codes per block
+constexpr int kChunk = 64;         // bytes of a row a step: 128 codes
 constexpr int kWindow = 16;        // groups per window of scales
 constexpr int kInt4Mr = 2;         // rows of x per tile: 2 x 4 windows and sums in registers
 constexpr int64_t kInt4Rows = 64;  // rows of x per pass over W: their digits stay in L2
 
-// x, rounded and summed once per call, in the lanes the blocks read.
+// x, rounded and summed once per call, laid out as the chunks read it.
 struct Int4Args {
-  const int8_t* hi;         // [M, K] digits h
-  const int8_t* lo;         // [M, K] digits l
-  const int32_t* start_hi;  // [M, K / 4] -8 times the sum of a lane's h
-  const int32_t* start_lo;  // [M, K / 4] the same of l
-  const float* scale;       // [M, K / group] s / 256 of each group of x
-  const float* sum;         // [M, K / group] the sum of each group of x
-  const uint8_t* w;         // [N, K / 2]
-  const uint32_t* sz;       // [N, K / group] a bf16 scale in the low half, its zero in the high one
+  const int8_t* digits;     // [M, 4, K / 2]: h of the low-nibble codes, of the high ones, then l
+  const float* scale;       // [M, K / group] s / 256 of each group of x (256 h + l is x / that)
+  const float* correction;  // [M, K / group] -8 (s / 256) sum (256 h + l): the -8 of (q - 8)
+  const float* sum;         // [M, K / group] the f32 sum of each group of x
+  const uint8_t* w;         // [N, K / 2] in tiles (PackInt4Codes)
+  const uint32_t* sz;       // [N, K / group] a bf16 scale in the low half, its zero in the high one, in tiles
   float* y;                 // [M, N]
   int64_t m, n, k, group, prefetch;
 };
-
-// A digit: v rounded to nearest (even) and clamped to +-127, NaN to 0 (the exact sums of x carry
-// a NaN or an infinity into the result). Rounded by adding and taking away 1.5 2^23, which
-// leaves no fraction bits: std::nearbyint is a libm call without SSE4.1, ~15 us a product.
-inline int8_t Digit(float v) {
-  constexpr float kRound = 12582912.0f;
-  if (!(v > -127)) return v <= -127 ? int8_t{-127} : int8_t{0};
-  if (v >= 127) return int8_t{127};
-  volatile float r = v + kRound;  // volatile: the sum must be rounded to f32 before the subtraction
-  return static_cast<int8_t>(r - kRound);
-}
-
-// x's digits (cpu_gemv.h) per group of x (the weight's group): h = round(x / s),
-// l = round((x - s h) 256 / s), clamped to +-127 (|x - s h| <= s / 2 puts l within +-128: the
-// clamp moves an element by at most s / 256).
-void RoundActivations(const float* x, int64_t m, int64_t k, int64_t group, int8_t* hi, int8_t* lo,
-                      int32_t* start_hi, int32_t* start_lo, float* scale, float* sum) {
-  for (int64_t g = 0; g < m * k; g += group) {
-    float amax = 0, sx = 0;
-    for (int64_t i = 0; i < group; ++i) amax = std::max(amax, std::abs(x[g + i]));
-    const float s = amax / 127, inv = amax > 0 ? 127 / amax : 0, inv_lo = 256 * inv;
-    for (int64_t lane = 0; lane < group / 4; ++lane) {
-      int32_t sh = 0, sl = 0;
-      for (int64_t i = 4 * lane; i < 4 * lane + 4; ++i) {
-        const float v = x[g + i];
-        const int8_t h = Digit(v * inv), l = Digit((v - s * static_cast<float>(h)) * inv_lo);
-        hi[g + i] = h;
-        lo[g + i] = l;
-        sh += h;
-        sl += l;
-        sx += v;
-      }
-      start_hi[g / 4 + lane] = -8 * sh;
-      start_lo[g / 4 + lane] = -8 * sl;
-    }
-    scale[g / group] = s / 256;
-    sum[g / group] = sx;
-  }
-}
 
 #ifdef ADAPTD_GEMV_X86
 #pragma GCC push_options
@@ -218,93 +177,112 @@ void RoundActivations(const float* x, int64_t m, int64_t k, int64_t group, int8_
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
-// Where each lane of a block's halves finds its group in the window: for the full blocks at
-// each position of a window, and for the last block (b codes) at its own.
-struct Lanes {
-  alignas(64) int32_t full[kWindow * 64 / kBlock][2][16];
-  alignas(64) int32_t tail[2][16];
-  int tail_half;
-  __mmask64 tail_bytes;
-  __mmask16 tail_lanes;
-};
-
-void Fill(int32_t (&idx)[2][16], int64_t offset, int b, int64_t group) {
-  for (int lane = 0; lane < 16; ++lane) {
-    const bool used = lane < b / 8;
-    idx[0][lane] = used ? static_cast<int32_t>((offset + 4 * lane) / group) : 0;
-    idx[1][lane] = used ? static_cast<int32_t>((offset + b / 2 + 4 * lane) / group) : 0;
-  }
-}
-
-Lanes LanesFor(int64_t k, int64_t group) {
-  Lanes l;
-  const int64_t window = kWindow * group;
-  for (int64_t pos = 0; pos < window / kBlock; ++pos) Fill(l.full[pos], pos * kBlock, kBlock, group);
-  const int b = static_cast<int>(k % kBlock);
-  Fill(l.tail, k / kBlock * kBlock % window, b, group);
-  l.tail_half = b / 2;
-  l.tail_bytes = (__mmask64{1} << l.tail_half) - 1;
-  l.tail_lanes = static_cast<__mmask16>((1u << (b / 8)) - 1);
-  return l;
-}
-
-// sum (q - 8)(256 h + l) over each lane's 4 codes of `codes` against row `row` of x's digits
-// from column `col` on (`bytes` and `lanes` masks for a short block).
-template <bool kFull>
-inline __m512 Int4Dot(const Int4Args& a, __m512i codes, int64_t row, int64_t col, __mmask64 bytes, __mmask16 lanes) {
-  const int64_t at = row * a.k + col;
-  __m512i h, l;
-  if constexpr (kFull) {
-    h = _mm512_dpbusd_epi32(_mm512_loadu_si512(a.start_hi + at / 4), codes, _mm512_loadu_si512(a.hi + at));
-    l = _mm512_dpbusd_epi32(_mm512_loadu_si512(a.start_lo + at / 4), codes, _mm512_loadu_si512(a.lo + at));
-  } else {
-    h = _mm512_dpbusd_epi32(_mm512_maskz_loadu_epi32(lanes, a.start_hi + at / 4), codes,
-                            _mm512_maskz_loadu_epi8(bytes, a.hi + at));
-    l = _mm512_dpbusd_epi32(_mm512_maskz_loadu_epi32(lanes, a.start_lo + at / 4), codes,
-                            _mm512_maskz_loadu_epi8(bytes, a.lo + at));
-  }
-  return _mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_slli_epi32(h, 8), l));
-}
-
-// One block of NR rows of W (from column k0, the idx pair for its place in the window) against
-// MR rows of x, the window's scale products in `c`.
-template <bool kFull, int MR, int NR>
-inline void Int4Block(const Int4Args& a, const int32_t (&idx)[2][16], int half, __mmask64 bytes, __mmask16 lanes,
-                      int64_t m0, int64_t n0, int64_t k0, bool prefetch, const __m512 (&c)[MR][NR],
-                      __m512 (&acc)[MR][NR]) {
-  const __m512i nibble = _mm512_set1_epi8(0x0F);
-  const __m512i i_lo = _mm512_load_si512(idx[0]), i_hi = _mm512_load_si512(idx[1]);
-#pragma GCC unroll 4
-  for (int j = 0; j < NR; ++j) {
-    const uint8_t* w = a.w + n0 * (a.k / 2) + 2 * k0 + j * half;  // the tile's rows block by block
-    if (prefetch) _mm_prefetch(reinterpret_cast<const char*>(w) + a.prefetch, _MM_HINT_T0);  // a hint, never a load
-    const __m512i v = kFull ? _mm512_loadu_si512(w) : _mm512_maskz_loadu_epi8(bytes, w);
-    const __m512i lo = _mm512_and_si512(v, nibble), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble);
-#pragma GCC unroll 2
-    for (int i = 0; i < MR; ++i) {
-      acc[i][j] = _mm512_fmadd_ps(Int4Dot<kFull>(a, lo, m0 + i, k0, bytes, lanes), _mm512_permutexvar_ps(i_lo, c[i][j]),
-                                  acc[i][j]);
-      acc[i][j] = _mm512_fmadd_ps(Int4Dot<kFull>(a, hi, m0 + i, k0 + half, bytes, lanes),
-                                  _mm512_permutexvar_ps(i_hi, c[i][j]), acc[i][j]);
+// x's digits per group (cpu_gemv.h): h = round(x / s), l = round((x - s h) 256 / s), each
+// clamped to +-127 (|x - s h| <= s / 2 puts l within +-128: the clamp moves an element by at most
+// s / 256). NaN and infinities give defined digits; the group's sum carries them into y.
+void RoundActivations(const float* x, int64_t m, int64_t k, int64_t group, int8_t* digits, float* scale,
+                      float* correction, float* sum) {
+  const int64_t half = k / 2, vectors = group / 16, groups = k / group;
+  const __m512i lo_clamp = _mm512_set1_epi32(-127), hi_clamp = _mm512_set1_epi32(127);
+  for (int64_t r = 0; r < m; ++r) {
+    int8_t* h_lo = digits + r * 4 * half;
+    int8_t *h_hi = h_lo + half, *l_lo = h_hi + half, *l_hi = l_lo + half;
+    for (int64_t g = 0; g < groups; ++g) {
+      const float* xg = x + r * k + g * group;
+      __m512 v[4], amax = _mm512_setzero_ps(), total = _mm512_setzero_ps();
+      for (int64_t i = 0; i < vectors; ++i) {
+        v[i] = _mm512_loadu_ps(xg + 16 * i);
+        amax = _mm512_max_ps(amax, _mm512_abs_ps(v[i]));
+        total = _mm512_add_ps(total, v[i]);
+      }
+      const float a = _mm512_reduce_max_ps(amax), s = a / 127, inv = a > 0 ? 127 / a : 0;
+      const __m512 vs = _mm512_set1_ps(s), vinv = _mm512_set1_ps(inv), vinv_lo = _mm512_set1_ps(256 * inv);
+      __m512i digit_sum = _mm512_setzero_si512();
+      for (int64_t i = 0; i < vectors; ++i) {
+        const __m512i h = _mm512_min_epi32(hi_clamp, _mm512_max_epi32(lo_clamp, _mm512_cvtps_epi32(_mm512_mul_ps(v[i], vinv))));
+        const __m512 rest = _mm512_fnmadd_ps(vs, _mm512_cvtepi32_ps(h), v[i]);
+        const __m512i l = _mm512_min_epi32(hi_clamp, _mm512_max_epi32(lo_clamp, _mm512_cvtps_epi32(_mm512_mul_ps(rest, vinv_lo))));
+        digit_sum = _mm512_add_epi32(digit_sum, _mm512_add_epi32(_mm512_slli_epi32(h, 8), l));
+        const bool high = i >= vectors / 2;  // codes [G/2, G) sit in the high nibbles
+        const int64_t at = g * group / 2 + (i % (vectors / 2)) * 16;
+        _mm_storeu_si128(reinterpret_cast<__m128i*>((high ? h_hi : h_lo) + at), _mm512_cvtsepi32_epi8(h));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>((high ? l_hi : l_lo) + at), _mm512_cvtsepi32_epi8(l));
+      }
+      const int64_t at = r * groups + g;
+      scale[at] = s / 256;
+      correction[at] = -8 * (s / 256) * static_cast<float>(_mm512_reduce_add_epi32(digit_sum));
+      sum[at] = _mm512_reduce_add_ps(total);
     }
   }
 }
 
-template <int MR, int NR>
+// Where each lane of a chunk finds its group in the window, per chunk of the window, and for a
+// last chunk of `bytes` < 64 (its lanes past them masked).
+struct Lanes {
+  alignas(64) int32_t idx[kWindow * 32 / kChunk][16];
+  int tail_bytes;
+};
+
+Lanes LanesFor(int64_t k, int64_t group) {
+  Lanes l;
+  const int64_t window_bytes = kWindow * group / 2;
+  for (int64_t pos = 0; pos < window_bytes / kChunk; ++pos) {
+    for (int lane = 0; lane < 16; ++lane) l.idx[pos][lane] = static_cast<int32_t>((pos * kChunk + 4 * lane) / (group / 2));
+  }
+  l.tail_bytes = static_cast<int>(k / 2 % kChunk);
+  return l;
+}
+
+// sum (256 h + l) q over each lane's 8 codes (4 in each nibble) of a chunk against row `row` of
+// x's digits at byte `at` of each of its four orders.
+template <bool kFull>
+inline __m512 Int4Dot(const Int4Args& a, __m512i lo, __m512i hi, int64_t row, int64_t at, __mmask64 bytes) {
+  const int8_t* d = a.digits + row * 2 * a.k + at;
+  const int64_t half = a.k / 2;
+  auto load = [&](const int8_t* p) { return kFull ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi8(bytes, p); };
+  const __m512i zero = _mm512_setzero_si512();
+  const __m512i h = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, lo, load(d)), hi, load(d + half));
+  const __m512i l = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, lo, load(d + 2 * half)), hi, load(d + 3 * half));
+  return _mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_slli_epi32(h, 8), l));
+}
+
+// One chunk of the tile's 4 rows (from byte `at` of a row, `bytes` of them, lane groups `idx`)
+// against MR rows of x, the window's scale products in `c`.
+template <bool kFull, int MR>
+inline void Int4Chunk(const Int4Args& a, const int32_t* idx, int bytes, int64_t m0, int64_t n0, int64_t at,
+                      bool prefetch, const __m512 (&c)[MR][kNr], __m512 (&acc)[MR][kNr]) {
+  const __m512i nibble = _mm512_set1_epi8(0x0F), lanes = _mm512_load_si512(idx);
+  const __mmask64 mask = kFull ? ~__mmask64{0} : (__mmask64{1} << bytes) - 1;
+#pragma GCC unroll 4
+  for (int j = 0; j < kNr; ++j) {
+    const uint8_t* w = a.w + n0 * (a.k / 2) + kNr * at + j * bytes;  // the tile's rows chunk by chunk
+    if (prefetch) _mm_prefetch(reinterpret_cast<const char*>(w) + a.prefetch, _MM_HINT_T0);  // a hint, never a load
+    const __m512i v = kFull ? _mm512_loadu_si512(w) : _mm512_maskz_loadu_epi8(mask, w);
+    const __m512i lo = _mm512_and_si512(v, nibble), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble);
+#pragma GCC unroll 2
+    for (int i = 0; i < MR; ++i) {
+      acc[i][j] = _mm512_fmadd_ps(Int4Dot<kFull>(a, lo, hi, m0 + i, at, mask), _mm512_permutexvar_ps(lanes, c[i][j]),
+                                  acc[i][j]);
+    }
+  }
+}
+
+template <int MR>
 void Int4Tile(const Int4Args& a, const Lanes& l, int64_t m0, int64_t n0, bool prefetch) {
-  const int64_t groups = a.k / a.group, full_end = a.k / kBlock * kBlock;
-  __m512 acc[MR][NR], c[MR][NR];
+  const int64_t groups = a.k / a.group, row_bytes = a.k / 2, full_end = row_bytes / kChunk * kChunk;
+  __m512 acc[MR][kNr], c[MR][kNr];
 #pragma GCC unroll 2
   for (int i = 0; i < MR; ++i) {
 #pragma GCC unroll 4
-    for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_setzero_ps();
+    for (int j = 0; j < kNr; ++j) acc[i][j] = _mm512_setzero_ps();
   }
   const __m512i zero_bits = _mm512_set1_epi32(static_cast<int32_t>(0xFFFF0000u));
   for (int64_t g0 = 0; g0 < groups; g0 += kWindow) {
-    const __mmask16 gm = static_cast<__mmask16>((1u << std::min<int64_t>(kWindow, groups - g0)) - 1);
+    const int64_t count = std::min<int64_t>(kWindow, groups - g0);
+    const __mmask16 gm = static_cast<__mmask16>((1u << count) - 1);
 #pragma GCC unroll 4
-    for (int j = 0; j < NR; ++j) {
-      const uint32_t* pairs = a.sz + n0 * groups + 4 * g0 + j * std::min<int64_t>(kWindow, groups - g0);  // window by window
+    for (int j = 0; j < kNr; ++j) {
+      const uint32_t* pairs = a.sz + n0 * groups + kNr * g0 + j * count;  // the tile's rows window by window
       if (prefetch) _mm_prefetch(reinterpret_cast<const char*>(pairs) + a.prefetch / (a.group / 8), _MM_HINT_T0);
       const __m512i p = _mm512_maskz_loadu_epi32(gm, pairs);
       const __m512 scale = _mm512_castsi512_ps(_mm512_slli_epi32(p, 16));
@@ -313,39 +291,37 @@ void Int4Tile(const Int4Args& a, const Lanes& l, int64_t m0, int64_t n0, bool pr
       for (int i = 0; i < MR; ++i) {
         const int64_t at = (m0 + i) * groups + g0;
         c[i][j] = _mm512_mul_ps(scale, _mm512_maskz_loadu_ps(gm, a.scale + at));
+        acc[i][j] = _mm512_fmadd_ps(scale, _mm512_maskz_loadu_ps(gm, a.correction + at), acc[i][j]);
         acc[i][j] = _mm512_fmadd_ps(zero, _mm512_maskz_loadu_ps(gm, a.sum + at), acc[i][j]);
       }
     }
-    const int64_t k_begin = g0 * a.group, k_end = std::min(a.k, (g0 + kWindow) * a.group);
-    for (int64_t k0 = k_begin; k0 < std::min(k_end, full_end); k0 += kBlock) {
-      Int4Block<true, MR, NR>(a, l.full[(k0 - k_begin) / kBlock], kBlock / 2, ~__mmask64{0}, static_cast<__mmask16>(0xFFFF),
-                              m0, n0, k0, prefetch, c, acc);
+    const int64_t begin = g0 * a.group / 2, end = std::min(row_bytes, (g0 + kWindow) * a.group / 2);
+    for (int64_t at = begin; at < std::min(end, full_end); at += kChunk) {
+      Int4Chunk<true, MR>(a, l.idx[(at - begin) / kChunk], kChunk, m0, n0, at, prefetch, c, acc);
     }
-    if (k_end > full_end) {
-      Int4Block<false, MR, NR>(a, l.tail, l.tail_half, l.tail_bytes, l.tail_lanes, m0, n0, full_end, prefetch, c, acc);
-    }
+    if (end > full_end) Int4Chunk<false, MR>(a, l.idx[(full_end - begin) / kChunk], l.tail_bytes, m0, n0, full_end, prefetch, c, acc);
   }
 #pragma GCC unroll 2
   for (int i = 0; i < MR; ++i) {
 #pragma GCC unroll 4
-    for (int j = 0; j < NR; ++j) a.y[(m0 + i) * a.n + n0 + j] = _mm512_reduce_add_ps(acc[i][j]);
+    for (int j = 0; j < kNr; ++j) a.y[(m0 + i) * a.n + n0 + j] = _mm512_reduce_add_ps(acc[i][j]);
   }
 }
 
 #pragma GCC diagnostic pop
 #pragma GCC pop_options
 
-// As Run: blocks of kNr rows of W across the threads, each meeting up to kInt4Rows rows of x.
+// As Run: tiles of kNr rows of W across the threads, each meeting up to kInt4Rows rows of x.
 void RunInt4(const Int4Args& a) {
   const Lanes lanes = LanesFor(a.k, a.group);
-  const int64_t blocks = a.n / kNr;
+  const int64_t tiles = a.n / kNr;
   const int64_t grain = std::max<int64_t>(1, (int64_t{64} << 10) / (kNr * a.k / 2));
   for (int64_t mc = 0; mc < a.m; mc += kInt4Rows) {
     const int64_t m_end = std::min(a.m, mc + kInt4Rows);
-    at::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) {
-      for (int64_t b = begin; b < end; ++b) {
+    at::parallel_for(0, tiles, grain, [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; ++t) {
         for (int64_t m0 = mc; m0 < m_end; m0 += kInt4Mr) {  // N is a multiple of 4: whole tiles
-          (m_end - m0 >= 2 ? Int4Tile<2, kNr> : Int4Tile<1, kNr>)(a, lanes, m0, b * kNr, m0 == mc);
+          (m_end - m0 >= 2 ? Int4Tile<2> : Int4Tile<1>)(a, lanes, m0, t * kNr, m0 == mc);
         }
       }
     });
@@ -422,19 +398,13 @@ at::Tensor Deinterleave(const at::Tensor& t, int64_t seg) {
 
 }  // namespace
 
-at::Tensor PackInt4Codes(const at::Tensor& q) {
-  TORCH_CHECK(q.dim() == 2 && q.size(0) % 4 == 0 && q.size(1) % 32 == 0,
-              "PackInt4Codes: codes must be [N, K], N a multiple of 4, K of 32");
-  const int64_t n = q.size(0), k = q.size(1), full = k / kBlock * kBlock, rest = k - full;
-  const at::Tensor c = q.to(at::kByte);
-  auto pack = [&](const at::Tensor& part, int64_t b) {  // [n, blocks * b] -> [n, blocks * b / 2]
-    const at::Tensor halves = part.reshape({n, -1, 2, b / 2});
-    return halves.select(2, 0).bitwise_or(halves.select(2, 1).bitwise_left_shift(4)).reshape({n, -1});
-  };
-  std::vector<at::Tensor> parts;
-  if (full > 0) parts.push_back(pack(c.narrow(1, 0, full), kBlock));
-  if (rest > 0) parts.push_back(pack(c.narrow(1, full, rest), rest));
-  return Interleave(at::cat(parts, 1), kBlock / 2);
+at::Tensor PackInt4Codes(const at::Tensor& q, int64_t group) {
+  TORCH_CHECK(q.dim() == 2 && q.size(0) % 4 == 0 && (group == 32 || group == 64) && q.size(1) % group == 0,
+              "PackInt4Codes: codes must be [N, K], N a multiple of 4, K of the group (32 or 64)");
+  const int64_t n = q.size(0), k = q.size(1);
+  const at::Tensor halves = q.to(at::kByte).reshape({n, k / group, 2, group / 2});
+  const at::Tensor bytes = halves.select(2, 0).bitwise_or(halves.select(2, 1).bitwise_left_shift(4)).reshape({n, k / 2});
+  return Interleave(bytes, kChunk);
 }
 
 at::Tensor PackInt4Pairs(const at::Tensor& sz) {
@@ -444,11 +414,11 @@ at::Tensor PackInt4Pairs(const at::Tensor& sz) {
 }
 
 at::Tensor DequantizeInt4(const at::Tensor& codes, const at::Tensor& pairs, int64_t group) {
-  const int64_t n = codes.size(0), k = 2 * codes.size(1), full = k / kBlock * kBlock;
+  const int64_t n = codes.size(0), k = 2 * codes.size(1);
   TORCH_CHECK(codes.is_cpu() && n % 4 == 0 && pairs.dim() == 3 && pairs.size(0) == n && pairs.size(1) * group == k &&
                   pairs.scalar_type() == at::kBFloat16,
               "DequantizeInt4: unsupported arguments");
-  const at::Tensor q = Deinterleave(codes, kBlock / 2);
+  const at::Tensor q = Deinterleave(codes, kChunk);
   const at::Tensor sf = Deinterleave(pairs.contiguous().view(at::kInt).squeeze(2), kWindow).unsqueeze(2)
                             .view(at::kBFloat16).to(at::kFloat).contiguous();
   at::Tensor out = at::empty({n, k}, at::kFloat);
@@ -457,15 +427,13 @@ at::Tensor DequantizeInt4(const at::Tensor& codes, const at::Tensor& pairs, int6
   float* o = out.data_ptr<float>();
   at::parallel_for(0, n, 16, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
-      const uint8_t* in = in_all + r * (k / 2);
-      const float* p = s + r * (k / group) * 2;
-      float* row = o + r * k;
-      auto value = [&](int64_t col, int code) { row[col] = static_cast<float>(code - 8) * p[col / group * 2] + p[col / group * 2 + 1]; };
-      for (int64_t k0 = 0; k0 < k; k0 += kBlock) {
-        const int64_t half = (k0 < full ? kBlock : k - full) / 2;
-        for (int64_t j = 0; j < half; ++j) {
-          value(k0 + j, in[k0 / 2 + j] & 15);
-          value(k0 + half + j, in[k0 / 2 + j] >> 4);
+      for (int64_t g = 0; g < k / group; ++g) {
+        const uint8_t* in = in_all + r * (k / 2) + g * group / 2;
+        const float scale = s[(r * (k / group) + g) * 2], zero = s[(r * (k / group) + g) * 2 + 1];
+        float* row = o + r * k + g * group;
+        for (int64_t j = 0; j < group / 2; ++j) {
+          row[j] = static_cast<float>((in[j] & 15) - 8) * scale + zero;
+          row[j + group / 2] = static_cast<float>((in[j] >> 4) - 8) * scale + zero;
         }
       }
     }
@@ -485,18 +453,17 @@ at::Tensor CpuGemvInt4(const at::Tensor& x, const at::Tensor& codes, const at::T
   if (m == 0 || n == 0 || k == 0) return at::zeros({m, n}, xf.options());
   at::Tensor y = at::empty({m, n}, xf.options());  // every element written: N is whole tiles
   const int64_t groups = k / group;
-  at::Tensor digits = at::empty({2, m, k}, at::kChar), starts = at::empty({2, m, k / 4}, at::kInt);
-  at::Tensor per_group = at::empty({2, m, groups}, at::kFloat);
-  int8_t* d = digits.data_ptr<int8_t>();
-  int32_t* st = starts.data_ptr<int32_t>();
-  float* pg = per_group.data_ptr<float>();
-  RoundActivations(xf.data_ptr<float>(), m, k, group, d, d + m * k, st, st + m * k / 4, pg, pg + m * groups);
-  Int4Args a{d, d + m * k, st, st + m * k / 4, pg, pg + m * groups, wc.data_ptr<uint8_t>(),
+  // One buffer: the digits [M, 4, K / 2] int8, then scale, correction and sum [M, K / group] f32.
+  at::Tensor buffer = at::empty({m * 2 * k + 3 * m * groups * 4}, at::kChar);
+  int8_t* d = buffer.data_ptr<int8_t>();
+  float* per_group = reinterpret_cast<float*>(d + m * 2 * k);
+  Int4Args a{d, per_group, per_group + m * groups, per_group + 2 * m * groups, wc.data_ptr<uint8_t>(),
              reinterpret_cast<const uint32_t*>(szc.data_ptr<at::BFloat16>()), y.data_ptr<float>(), m, n, k, group, 0};
   // The next block of rows at the same offsets while it fits in half of L1, else 4 KB ahead.
   const int64_t block_bytes = kNr * k / 2;
   a.prefetch = block_bytes <= (int64_t{24} << 10) ? block_bytes : 4096;
 #ifdef ADAPTD_GEMV_X86
+  RoundActivations(xf.data_ptr<float>(), m, k, group, d, per_group, per_group + m * groups, per_group + 2 * m * groups);
   RunInt4(a);
 #endif
   return y;

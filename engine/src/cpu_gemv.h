@@ -24,13 +24,13 @@ at::Tensor CpuGemv(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s
 // The int4 product also needs AVX512-VNNI (checked once).
 bool CpuGemvInt4Available();
 
-// The int4 product's packing of codes q [N, K] (uint8 in [0, 15], N a multiple of 4, K of 32)
-// and of their (scale, zero) pairs sz [N, K / group, 2] (bf16), same shapes and sizes out
-// (codes [N, K / 2] uint8). Along each row, blocks of 128 codes (and a last one of the 32, 64 or
-// 96 left): byte j of a block of b codes holds code j in its low nibble and code j + b / 2 in its
-// high one; pairs in windows of 16 groups. The 4 rows of a tile lie block by block (window by
-// window) one after another, so that the product reads one sequential stream per tile.
-at::Tensor PackInt4Codes(const at::Tensor& q);
+// The int4 product's packing of codes q [N, K] (uint8 in [0, 15], N a multiple of 4, K of the
+// group, 32 or 64) and of their (scale, zero) pairs sz [N, K / group, 2] (bf16), same shapes and
+// sizes out (codes [N, K / 2] uint8). Each group of codes is group / 2 bytes, byte j holding code
+// j in its low nibble and code j + group / 2 in its high one; the 4 rows of a tile lie 64 bytes
+// by 64 bytes (pairs 16 groups by 16) one after another, so that the product reads one
+// sequential stream per tile.
+at::Tensor PackInt4Codes(const at::Tensor& q, int64_t group);
 at::Tensor PackInt4Pairs(const at::Tensor& sz);
 // The values of packed rows (a multiple of 4 rows from a multiple of 4: their tiles), f32 [n, K]:
 // (q - 8) scale + zero.

@@ -172,7 +172,7 @@ absl::StatusOr<FrozenWeight> PackWeight(const QuantCodes& c, const WeightFormat&
   }
   f.group = format.group;
   if (device.is_cpu() && CpuGemvInt4Available()) {
-    f.w = PackInt4Codes(c.q);
+    f.w = PackInt4Codes(c.q, format.group);
     f.scales = PackInt4Pairs(at::stack({c.scale, c.zero}, 2));
     return f;
   }

@@ -174,8 +174,8 @@ TEST(CpuGemvTest, EqualsTheFloat64ProductForEveryShape) {
 // The int4 product (cpu_gemv.h) against a float64 product of x and the dequantized weights.
 // x is rounded to digits: an element of a group (the weight's) whose largest is a moves by at
 // most a / (127 256), so |y - y*| <= sum_k |w'_k| a_g(k) / 32512 plus f32 rounding (K 2^-24 sum_k
-// |x_k w'_k|, the digits' integer sums being exact). Blocks of 128 codes and every tail (32, 64,
-// 96), groups of 32 and 64, tiles of 1-4 rows of x and passes of 64 rows; a row's result is the
+// |x_k w'_k|; the digits' products are summed in integers). Chunks of 64 bytes and every tail
+// (16, 32, 48 bytes), groups of 32 and 64, tiles of 1-4 rows of x and passes of 64 rows; a row's result is the
 // same bits whatever rows are batched with it; a scale off by 2^-6 or a tail left out exceeds.
 TEST(CpuGemvTest, Int4EqualsTheFloat64ProductOfItsDequantizedWeights) {
   if (!CpuGemvInt4Available()) GTEST_SKIP() << "this CPU has no AVX512-VNNI (LibTorch's int4 product serves it)";
@@ -187,7 +187,7 @@ TEST(CpuGemvTest, Int4EqualsTheFloat64ProductOfItsDequantizedWeights) {
         const at::Tensor wf = RandomWeight(n, k, 14);
         const QuantCodes c = QuantizeInt4(wf, group);
         const at::Tensor pairs = at::stack({c.scale, c.zero}, 2).to(at::kBFloat16);
-        const at::Tensor packed = PackInt4Codes(c.q), sz = PackInt4Pairs(pairs);
+        const at::Tensor packed = PackInt4Codes(c.q, group), sz = PackInt4Pairs(pairs);
         const at::Tensor s = pairs.select(2, 0).to(at::kDouble).repeat_interleave(group, 1);
         const at::Tensor z = pairs.select(2, 1).to(at::kDouble).repeat_interleave(group, 1);
         const at::Tensor wd = (c.q.to(at::kDouble) - 8) * s + z;  // [n, k]
@@ -213,7 +213,7 @@ TEST(CpuGemvTest, Int4EqualsTheFloat64ProductOfItsDequantizedWeights) {
               << what << ": a wrong scale";
           if ((k - 32) % group == 0 && k > 32) {  // the last 32 codes must count
             const int64_t h = k - 32;
-            const at::Tensor head = CpuGemvInt4(x.narrow(1, 0, h), PackInt4Codes(c.q.narrow(1, 0, h)),
+            const at::Tensor head = CpuGemvInt4(x.narrow(1, 0, h), PackInt4Codes(c.q.narrow(1, 0, h), group),
                                                 PackInt4Pairs(pairs.narrow(1, 0, h / group)), group);
             EXPECT_FALSE(((head.to(at::kDouble) - ref).abs() <= bound).all().item<bool>()) << what << ": without the tail";
           }
@@ -225,7 +225,7 @@ TEST(CpuGemvTest, Int4EqualsTheFloat64ProductOfItsDequantizedWeights) {
   at::Tensor x = at::randn({2, 64});
   x[0][5] = NAN;
   x[1][7] = INFINITY;
-  const at::Tensor y = CpuGemvInt4(x, PackInt4Codes(q), PackInt4Pairs(sz), 32);
+  const at::Tensor y = CpuGemvInt4(x, PackInt4Codes(q, 32), PackInt4Pairs(sz), 32);
   EXPECT_TRUE(y[0].isnan().all().item<bool>()) << "a NaN in x reaches the result";
   EXPECT_FALSE(y[1].isfinite().any().item<bool>()) << "an infinity in x reaches the result";
 }
