@@ -110,8 +110,13 @@ int main(int argc, char** argv) {
           (void)at::_weight_int8pack_mm(xb, w.first, w.second);
         }));
     if (adaptd::engine::CpuGemvAvailable()) {
-      add("int8 adaptd CpuGemv, f32 x", Stream<std::pair<at::Tensor, at::Tensor>>(ws, bytes, [&](const auto& w) {
+      add("int8 adaptd CpuGemv, f32 x, rows apart", Stream<std::pair<at::Tensor, at::Tensor>>(ws, bytes, [&](const auto& w) {
             (void)adaptd::engine::CpuGemv(x, w.first, w.second);
+          }));
+      for (auto& w : ws) w.first = adaptd::engine::TileRows(w.first);
+      add("int8 adaptd CpuGemv, f32 x, tiles of 4 rows (served)",
+          Stream<std::pair<at::Tensor, at::Tensor>>(ws, bytes, [&](const auto& w) {
+            (void)adaptd::engine::CpuGemv(x, w.first, w.second, {}, true);
           }));
     }
   }

@@ -32,6 +32,7 @@ struct Args {
   float* y;             // [M, N]
   int64_t m, n, k;
   int64_t prefetch;  // bytes ahead of the row being read
+  bool tiled;        // int8 in tiles of 4 rows, 64 bytes by 64 bytes (TileRows)
 };
 
 #ifdef ADAPTD_GEMV_X86
@@ -44,22 +45,24 @@ struct Args {
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
 // One K step of 16 lanes (fewer under `mask`, for the tail): w points at the tile's first row
-// of W, x at its first row of x, both at column k; rows are k_stride elements apart.
+// of W, x at its first row of x, both at column k; rows of W are w_stride elements apart, of x
+// x_stride.
 template <bool kInt8, int MR, int NR>
-inline void Step(const void* w, const float* x, int64_t k_stride, __mmask16 mask, __m512 (&acc)[MR][NR]) {
+inline void Step(const void* w, const float* x, int64_t w_stride, int64_t x_stride, __mmask16 mask,
+                 __m512 (&acc)[MR][NR]) {
   __m512 wv[NR];
 #pragma GCC unroll 4
   for (int j = 0; j < NR; ++j) {
     if constexpr (kInt8) {
-      const __m128i q = _mm_maskz_loadu_epi8(mask, static_cast<const int8_t*>(w) + j * k_stride);
+      const __m128i q = _mm_maskz_loadu_epi8(mask, static_cast<const int8_t*>(w) + j * w_stride);
       wv[j] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q));
     } else {
-      wv[j] = _mm512_maskz_loadu_ps(mask, static_cast<const float*>(w) + j * k_stride);
+      wv[j] = _mm512_maskz_loadu_ps(mask, static_cast<const float*>(w) + j * w_stride);
     }
   }
 #pragma GCC unroll 4
   for (int i = 0; i < MR; ++i) {
-    const __m512 xv = _mm512_maskz_loadu_ps(mask, x + i * k_stride);
+    const __m512 xv = _mm512_maskz_loadu_ps(mask, x + i * x_stride);
 #pragma GCC unroll 4
     for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_fmadd_ps(wv[j], xv, acc[i][j]);
   }
@@ -78,18 +81,32 @@ void Tile(const Args& a, int64_t m0, int64_t n0, bool prefetch) {
 #pragma GCC unroll 4
     for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_setzero_ps();
   }
+  // Where column k of the tile's first row is, and how far apart its rows are there: rows apart,
+  // or (tiled) the 4 rows of each 64-byte segment one after another.
+  auto at_column = [&](int64_t k, int64_t* stride) {
+    if (!a.tiled) {
+      *stride = k_len;
+      return w + k * elt;
+    }
+    const int64_t seg = k / 64 * 64;
+    *stride = std::min<int64_t>(64, k_len - seg);
+    return w + NR * seg + (k - seg);
+  };
+  int64_t stride = 0;
   for (int64_t k = 0; k < full; k += 16) {
+    const char* wk = at_column(k, &stride);
     if (prefetch && (!kInt8 || k % 64 == 0)) {  // a line per row: 64 int8 or 16 f32 weights
 #pragma GCC unroll 4
       for (int j = 0; j < NR; ++j) {  // a hint, never a load: past the end of W it is ignored
-        const uintptr_t at = reinterpret_cast<uintptr_t>(w) + (j * k_len + k) * elt + ahead;
+        const uintptr_t at = reinterpret_cast<uintptr_t>(wk) + j * stride * elt + ahead;
         _mm_prefetch(reinterpret_cast<const char*>(at), _MM_HINT_T0);
       }
     }
-    Step<kInt8, MR, NR>(w + k * elt, x + k, k_len, static_cast<__mmask16>(0xFFFF), acc);
+    Step<kInt8, MR, NR>(wk, x + k, stride, k_len, static_cast<__mmask16>(0xFFFF), acc);
   }
   if (full < k_len) {
-    Step<kInt8, MR, NR>(w + full * elt, x + full, k_len, static_cast<__mmask16>((1u << (k_len - full)) - 1), acc);
+    const char* wk = at_column(full, &stride);
+    Step<kInt8, MR, NR>(wk, x + full, stride, k_len, static_cast<__mmask16>((1u << (k_len - full)) - 1), acc);
   }
 #pragma GCC unroll 4
   for (int i = 0; i < MR; ++i) {
@@ -341,9 +358,11 @@ bool CpuGemvAvailable() {
 #endif
 }
 
-at::Tensor CpuGemv(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scales, const at::Tensor& add) {
+at::Tensor CpuGemv(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scales, const at::Tensor& add,
+                   bool tiled) {
   TORCH_CHECK(CpuGemvAvailable() && x.is_cpu() && w.is_cpu() && x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(1),
               "CpuGemv: unsupported arguments");
+  TORCH_CHECK(!tiled || (w.scalar_type() == at::kChar && w.size(0) % 4 == 0), "CpuGemv: only int8 comes tiled");
   const bool int8 = w.scalar_type() == at::kChar;
   TORCH_CHECK(int8 ? scales.defined() && scales.numel() == w.size(0) : w.scalar_type() == at::kFloat && !scales.defined(),
               "CpuGemv: W must be int8 with scales or f32 without");
@@ -354,7 +373,8 @@ at::Tensor CpuGemv(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s
               "CpuGemv: add must be [M, N]");
   at::Tensor y = at::empty({x.size(0), w.size(0)}, xf.options());
   Args a{xf.data_ptr<float>(), wc.data_ptr(), int8 ? sf.data_ptr<float>() : nullptr,
-         addf.defined() ? addf.data_ptr<float>() : nullptr, y.data_ptr<float>(), x.size(0), w.size(0), x.size(1), 0};
+         addf.defined() ? addf.data_ptr<float>() : nullptr, y.data_ptr<float>(), x.size(0), w.size(0), x.size(1), 0,
+         tiled};
   // The next block at the same offsets, unless a block is past ~half of L1 (f32 rows of 2k+):
   // then 4 KB ahead within the row (measured best for each shape of the 1B model and SmolLM2).
   const int64_t block_bytes = kNr * a.k * (int8 ? 1 : 4);
@@ -397,6 +417,13 @@ at::Tensor Deinterleave(const at::Tensor& t, int64_t seg) {
 }
 
 }  // namespace
+
+at::Tensor TileRows(const at::Tensor& w) {
+  TORCH_CHECK(w.dim() == 2 && w.size(0) % 4 == 0 && w.scalar_type() == at::kChar, "TileRows: int8 [N, K], N a multiple of 4");
+  return Interleave(w, 64);
+}
+
+at::Tensor UntileRows(const at::Tensor& t) { return Deinterleave(t, 64); }
 
 at::Tensor PackInt4Codes(const at::Tensor& q, int64_t group) {
   TORCH_CHECK(q.dim() == 2 && q.size(0) % 4 == 0 && (group == 32 || group == 64) && q.size(1) % group == 0,

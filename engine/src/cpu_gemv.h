@@ -19,7 +19,15 @@ bool CpuGemvAvailable();
 // or f32 with `scales` undefined. Each y[m, n] is summed in the same order whatever M is, so a
 // row's result does not depend on the rows batched with it. Runs on LibTorch's intra-op threads.
 // Preconditions (CHECKed, programmer errors): CpuGemvAvailable(), CPU tensors, shapes as stated.
-at::Tensor CpuGemv(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scales, const at::Tensor& add = {});
+// With `tiled`, W is int8 as TileRows lays it out.
+at::Tensor CpuGemv(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scales, const at::Tensor& add = {},
+                   bool tiled = false);
+
+// int8 W [N, K] (N a multiple of 4) with the 4 rows of each tile stored 64 bytes by 64 bytes one
+// after another (same shape), so that the product reads one sequential stream per tile; and
+// rows so stored (a multiple of 4 from a multiple of 4) back in order.
+at::Tensor TileRows(const at::Tensor& w);
+at::Tensor UntileRows(const at::Tensor& t);
 
 // The int4 product also needs AVX512-VNNI (checked once).
 bool CpuGemvInt4Available();

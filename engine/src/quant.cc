@@ -29,9 +29,6 @@ at::Tensor Int4Values(const at::Tensor& q, const at::Tensor& scale, const at::Te
   return at::addcmul(zero.unsqueeze(2), codes, scale.unsqueeze(2)).reshape({n, groups * group});
 }
 
-// Whether w is int4 in cpu_gemv.h's packing (else LibTorch's, with `nibbles` beside it).
-bool InKernelPacking(const FrozenWeight& w) { return w.kind == Kind::kInt4 && !w.nibbles.defined(); }
-
 // The int4 weight's rows `nib` [n, K / 2] (its nibbles) and `sz` [K / g, n, 2] as f32 values.
 // On the CPU a loop over a 16-entry table per group: LibTorch has no int4 unpack, and composing
 // shifts, a stack, a cast and a multiply-add took 6.5 ms for a [3072, 576] weight (an int8 one
@@ -68,11 +65,19 @@ at::Tensor Int4Rows(const at::Tensor& nib, const at::Tensor& sz, int64_t group) 
 
 // The forward product; LibTorch's kernels take bf16 activations and scales of the same dtype.
 at::Tensor Product(const at::Tensor& x, const FrozenWeight& w) {
-  // Past 256 rows x's traffic (re-read per 4 rows of W) outgrows W's: LibTorch's kernel then.
-  if (w.kind == Kind::kInt8 && x.is_cpu() && x.size(0) <= 256 && CpuGemvAvailable()) {
+  // Past 256 rows x's traffic (re-read per tile of W) outgrows W's: tiled int8 in passes of 256
+  // rows, row-major int8 through LibTorch's kernel.
+  if (w.kind == Kind::kInt8 && w.tiled) {
+    std::vector<at::Tensor> parts;
+    for (int64_t r = 0; r < x.size(0); r += 256) {
+      parts.push_back(CpuGemv(x.narrow(0, r, std::min<int64_t>(256, x.size(0) - r)), w.w, w.scales, {}, true));
+    }
+    return (parts.size() == 1 ? parts[0] : at::cat(parts)).to(x.scalar_type());
+  }
+  if (w.kind == Kind::kInt8 && x.is_cpu() && x.size(0) <= 256 && CpuGemvAvailable()) {  // rows not a multiple of 4
     return CpuGemv(x, w.w, w.scales).to(x.scalar_type());
   }
-  if (InKernelPacking(w)) return CpuGemvInt4(x, w.w, w.scales, w.group).to(x.scalar_type());
+  if (w.tiled) return CpuGemvInt4(x, w.w, w.scales, w.group).to(x.scalar_type());
   const at::Tensor xb = x.to(at::kBFloat16).contiguous();
   at::Tensor y;
   if (w.kind == Kind::kInt8) {
@@ -98,6 +103,7 @@ struct QuantLinearFunction : torch::autograd::Function<QuantLinearFunction> {
     ctx->saved_data["w"] = w.w;
     ctx->saved_data["scales"] = w.scales;
     ctx->saved_data["nibbles"] = w.nibbles;
+    ctx->saved_data["tiled"] = w.tiled;
     return Product(x, w);
   }
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
@@ -108,6 +114,7 @@ struct QuantLinearFunction : torch::autograd::Function<QuantLinearFunction> {
     w.w = ctx->saved_data["w"].toTensor();
     w.scales = ctx->saved_data["scales"].toTensor();
     w.nibbles = ctx->saved_data["nibbles"].toTensor();
+    w.tiled = ctx->saved_data["tiled"].toBool();
     const at::Tensor dy = grads[0].to(at::kFloat);  // [M, N]
     const int64_t rows = w.rows(), block = std::max<int64_t>(16, kBackwardBlockElements / w.cols()) / 16 * 16;
     at::Tensor dx = at::zeros({dy.size(0), w.cols()}, dy.options());  // [M, K]
@@ -160,7 +167,8 @@ absl::StatusOr<FrozenWeight> PackWeight(const QuantCodes& c, const WeightFormat&
   FrozenWeight f;
   f.kind = format.kind;
   if (format.kind == Kind::kInt8) {
-    f.w = c.q.to(device);
+    f.tiled = device.is_cpu() && CpuGemvAvailable() && c.q.size(0) % 4 == 0 && c.q.size(0) > 0;
+    f.w = f.tiled ? TileRows(c.q) : c.q.to(device);
     f.scales = c.scale.to(at::kBFloat16).to(device);
     return f;
   }
@@ -172,6 +180,7 @@ absl::StatusOr<FrozenWeight> PackWeight(const QuantCodes& c, const WeightFormat&
   }
   f.group = format.group;
   if (device.is_cpu() && CpuGemvInt4Available()) {
+    f.tiled = true;
     f.w = PackInt4Codes(c.q, format.group);
     f.scales = PackInt4Pairs(at::stack({c.scale, c.zero}, 2));
     return f;
@@ -188,14 +197,25 @@ absl::StatusOr<FrozenWeight> PackWeight(const QuantCodes& c, const WeightFormat&
   return f;
 }
 
+namespace {
+// Rows `ids` of an int8 weight's codes: in tiles, each id's tile untiled and its row picked (an
+// embedding lookup reads a few rows).
+at::Tensor Int8Rows(const FrozenWeight& w, const at::Tensor& ids) {
+  if (!w.tiled) return w.w.index_select(0, ids);
+  const int64_t k = w.w.size(1), n = ids.numel();
+  const at::Tensor tiles = at::floor_divide(ids, 4);
+  const at::Tensor rows = UntileRows(w.w.view({-1, 4 * k}).index_select(0, tiles).view({4 * n, k}));
+  return rows.index_select(0, at::arange(n, ids.options()) * 4 + ids.remainder(4));
+}
+}  // namespace
+
 at::Tensor DequantizeRows(const FrozenWeight& w, const at::Tensor& ids, at::ScalarType dtype) {
   switch (w.kind) {
     case Kind::kDense: return w.w.index_select(0, ids).to(dtype);
     case Kind::kInt8:
-      return (w.w.index_select(0, ids).to(at::kFloat) * w.scales.index_select(0, ids).to(at::kFloat).unsqueeze(1))
-          .to(dtype);
+      return (Int8Rows(w, ids).to(at::kFloat) * w.scales.index_select(0, ids).to(at::kFloat).unsqueeze(1)).to(dtype);
     case Kind::kInt4:
-      if (InKernelPacking(w)) {  // rows lie in tiles of 4: the whole weight (int4 serves no lookups)
+      if (w.tiled) {  // rows lie in tiles of 4: the whole weight (int4 serves no lookups)
         return DequantizeInt4(w.w, w.scales, w.group).index_select(0, ids).to(dtype);
       }
       return Int4Rows(w.nibbles.index_select(0, ids), w.scales.index_select(1, ids), w.group).to(dtype);
@@ -206,11 +226,12 @@ at::Tensor DequantizeRows(const FrozenWeight& w, const at::Tensor& ids, at::Scal
 at::Tensor DequantizeSlice(const FrozenWeight& w, int64_t start, int64_t count, at::ScalarType dtype) {
   switch (w.kind) {
     case Kind::kDense: return w.w.narrow(0, start, count).to(dtype);
-    case Kind::kInt8:
-      return (w.w.narrow(0, start, count).to(at::kFloat) * w.scales.narrow(0, start, count).to(at::kFloat).unsqueeze(1))
-          .to(dtype);
+    case Kind::kInt8: {
+      const at::Tensor q = w.tiled ? UntileRows(w.w.narrow(0, start, count)) : w.w.narrow(0, start, count);
+      return (q.to(at::kFloat) * w.scales.narrow(0, start, count).to(at::kFloat).unsqueeze(1)).to(dtype);
+    }
     case Kind::kInt4:
-      if (InKernelPacking(w)) {
+      if (w.tiled) {
         return DequantizeInt4(w.w.narrow(0, start, count), w.scales.narrow(0, start, count), w.group).to(dtype);
       }
       return Int4Rows(w.nibbles.narrow(0, start, count), w.scales.narrow(1, start, count), w.group).to(dtype);

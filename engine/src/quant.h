@@ -34,13 +34,15 @@ QuantCodes CatCodes(const std::vector<QuantCodes>& parts);
 struct FrozenWeight {
   WeightFormat::Kind kind = WeightFormat::Kind::kDense;
   int64_t group = 0;
-  // int4 comes in one of two packings: on a CPU with AVX512-VNNI cpu_gemv.h's (w [N, K / 2],
-  // scales [N, K / group, 2], both in tiles of 4 rows, no nibbles), elsewhere LibTorch's (w its kernel's layout, scales
-  // [K / group, N, 2], nibbles [N, K / 2] uint8 beside it, element 2j in the high nibble, to
-  // dequantize). Scales and zeros are bf16 in both.
+  // With `tiled`, w is laid out for cpu_gemv.h's products, in tiles of 4 rows (on a CPU with
+  // AVX512: int8 with rows a multiple of 4 (TileRows); int4 with AVX512-VNNI (w [N, K / 2],
+  // scales [N, K / group, 2], PackInt4Codes and PackInt4Pairs)). Otherwise int8 is row-major and
+  // int4 LibTorch's packing (scales [K / group, N, 2], nibbles [N, K / 2] uint8 beside it, element
+  // 2j in the high nibble, to dequantize). Scales and zeros are bf16 in all.
   at::Tensor w;        // dense: [N, K] compute dtype; int8: [N, K] int8; int4: the kernel's packing
   at::Tensor scales;   // int8: [N] bf16; int4: (scale, zero) pairs
   at::Tensor nibbles;
+  bool tiled = false;
   int64_t rows() const;  // N
   int64_t cols() const;  // K
   int64_t nbytes() const;  // read by one product: codes and scales

@@ -21,9 +21,12 @@
 namespace adaptd::engine {
 namespace {
 
+// In a directory of this process's own: a model file's neighbours (ttt.json) are read with it, so
+// the shared temporary directory must not lend it any.
 std::string TempPath(const std::string& name) {
-  return (std::filesystem::temp_directory_path() / ("adaptd_gguf_test_" + std::to_string(::getpid()) + "_" + name))
-      .string();
+  const auto dir = std::filesystem::temp_directory_path() / ("adaptd_gguf_test_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  return (dir / name).string();
 }
 
 absl::StatusOr<std::unique_ptr<GgufFile>> OpenBytes(const std::string& bytes, const std::string& name = "t.gguf") {

@@ -42,6 +42,23 @@ FrozenWeight Pack(const at::Tensor& w, const WeightFormat& f) {
   return packed.ok() ? *packed : FrozenWeight{};
 }
 
+// The rows an embedding lookup reads are those of the whole weight dequantized, whatever the
+// packing (int8 in tiles of 4 rows on an AVX512 CPU): rows from every place in a tile, repeated.
+TEST(QuantCodesTest, RowLookupsEqualTheDequantizedWeight) {
+  const at::Tensor w = RandomWeight(64, 200, 6);
+  for (const WeightFormat& f : {kInt8, kInt4G32}) {
+    const FrozenWeight q = Pack(f.kind == Kind::kInt8 ? w : w.narrow(1, 0, 192), f);
+    const at::Tensor ids = at::tensor({0, 5, 6, 7, 63, 5, 33}, at::kLong);
+    EXPECT_TRUE(at::equal(DequantizeRows(q, ids, at::kFloat), DequantizeWeight(q, at::kFloat).index_select(0, ids)))
+        << f.Name();
+    EXPECT_TRUE(at::equal(DequantizeSlice(q, 8, 16, at::kFloat), DequantizeWeight(q, at::kFloat).narrow(0, 8, 16)))
+        << f.Name();
+  }
+  const QuantCodes c = QuantizeInt8(w);
+  EXPECT_TRUE(at::equal(DequantizeWeight(Pack(w, kInt8), at::kFloat),
+                        c.q.to(at::kFloat) * c.scale.to(at::kBFloat16).to(at::kFloat).unsqueeze(1)));
+}
+
 // Round to nearest: |w - w'| <= scale / 2 per element; int4 adds the bf16 rounding of its zero.
 TEST(QuantCodesTest, EveryWeightWithinHalfAStep) {
   const at::Tensor w = RandomWeight(64, 256, 1);
@@ -156,6 +173,12 @@ TEST(CpuGemvTest, EqualsTheFloat64ProductForEveryShape) {
               << what;
           EXPECT_TRUE(at::equal(CpuGemv(x.narrow(0, m - 1, 1), w, scales, add.narrow(0, m - 1, 1)), y.narrow(0, m - 1, 1)))
               << what << ": its last row alone";
+          if (int8 && n % 4 == 0) {  // the served layout: the same sums, read from tiles of 4 rows
+            const at::Tensor tiled = TileRows(w);
+            EXPECT_TRUE(at::equal(m % 2 == 1 ? CpuGemv(x, tiled, scales, add, true) : CpuGemv(x, tiled, scales, {}, true), y))
+                << what << ": tiled";
+            EXPECT_TRUE(at::equal(UntileRows(tiled), w)) << what;
+          }
           if (int8) {
             const at::Tensor wrong = CpuGemv(x, w, scales * (1 + 1.0 / 64), add);
             EXPECT_FALSE(((wrong.to(at::kDouble) - ref).abs() <= bound + add.abs().to(at::kDouble) * 1e-7).all().item<bool>())
