@@ -224,6 +224,7 @@ at::Tensor DequantizeRows(const FrozenWeight& w, const at::Tensor& ids, at::Scal
 }
 
 at::Tensor DequantizeSlice(const FrozenWeight& w, int64_t start, int64_t count, at::ScalarType dtype) {
+  TORCH_CHECK(!w.tiled || (start % 4 == 0 && count % 4 == 0), "DequantizeSlice: tiled rows come 4 at a time");
   switch (w.kind) {
     case Kind::kDense: return w.w.narrow(0, start, count).to(dtype);
     case Kind::kInt8: {

@@ -59,7 +59,7 @@ inline FrozenWeight DenseWeight(at::Tensor w) {
 absl::StatusOr<FrozenWeight> PackWeight(const QuantCodes& codes, const WeightFormat& format, at::Device device);
 
 // The weight as the products compute with it, [N, K] (or rows `ids` [n, K], or rows
-// [start, start + count)) in `dtype`.
+// [start, start + count), both multiples of 4 when tiled) in `dtype`.
 at::Tensor DequantizeWeight(const FrozenWeight& w, at::ScalarType dtype);
 at::Tensor DequantizeSlice(const FrozenWeight& w, int64_t start, int64_t count, at::ScalarType dtype);
 at::Tensor DequantizeRows(const FrozenWeight& w, const at::Tensor& ids, at::ScalarType dtype);
